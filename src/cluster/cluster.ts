@@ -1,0 +1,203 @@
+import type { Logger } from 'pino';
+import type { Balancer, PickContext } from '../balance/types.ts';
+import { formatHostPort } from '../config/address.ts';
+import { Backend, type BackendSpec } from './backend.ts';
+import type { Clock } from './clock.ts';
+import type { LeaveReason, ProxiedConnection } from './connection.ts';
+import { Drain } from './drain.ts';
+
+export interface ClusterOptions {
+  name: string;
+  balancer: Balancer<Backend>;
+  clock: Clock;
+  log: Logger;
+  drainTimeoutMs: number;
+  maxConnectionsPerBackend?: number | undefined;
+}
+
+/**
+ * The live model of one service's backends: which exist, which take new
+ * connections, and which connections each one holds. The only place that
+ * changes backend state.
+ */
+export class Cluster {
+  readonly name: string;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  #balancer: Balancer<Backend>;
+  #drainTimeoutMs: number;
+  #maxPerBackend: number | undefined;
+  readonly #backends = new Map<string, Backend>();
+  readonly #drains = new Map<Backend, Drain>();
+  #eligible: Backend[] = [];
+  #closing = false;
+  #idleWaiters: (() => void)[] = [];
+  /** Connections ever registered, for metrics. */
+  connectionsTotal = 0;
+
+  constructor(opts: ClusterOptions) {
+    this.name = opts.name;
+    this.#clock = opts.clock;
+    this.#log = opts.log;
+    this.#balancer = opts.balancer;
+    this.#drainTimeoutMs = opts.drainTimeoutMs;
+    this.#maxPerBackend = opts.maxConnectionsPerBackend;
+  }
+
+  /** All backends, including draining ones that still hold connections. */
+  get backends(): ReadonlyMap<string, Backend> {
+    return this.#backends;
+  }
+
+  /** Live connections across all backends. */
+  get connectionCount(): number {
+    let n = 0;
+    for (const b of this.#backends.values()) n += b.connections.size;
+    return n;
+  }
+
+  get policy(): string {
+    return this.#balancer.name;
+  }
+
+  /** Apply settings that may change on reload. */
+  configure(opts: { drainTimeoutMs: number; maxConnectionsPerBackend?: number | undefined }): void {
+    this.#drainTimeoutMs = opts.drainTimeoutMs;
+    this.#maxPerBackend = opts.maxConnectionsPerBackend;
+  }
+
+  /** Swap the policy (reload changed `balance:`); live connections stay where they are. */
+  setBalancer(balancer: Balancer<Backend>): void {
+    this.#balancer = balancer;
+    balancer.setTargets(this.#eligible);
+  }
+
+  /**
+   * Make the backend set equal to `specs`: new ones take connections at once,
+   * missing ones drain, changed weights apply to new picks.
+   */
+  update(specs: readonly BackendSpec[]): { added: string[]; removed: string[] } {
+    const now = this.#clock.now();
+    const added: string[] = [];
+    const removed: string[] = [];
+    const wanted = new Set<string>();
+    for (const spec of specs) {
+      const key = formatHostPort(spec.address);
+      wanted.add(key);
+      const existing = this.#backends.get(key);
+      if (existing === undefined) {
+        this.#backends.set(key, new Backend(spec, now));
+        added.push(key);
+        continue;
+      }
+      existing.weight = spec.weight;
+      existing.maxConnections = spec.maxConnections;
+      if (existing.state === 'draining' && !this.#closing) {
+        this.#drains.get(existing)?.cancel();
+        this.#drains.delete(existing);
+        existing.state = 'active';
+        existing.since = now;
+        added.push(key);
+        this.#log.info({ service: this.name, backend: key, reason: 'returned to config' }, 'backend active again');
+      }
+    }
+    for (const backend of this.#backends.values()) {
+      if (!wanted.has(backend.key) && backend.state !== 'draining') {
+        removed.push(backend.key);
+        this.#startDrain(backend, 'drain', 'removed from config');
+      }
+    }
+    for (const key of added) this.#log.info({ service: this.name, backend: key }, 'backend added');
+    this.#refresh();
+    return { added, removed };
+  }
+
+  /**
+   * Choose a backend for a new connection or request, skipping `exclude`
+   * (already tried) and backends at their connection limit.
+   */
+  pick(ctx: PickContext, exclude?: Set<Backend>): Backend | undefined {
+    if (this.#closing) return undefined;
+    let skip = exclude;
+    for (let tries = 0; tries <= this.#eligible.length; tries++) {
+      const backend = this.#balancer.pick(ctx, skip);
+      if (backend === undefined || !backend.full(this.#maxPerBackend)) return backend;
+      skip ??= new Set();
+      skip.add(backend);
+    }
+    return undefined;
+  }
+
+  /** Does any eligible backend have room? (For telling "all full" from "none configured".) */
+  get hasEligible(): boolean {
+    return this.#eligible.length > 0;
+  }
+
+  /** Count a connection on its backend for its whole life. */
+  register(backend: Backend, conn: ProxiedConnection): void {
+    backend.connections.add(conn);
+    backend.connectionsTotal++;
+    this.connectionsTotal++;
+  }
+
+  /** The connection has closed (or failed to connect). */
+  unregister(backend: Backend, conn: ProxiedConnection): void {
+    if (!backend.connections.delete(conn)) return;
+    if (backend.state === 'draining' && backend.connections.size === 0) this.#forget(backend);
+    if (this.#closing && this.#idleWaiters.length > 0 && this.connectionCount === 0) {
+      for (const resolve of this.#idleWaiters.splice(0)) resolve();
+    }
+  }
+
+  /**
+   * Stop taking connections and ask every live one to leave over the drain
+   * timeout. Resolves once all are gone (those left at the deadline are destroyed).
+   */
+  close(reason: LeaveReason = 'shutdown'): Promise<void> {
+    this.#closing = true;
+    for (const backend of this.#backends.values()) {
+      if (backend.state !== 'draining') this.#startDrain(backend, reason, reason);
+    }
+    // One drain over everything, so a shutdown spreads over all connections.
+    this.#refresh();
+    if (this.connectionCount === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  #startDrain(backend: Backend, reason: LeaveReason, why: string): void {
+    backend.state = 'draining';
+    const count = backend.connections.size;
+    this.#log.info(
+      { service: this.name, backend: backend.key, reason: why, connections: count, timeoutMs: this.#drainTimeoutMs },
+      'backend draining',
+    );
+    if (count === 0) {
+      this.#forget(backend);
+      return;
+    }
+    this.#drains.get(backend)?.cancel();
+    this.#drains.set(
+      backend,
+      new Drain(backend.connections, {
+        clock: this.#clock,
+        reason,
+        timeoutMs: this.#drainTimeoutMs,
+        isOpen: (c) => backend.connections.has(c),
+      }),
+    );
+  }
+
+  #forget(backend: Backend): void {
+    this.#drains.get(backend)?.cancel();
+    this.#drains.delete(backend);
+    if (this.#backends.get(backend.key) === backend) {
+      this.#backends.delete(backend.key);
+      this.#log.info({ service: this.name, backend: backend.key }, 'backend removed');
+    }
+  }
+
+  #refresh(): void {
+    this.#eligible = [...this.#backends.values()].filter((b) => b.state === 'active' && b.weight > 0);
+    this.#balancer.setTargets(this.#eligible);
+  }
+}

@@ -1,0 +1,100 @@
+import { readFile } from 'node:fs/promises';
+import { isMap, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import type { z } from 'zod';
+import { ConfigError } from '../errors.ts';
+import { type Config, configSchema } from './schema.ts';
+
+/** Read, parse and validate a config file. Throws ConfigError naming file, line and field. */
+export async function loadConfigFile(file: string): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (cause) {
+    const code = (cause as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(cause);
+    throw new ConfigError(`cannot read the config file (${why})`, { file }, { cause });
+  }
+  return parseConfig(text, file);
+}
+
+/** Parse and validate YAML (or JSON) config text; `file` names it in errors. */
+export function parseConfig(text: string, file = '<config>'): Config {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const syntax = doc.errors[0];
+  if (syntax !== undefined) {
+    const line = lines.linePos(syntax.pos[0]).line;
+    throw new ConfigError(`YAML syntax error: ${syntax.message.split('\n')[0]}`, { file, line });
+  }
+  const result = configSchema.safeParse(doc.toJS() ?? {}, { reportInput: true });
+  if (result.success) return result.data;
+  const issue = pickIssue(result.error.issues);
+  const path = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
+  // An unknown key is best pointed at by its own line.
+  const offset = offsetOf(doc, issue.code === 'unrecognized_keys' ? [...path, issue.keys[0] ?? ''] : path);
+  throw new ConfigError(describe(issue), {
+    file,
+    line: offset === undefined ? undefined : lines.linePos(offset).line,
+    field: formatPath(path),
+  });
+}
+
+/** Report the deepest issue first: it is the most specific one. */
+function pickIssue(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue {
+  return issues.reduce((a, b) => (b.path.length > a.path.length ? b : a));
+}
+
+function describe(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'unrecognized_keys':
+      return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}; check the spelling against docs/config.md`;
+    case 'invalid_value':
+      return `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'invalid_type':
+      if (issue.message.startsWith('Invalid input')) {
+        return issue.input === undefined ? `is required (expected ${issue.expected})` : `expected ${issue.expected}`;
+      }
+      return issue.message;
+    case 'too_small':
+    case 'too_big': {
+      const op = issue.code === 'too_small' ? (issue.inclusive ? 'at least' : 'more than') : issue.inclusive ? 'at most' : 'less than';
+      return issue.origin === 'array' ? `must list ${op} ${issue.code === 'too_small' ? issue.minimum : issue.maximum} item(s)` : `must be ${op} ${String(issue.code === 'too_small' ? issue.minimum : issue.maximum)}`;
+    }
+    case 'invalid_union': {
+      if (issue.input === undefined) return 'is required';
+      // A union error's own message is generic; prefer a custom one from a branch.
+      const inner = issue.errors.flat().find((i) => i.code === 'custom');
+      return inner?.message ?? issue.message;
+    }
+    default:
+      return issue.message;
+  }
+}
+
+function formatPath(path: readonly (string | number)[]): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out === '' ? p : `.${p}`;
+  return out;
+}
+
+/** Source offset of the deepest YAML node along `path` that exists. */
+function offsetOf(doc: Document, path: readonly (string | number)[]): number | undefined {
+  let node: unknown = doc.contents;
+  let offset = (doc.contents as Node | null)?.range?.[0];
+  for (const key of path) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => (p.key as { value?: unknown } | null)?.value === key);
+      if (pair === undefined) break;
+      const keyNode = pair.key as Node | null;
+      offset = keyNode?.range?.[0] ?? offset;
+      node = pair.value;
+    } else if (isSeq(node) && typeof key === 'number') {
+      node = node.items[key];
+      if (node === undefined) break;
+      offset = (node as Node).range?.[0] ?? offset;
+    } else {
+      break;
+    }
+  }
+  return offset;
+}

@@ -1,0 +1,132 @@
+/**
+ * The configuration file's shape. This is a contract relied on by users and
+ * by checks outside the repository: extend it, never rename fields.
+ * Documented in docs/config.md.
+ */
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { BALANCE_POLICIES } from '../balance/index.ts';
+import { type HostPort, parseHostPort } from './address.ts';
+import { parseDuration } from './duration.ts';
+
+const duration = z
+  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
+  .transform((text, ctx): number => {
+    const ms = parseDuration(text);
+    if (ms === undefined) {
+      ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const hostPort = z
+  .string({ error: 'write an address as host:port, for example 127.0.0.1:7000' })
+  .transform((text, ctx): HostPort => {
+    const parsed = parseHostPort(text);
+    if (typeof parsed === 'string') {
+      ctx.addIssue({ code: 'custom', message: parsed });
+      return z.NEVER;
+    }
+    return parsed;
+  });
+
+const ipAddress = z
+  .string()
+  .refine((s) => isIP(s) !== 0, { error: (issue) => `"${String(issue.input)}" is not an IP address` });
+
+const positiveInt = z.number().int().positive();
+
+const backendEntry = z.union(
+  [
+    hostPort.transform((address) => ({ address, weight: 1, maxConnections: undefined as number | undefined })),
+    z.strictObject({
+      address: hostPort,
+      weight: z.number().int().min(0).max(1_000_000).default(1),
+      maxConnections: positiveInt.optional(),
+    }),
+  ],
+  { error: 'a backend is "host:port" or { address: host:port, weight: N }' },
+);
+
+const backends = z.strictObject({
+  static: z.array(backendEntry).default([]),
+});
+
+const service = z.strictObject({
+  name: z
+    .string()
+    .regex(/^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/, {
+      error: 'use letters, digits, "-", "_" or "." (at most 63), starting and ending with a letter or digit',
+    }),
+  protocol: z.enum(['tcp', 'http']).default('tcp'),
+  listen: z
+    .union([hostPort.transform((hp) => [hp]), z.array(hostPort).min(1, { error: 'list at least one address' })])
+    .describe('addresses to accept on; several ports form one service'),
+  balance: z.enum(BALANCE_POLICIES).default('least-connections'),
+  backends,
+  drain: z.strictObject({ timeout: duration.default(30_000) }).prefault({}),
+  sourceAddresses: z.array(ipAddress).default([]),
+  timeouts: z
+    .strictObject({
+      connect: duration.default(5_000),
+      idle: duration.default(3_600_000),
+    })
+    .prefault({}),
+  tcpKeepAlive: z.union([z.literal('off'), duration]).default(30_000),
+  limits: z
+    .strictObject({
+      maxConnections: positiveInt.optional(),
+      maxConnectionsPerBackend: positiveInt.optional(),
+    })
+    .prefault({}),
+});
+
+export const configSchema = z
+  .strictObject({
+    admin: z.strictObject({ listen: hostPort }).optional(),
+    log: z
+      .strictObject({
+        level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+      })
+      .prefault({}),
+    services: z.array(service).min(1, { error: 'configure at least one service' }),
+  })
+  .superRefine((config, ctx) => {
+    const names = new Map<string, number>();
+    const listens = new Map<string, string>();
+    config.services.forEach((s, i) => {
+      const seen = names.get(s.name);
+      if (seen !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['services', i, 'name'],
+          message: `"${s.name}" is already the name of services[${seen}]; names must be unique`,
+        });
+      }
+      names.set(s.name, i);
+      s.listen.forEach((hp, j) => {
+        const key = `${hp.host}|${hp.port}`;
+        const other = listens.get(key);
+        if (other !== undefined) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['services', i, 'listen', j],
+            message: `port ${hp.port} on ${hp.host} is already a listener of service "${other}"`,
+          });
+        }
+        listens.set(key, s.name);
+      });
+      if (s.backends.static.length === 0) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['services', i, 'backends'],
+          message: 'list at least one backend, for example static: [127.0.0.1:8080]',
+        });
+      }
+    });
+  });
+
+export type Config = z.output<typeof configSchema>;
+export type ServiceConfig = Config['services'][number];
+export type BackendConfig = ServiceConfig['backends']['static'][number];

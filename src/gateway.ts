@@ -1,0 +1,266 @@
+/**
+ * Composition root: config → clusters, protocol handlers and listeners;
+ * reload (SIGHUP) as a diff against what runs; graceful shutdown (SIGTERM).
+ */
+import type { Registry } from 'prom-client';
+import { AdminServer } from './admin/server.ts';
+import { createMetrics } from './admin/metrics.ts';
+import { createBalancer } from './balance/index.ts';
+import type { Backend } from './cluster/backend.ts';
+import { type Clock, systemClock } from './cluster/clock.ts';
+import { Cluster } from './cluster/cluster.ts';
+import { formatHostPort } from './config/address.ts';
+import type { Config, ServiceConfig } from './config/schema.ts';
+import { ConfigError } from './errors.ts';
+import type { Logger } from './log.ts';
+import type { ProtocolHandler } from './proxy/handler.ts';
+import { type HttpContext, type HttpParts, HttpProxy } from './proxy/http.ts';
+import { Listener } from './proxy/listener.ts';
+import { TcpProxy, tcpSettings } from './proxy/tcp.ts';
+
+export interface GatewayOptions {
+  log: Logger;
+  clock?: Clock;
+}
+
+/** One configured service as it runs. */
+export interface ServiceRuntime {
+  readonly name: string;
+  readonly protocol: ServiceConfig['protocol'];
+  config: ServiceConfig;
+  readonly cluster: Cluster;
+  readonly handler: ProtocolHandler;
+}
+
+/** Builds the data plane for a protocol. New protocols register here. */
+type HandlerFactory = (cluster: Cluster, config: ServiceConfig, clock: Clock, log: Logger) => ProtocolHandler;
+
+const handlers: Record<ServiceConfig['protocol'], HandlerFactory | undefined> = {
+  tcp(cluster, config, clock, log) {
+    const proxy = new TcpProxy(cluster, tcpSettings(config), clock, log);
+    return {
+      accept: proxy.accept,
+      stats: proxy.stats,
+      get live() {
+        return proxy.live;
+      },
+      configure: (next) => void (proxy.settings = tcpSettings(next)),
+    };
+  },
+  http(cluster, config, clock, log) {
+    return new HttpProxy(cluster, config, clock, log, httpParts);
+  },
+};
+
+/**
+ * The HTTP-family data planes. Each returns its part for one service; a part
+ * left out answers 501 until it exists.
+ */
+function httpParts(_ctx: HttpContext): HttpParts {
+  return {};
+}
+
+function balancerFor(config: ServiceConfig) {
+  return createBalancer<Backend>(config.balance);
+}
+
+/** What decides whether a reload must swap the policy instance. */
+function balancerKey(config: ServiceConfig): string {
+  return JSON.stringify([config.balance]);
+}
+
+function backendSpecs(config: ServiceConfig) {
+  return config.backends.static;
+}
+
+export class Gateway {
+  readonly log: Logger;
+  readonly clock: Clock;
+  readonly services = new Map<string, ServiceRuntime>();
+  readonly listeners = new Map<string, Listener>();
+  readonly metrics: Registry;
+  config: Config;
+  #admin: AdminServer | undefined;
+  #draining = false;
+  #reloading: Promise<void> = Promise.resolve();
+
+  private constructor(config: Config, opts: GatewayOptions) {
+    this.config = config;
+    this.log = opts.log;
+    this.clock = opts.clock ?? systemClock;
+    this.metrics = createMetrics({
+      services: () => [...this.services.values()].map((s) => ({ ...s, stats: s.handler.stats, live: s.handler.live })),
+      draining: () => this.#draining,
+    });
+  }
+
+  /** Start every service and listener of `config`. Throws (and cleans up) if any cannot start. */
+  static async start(config: Config, opts: GatewayOptions): Promise<Gateway> {
+    const gateway = new Gateway(config, opts);
+    try {
+      await gateway.#apply(config, true);
+    } catch (err) {
+      await gateway.shutdown();
+      throw err;
+    }
+    return gateway;
+  }
+
+  /** Port actually bound by the listener configured as `host:port` (port 0 in tests). */
+  portOf(address: string): number | undefined {
+    return this.listeners.get(address)?.port;
+  }
+
+  get adminPort(): number | undefined {
+    return this.#admin?.port;
+  }
+
+  /**
+   * Move to `config`: listeners that stay are kept, new backends take new
+   * connections at once, removed ones drain. If anything cannot be applied
+   * (a port in use), nothing changes and the error is thrown.
+   */
+  reload(config: Config): Promise<void> {
+    const run = this.#reloading.then(() => this.#apply(config, false));
+    this.#reloading = run.catch(() => {});
+    return run;
+  }
+
+  async #apply(config: Config, initial: boolean): Promise<void> {
+    if (this.#draining) throw new ConfigError('the gateway is shutting down; reload ignored');
+    for (const s of config.services) {
+      if (handlers[s.protocol] === undefined) {
+        throw new ConfigError(`protocol "${s.protocol}" is not supported yet; use tcp`, {
+          field: `services.${s.name}.protocol`,
+        });
+      }
+    }
+    // 1. Bind what is new first, so a failure leaves the running config untouched.
+    const wanted = new Map<string, ServiceConfig>();
+    for (const s of config.services) for (const hp of s.listen) wanted.set(formatHostPort(hp), s);
+    const fresh: Listener[] = [];
+    try {
+      for (const [key, s] of wanted) {
+        if (this.listeners.has(key)) continue;
+        const listener = new Listener(s.listen.find((hp) => formatHostPort(hp) === key)!, () => {});
+        await listener.listen();
+        fresh.push(listener);
+      }
+      if (config.admin !== undefined) {
+        const same =
+          this.#admin !== undefined && formatHostPort(this.#admin.address) === formatHostPort(config.admin.listen);
+        if (!same) {
+          const admin = new AdminServer(config.admin.listen, this.metrics, {
+            draining: () => this.#draining,
+            status: () => this.status(),
+          });
+          await admin.listen();
+          await this.#admin?.close();
+          this.#admin = admin;
+        }
+      } else if (this.#admin !== undefined) {
+        await this.#admin.close();
+        this.#admin = undefined;
+      }
+    } catch (err) {
+      for (const l of fresh) l.close();
+      throw err;
+    }
+    for (const l of fresh) this.listeners.set(l.key, l);
+
+    // 2. Services: create, update or retire.
+    const next = new Map(config.services.map((s) => [s.name, s]));
+    for (const [name, runtime] of this.services) {
+      const s = next.get(name);
+      if (s === undefined || s.protocol !== runtime.protocol) {
+        this.services.delete(name);
+        this.log.info({ service: name }, 'service removed; draining its connections');
+        void runtime.cluster.close('drain');
+      }
+    }
+    for (const s of config.services) {
+      const runtime = this.services.get(s.name);
+      if (runtime === undefined) {
+        const cluster = new Cluster({
+          name: s.name,
+          balancer: balancerFor(s),
+          clock: this.clock,
+          log: this.log,
+          drainTimeoutMs: s.drain.timeout,
+          maxConnectionsPerBackend: s.limits.maxConnectionsPerBackend,
+        });
+        const handler = handlers[s.protocol]!(cluster, s, this.clock, this.log);
+        cluster.update(backendSpecs(s));
+        this.services.set(s.name, { name: s.name, protocol: s.protocol, config: s, cluster, handler });
+        if (!initial) this.log.info({ service: s.name }, 'service added');
+      } else {
+        runtime.cluster.configure({
+          drainTimeoutMs: s.drain.timeout,
+          maxConnectionsPerBackend: s.limits.maxConnectionsPerBackend,
+        });
+        if (balancerKey(s) !== balancerKey(runtime.config)) runtime.cluster.setBalancer(balancerFor(s));
+        runtime.handler.configure(s);
+        runtime.cluster.update(backendSpecs(s));
+        runtime.config = s;
+      }
+    }
+
+    // 3. Point every listener at its service; close the ones no longer configured.
+    for (const [key, listener] of this.listeners) {
+      const s = wanted.get(key);
+      if (s === undefined) {
+        listener.close();
+        this.listeners.delete(key);
+        this.log.info({ listener: key }, 'listener closed');
+      } else {
+        listener.handler = this.services.get(s.name)!.handler.accept;
+      }
+    }
+    this.config = config;
+    this.log.info(
+      {
+        services: config.services.map((s) => s.name),
+        listeners: [...this.listeners.keys()],
+        admin: config.admin === undefined ? undefined : formatHostPort(config.admin.listen),
+      },
+      initial ? 'holdfast started' : 'config reloaded',
+    );
+  }
+
+  /**
+   * Stop accepting, ask every connection to leave gracefully (spread over each
+   * service's drain timeout; leftovers destroyed at the deadline), then stop.
+   */
+  async shutdown(): Promise<void> {
+    if (this.#draining) return;
+    this.#draining = true;
+    for (const l of this.listeners.values()) l.close();
+    this.listeners.clear();
+    const live = [...this.services.values()].reduce((n, s) => n + s.handler.live, 0);
+    this.log.info({ connections: live }, 'shutting down: draining connections');
+    await Promise.all([...this.services.values()].map((s) => s.cluster.close('shutdown')));
+    await this.#admin?.close();
+    this.#admin = undefined;
+    this.log.info('shutdown complete');
+  }
+
+  /** JSON view for /status. */
+  status(): unknown {
+    return {
+      draining: this.#draining,
+      services: [...this.services.values()].map((s) => ({
+        name: s.name,
+        protocol: s.protocol,
+        balance: s.cluster.policy,
+        connections: s.handler.live,
+        listen: s.config.listen.map(formatHostPort),
+        backends: [...s.cluster.backends.values()].map((b) => ({
+          address: b.key,
+          state: b.state,
+          weight: b.weight,
+          connections: b.connections.size,
+        })),
+      })),
+    };
+  }
+}

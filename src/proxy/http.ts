@@ -1,0 +1,134 @@
+/**
+ * `protocol: http` listeners: one port serves HTTP/1.1 (requests and
+ * WebSocket upgrades) and HTTP/2. This file only tells them apart and hands
+ * each connection to its data plane:
+ *   - HTTP/2 prior knowledge (the client preface)   → http2.ts
+ *   - HTTP/1.1 with `Upgrade: websocket`             → websocket.ts
+ *   - other HTTP/1.1 requests                        → http1.ts
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { Clock } from '../cluster/clock.ts';
+import type { Cluster } from '../cluster/cluster.ts';
+import type { ServiceConfig } from '../config/schema.ts';
+import type { ProtocolHandler, ServiceStats } from './handler.ts';
+
+/** Shared by the HTTP-family data planes of one service. */
+export interface HttpContext {
+  readonly cluster: Cluster;
+  readonly clock: Clock;
+  readonly log: Logger;
+  readonly stats: ServiceStats;
+  /** The current service config (replaced on reload). */
+  config: ServiceConfig;
+}
+
+/** One HTTP-family data plane (WebSocket, HTTP/1.1, HTTP/2). */
+export interface HttpPart {
+  configure?(config: ServiceConfig): void;
+}
+
+export interface UpgradeHandler extends HttpPart {
+  handleUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void;
+}
+
+export interface RequestHandler extends HttpPart {
+  handleRequest(req: IncomingMessage, res: ServerResponse): void;
+}
+
+export interface Http2Handler extends HttpPart {
+  /** Take a socket whose first bytes are the HTTP/2 client preface (already unshifted back). */
+  handleConnection(socket: Socket): void;
+}
+
+/** Until a data plane exists for a kind of traffic, it is answered with 501. */
+const notImplemented: RequestHandler & UpgradeHandler & Http2Handler = {
+  handleRequest(_req, res) {
+    res.writeHead(501, { 'content-type': 'text/plain', connection: 'close' }).end('not implemented by holdfast yet\n');
+  },
+  handleUpgrade(_req, socket) {
+    socket.end('HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+  },
+  handleConnection(socket) {
+    socket.destroy();
+  },
+};
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n');
+
+export interface HttpParts {
+  websocket?: UpgradeHandler;
+  http1?: RequestHandler;
+  http2?: Http2Handler;
+}
+
+/** Parts are registered by the modules that implement them (see gateway.ts). */
+export class HttpProxy implements ProtocolHandler {
+  readonly ctx: HttpContext;
+  readonly stats: ServiceStats = { accepted: 0, closed: 0, refused: {}, errors: {} };
+  live = 0;
+  readonly #server: Server;
+  readonly #websocket: UpgradeHandler;
+  readonly #http1: RequestHandler;
+  readonly #http2: Http2Handler;
+
+  constructor(cluster: Cluster, config: ServiceConfig, clock: Clock, log: Logger, parts: (ctx: HttpContext) => HttpParts) {
+    this.ctx = { cluster, clock, log, stats: this.stats, config };
+    const built = parts(this.ctx);
+    this.#websocket = built.websocket ?? notImplemented;
+    this.#http1 = built.http1 ?? notImplemented;
+    this.#http2 = built.http2 ?? notImplemented;
+    this.#server = createServer({
+      // Bounded by default: a slow or silent client cannot hold a socket forever.
+      headersTimeout: 30_000,
+      requestTimeout: 0,
+      keepAliveTimeout: 60_000,
+      maxHeaderSize: 16_384,
+    });
+    this.#server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#http1.handleRequest(req, res));
+    this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) =>
+      this.#websocket.handleUpgrade(req, socket, head),
+    );
+    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      const errors = this.stats.errors!;
+      const reason = err.code === 'HPE_HEADER_OVERFLOW' ? 'header-too-large' : 'bad-request';
+      errors[reason] = (errors[reason] ?? 0) + 1;
+      if (socket.writable) {
+        const status = reason === 'header-too-large' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+        socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+      } else {
+        socket.destroy();
+      }
+    });
+  }
+
+  configure(config: ServiceConfig): void {
+    this.ctx.config = config;
+    this.#websocket.configure?.(config);
+    this.#http1.configure?.(config);
+    this.#http2.configure?.(config);
+  }
+
+  readonly accept = (socket: Socket): void => {
+    this.stats.accepted++;
+    this.live++;
+    socket.once('close', () => {
+      this.live--;
+      this.stats.closed++;
+    });
+    socket.on('error', () => {});
+    // Look at the first bytes to tell HTTP/2 prior knowledge from HTTP/1.1.
+    socket.once('data', (first: Buffer) => {
+      socket.pause();
+      socket.unshift(first);
+      const n = Math.min(first.length, PREFACE.length);
+      if (first.subarray(0, n).equals(PREFACE.subarray(0, n))) this.#http2.handleConnection(socket);
+      else {
+        this.#server.emit('connection', socket);
+        socket.resume();
+      }
+    });
+    socket.resume();
+  };
+}
