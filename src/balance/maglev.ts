@@ -18,7 +18,7 @@
  * deterministic too). The same input gives the same table on every machine
  * and Node version; golden vectors in the tests pin it.
  */
-import { HoldfastError } from '../errors.ts';
+import { ConfigError, HoldfastError } from '../errors.ts';
 import { hashFiveTuple31, hashSourceIp31, hashString31, hashStrings31 } from './hash.ts';
 import type { Balancer, PickContext, Target } from './types.ts';
 
@@ -86,11 +86,11 @@ export interface MaglevTable {
   /** Keys of the backends in the table (weight > 0), sorted. */
   readonly keys: readonly string[];
   /** Weights, parallel to `keys`. */
-  readonly weights: Float64Array;
+  readonly weights: Float64Array<ArrayBuffer>;
   /** Backend index per slot; -1 only when there are no backends. */
-  readonly entries: Int32Array;
+  readonly entries: Int32Array<ArrayBuffer>;
   /** Number of slots held by each backend, parallel to `keys`. */
-  readonly counts: Uint32Array;
+  readonly counts: Uint32Array<ArrayBuffer>;
 }
 
 /** The offset and skip of a backend's permutation: slot j of its preference list is (offset + j·skip) mod m. */
@@ -293,6 +293,12 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
     this.hashKey = parseHashKey(options.hashKey ?? 'five-tuple');
     this.#prefix4 = options.netmask ?? 32;
     this.#prefix6 = options.netmask6 ?? 128;
+    if (!Number.isInteger(this.#prefix4) || this.#prefix4 < 0 || this.#prefix4 > 32) {
+      throw new ConfigError(`netmask must be a prefix length 0-32, got ${this.#prefix4}`, { field: 'netmask' });
+    }
+    if (!Number.isInteger(this.#prefix6) || this.#prefix6 < 0 || this.#prefix6 > 128) {
+      throw new ConfigError(`netmask6 must be a prefix length 0-128, got ${this.#prefix6}`, { field: 'netmask6' });
+    }
     const kind = this.hashKey;
     if (kind === 'five-tuple') this.#keyKind = KEY_FIVE_TUPLE;
     else if (kind === 'source-ip') this.#keyKind = KEY_SOURCE_IP;
@@ -353,8 +359,22 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
 
   /** The 31-bit hash a pick with `ctx` uses. */
   hash(ctx: PickContext): number {
+    const h = this.#keyHash(ctx);
+    if (h >= 0) return h;
+    return ctx.clientIp !== undefined
+      ? hashFiveTuple31(ctx.clientIp, ctx.clientPort ?? 0, ctx.localIp ?? '', ctx.localPort ?? 0, 6, LOOKUP_SEED)
+      : (Math.imul(++this.#counter, 0x9e3779b1) >>> 1) & 0x7fffffff;
+  }
+
+  /** Hash of the configured key when present in `ctx`, else -1. */
+  #keyHash(ctx: PickContext): number {
     let h = -1;
     switch (this.#keyKind) {
+      case KEY_FIVE_TUPLE:
+        if (ctx.clientIp !== undefined) {
+          h = hashFiveTuple31(ctx.clientIp, ctx.clientPort ?? 0, ctx.localIp ?? '', ctx.localPort ?? 0, 6, LOOKUP_SEED);
+        }
+        break;
       case KEY_SOURCE_IP:
         if (ctx.clientIp !== undefined) h = hashSourceIp31(ctx.clientIp, this.#prefix4, this.#prefix6, LOOKUP_SEED);
         break;
@@ -370,12 +390,6 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
       case KEY_SNI:
         if (ctx.sni !== undefined) h = hashString31(ctx.sni, LOOKUP_SEED);
         break;
-    }
-    if (h < 0) {
-      h =
-        ctx.clientIp !== undefined
-          ? hashFiveTuple31(ctx.clientIp, ctx.clientPort ?? 0, ctx.localIp ?? '', ctx.localPort ?? 0, 6, LOOKUP_SEED)
-          : (Math.imul(++this.#counter, 0x9e3779b1) >>> 1) & 0x7fffffff;
     }
     return h;
   }
@@ -401,11 +415,17 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
     }
   }
 
-  /** The backend this context is bound to by the hash (what a new connection would get). */
+  /**
+   * The backend a client is bound to by a client-keyed hash (`source-ip`,
+   * `sni`, `header:`, `cookie:`): where its next connection would go too.
+   * Undefined for `five-tuple` (a new connection has a new source port) and
+   * when the key is absent from `ctx`.
+   */
   affinity(ctx: PickContext): T | undefined {
     const state = this.#state;
-    if (state === undefined || state.byIndex.length === 0) return undefined;
-    return state.byIndex[state.table.entries[this.hash(ctx) % state.table.m]!];
+    if (state === undefined || state.byIndex.length === 0 || this.#keyKind === KEY_FIVE_TUPLE) return undefined;
+    const h = this.#keyHash(ctx);
+    return h < 0 ? undefined : state.byIndex[state.table.entries[h % state.table.m]!];
   }
 }
 

@@ -54,6 +54,14 @@ export interface Balancer<T extends Target = Target> {
    * targets already tried for this connection (refused, timed out, full).
    */
   pick(ctx: PickContext, exclude?: ReadonlySet<T>): T | undefined;
+  /**
+   * Optional, for policies with affinity (persistence, hashing on a client
+   * key): the target a client with this context is bound to right now, read
+   * without changing any state. A rebalancer must not move a connection whose
+   * target is its affinity: the client's next connection would land there
+   * again. Policies without affinity leave it out (no target is held).
+   */
+  affinity?(ctx: PickContext): T | undefined;
 }
 
 /** A source of randomness in [0, 1); injectable so tests are deterministic. */
