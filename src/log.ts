@@ -17,10 +17,16 @@ const LEVEL_NAMES: Readonly<Record<number, string>> = {
  * terminal. The renderer is a few lines here rather than pino-pretty, which
  * would bring a dozen packages for this one job.
  */
-export function createLogger(opts: { level?: LevelWithSilent; pretty?: boolean; destination?: NodeJS.WritableStream }): Logger {
+export function createLogger(opts: {
+  level?: LevelWithSilent;
+  pretty?: boolean;
+  destination?: NodeJS.WritableStream;
+}): Logger {
   const out = opts.destination ?? process.stdout;
   const level = opts.level ?? 'info';
-  if (opts.pretty !== true) return pino({ level, base: undefined }, pino.destination({ dest: 1, sync: true }));
+  if (opts.pretty !== true) {
+    return pino({ level, base: undefined }, opts.destination ?? pino.destination({ dest: 1, sync: true }));
+  }
   return pino({ level, base: undefined }, { write: (line: string) => out.write(renderPretty(line)) });
 }
 

@@ -4,7 +4,13 @@ import type { ServiceStats } from '../proxy/handler.ts';
 
 /** What the metrics read at scrape time; nothing is counted twice on the hot path. */
 export interface MetricsSource {
-  services(): Iterable<{ name: string; protocol: string; cluster: Cluster; stats: ServiceStats; live: number }>;
+  services(): Iterable<{
+    name: string;
+    protocol: string;
+    cluster: Cluster;
+    stats: ServiceStats;
+    live: number;
+  }>;
   draining(): boolean;
 }
 
@@ -25,7 +31,8 @@ export function createMetrics(source: MetricsSource): Registry {
     collect() {
       this.reset();
       for (const s of source.services())
-        for (const b of s.cluster.backends.values()) this.set({ service: s.name, backend: b.key }, b.connections.size);
+        for (const b of s.cluster.backends.values())
+          this.set({ service: s.name, backend: b.key }, b.connections.size);
     },
   });
   new Counter({
@@ -48,7 +55,8 @@ export function createMetrics(source: MetricsSource): Registry {
     collect() {
       this.reset();
       for (const s of source.services())
-        for (const b of s.cluster.backends.values()) this.inc({ service: s.name, backend: b.key }, b.connectFailures);
+        for (const b of s.cluster.backends.values())
+          this.inc({ service: s.name, backend: b.key }, b.connectFailures);
     },
   });
   new Counter({
@@ -79,7 +87,8 @@ export function createMetrics(source: MetricsSource): Registry {
     collect() {
       this.reset();
       for (const s of source.services())
-        for (const b of s.cluster.backends.values()) this.set({ service: s.name, backend: b.key, state: b.state }, 1);
+        for (const b of s.cluster.backends.values())
+          this.set({ service: s.name, backend: b.key, state: b.state }, 1);
     },
   });
   new Counter({
@@ -89,7 +98,8 @@ export function createMetrics(source: MetricsSource): Registry {
     registers,
     collect() {
       this.reset();
-      for (const s of source.services()) this.inc({ service: s.name, protocol: s.protocol }, s.stats.accepted);
+      for (const s of source.services())
+        this.inc({ service: s.name, protocol: s.protocol }, s.stats.accepted);
     },
   });
   new Counter({
@@ -121,7 +131,8 @@ export function createMetrics(source: MetricsSource): Registry {
     collect() {
       this.reset();
       for (const s of source.services())
-        for (const [reason, n] of Object.entries(s.stats.errors ?? {})) this.inc({ service: s.name, reason }, n);
+        for (const [reason, n] of Object.entries(s.stats.errors ?? {}))
+          this.inc({ service: s.name, reason }, n);
     },
   });
   new Gauge({

@@ -30,11 +30,17 @@ export class AdminServer {
         );
       } else if (path === '/healthz') {
         const draining = state.draining();
-        res.writeHead(draining ? 503 : 200, { 'content-type': 'text/plain' }).end(draining ? 'draining\n' : 'ok\n');
+        res
+          .writeHead(draining ? 503 : 200, { 'content-type': 'text/plain' })
+          .end(draining ? 'draining\n' : 'ok\n');
       } else if (path === '/status') {
-        res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(state.status(), null, 2)}\n`);
+        res
+          .writeHead(200, { 'content-type': 'application/json' })
+          .end(`${JSON.stringify(state.status(), null, 2)}\n`);
       } else {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /healthz or /status\n');
+        res
+          .writeHead(404, { 'content-type': 'text/plain' })
+          .end('not found: try /metrics, /healthz or /status\n');
       }
     });
     this.#server.keepAliveTimeout = 5_000;

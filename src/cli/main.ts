@@ -30,12 +30,19 @@ Options:
 `;
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
   return pkg.version;
 }
 
 function fail(err: unknown): never {
-  const message = err instanceof HoldfastError ? `${err.message} [${err.code}]` : err instanceof Error ? err.stack : String(err);
+  const message =
+    err instanceof HoldfastError
+      ? `${err.message} [${err.code}]`
+      : err instanceof Error
+        ? err.stack
+        : String(err);
   process.stderr.write(`holdfast: ${message}\n`);
   process.exit(1);
 }

@@ -52,13 +52,24 @@ function describe(issue: z.core.$ZodIssue): string {
       return `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
     case 'invalid_type':
       if (issue.message.startsWith('Invalid input')) {
-        return issue.input === undefined ? `is required (expected ${issue.expected})` : `expected ${issue.expected}`;
+        return issue.input === undefined
+          ? `is required (expected ${issue.expected})`
+          : `expected ${issue.expected}`;
       }
       return issue.message;
     case 'too_small':
     case 'too_big': {
-      const op = issue.code === 'too_small' ? (issue.inclusive ? 'at least' : 'more than') : issue.inclusive ? 'at most' : 'less than';
-      return issue.origin === 'array' ? `must list ${op} ${issue.code === 'too_small' ? issue.minimum : issue.maximum} item(s)` : `must be ${op} ${String(issue.code === 'too_small' ? issue.minimum : issue.maximum)}`;
+      const op =
+        issue.code === 'too_small'
+          ? issue.inclusive
+            ? 'at least'
+            : 'more than'
+          : issue.inclusive
+            ? 'at most'
+            : 'less than';
+      return issue.origin === 'array'
+        ? `must list ${op} ${issue.code === 'too_small' ? issue.minimum : issue.maximum} item(s)`
+        : `must be ${op} ${String(issue.code === 'too_small' ? issue.minimum : issue.maximum)}`;
     }
     case 'invalid_union': {
       if (issue.input === undefined) return 'is required';
@@ -80,7 +91,7 @@ function formatPath(path: readonly (string | number)[]): string {
 /** Source offset of the deepest YAML node along `path` that exists. */
 function offsetOf(doc: Document, path: readonly (string | number)[]): number | undefined {
   let node: unknown = doc.contents;
-  let offset = (doc.contents as Node | null)?.range?.[0];
+  let offset = doc.contents?.range?.[0];
   for (const key of path) {
     if (isMap(node)) {
       const pair = node.items.find((p) => (p.key as { value?: unknown } | null)?.value === key);

@@ -48,7 +48,11 @@ export interface TcpStats {
 export class TcpProxy {
   readonly cluster: Cluster;
   settings: TcpSettings;
-  readonly stats: TcpStats = { accepted: 0, closed: 0, refused: { limit: 0, 'no-backend': 0, 'connect-failed': 0 } };
+  readonly stats: TcpStats = {
+    accepted: 0,
+    closed: 0,
+    refused: { limit: 0, 'no-backend': 0, 'connect-failed': 0 },
+  };
   /** Client connections held now, including ones still connecting upstream. */
   live = 0;
   readonly clock: Clock;
@@ -126,7 +130,9 @@ class TcpConnection implements ProxiedConnection {
       this.#proxy.stats.refused[reason]++;
       this.#proxy.log.warn(
         { service: this.#proxy.cluster.name, client: client.remoteAddress, reason },
-        reason === 'no-backend' ? 'no backend can take the connection' : 'every backend tried failed to connect',
+        reason === 'no-backend'
+          ? 'no backend can take the connection'
+          : 'every backend tried failed to connect',
       );
       client.destroy();
       return;
@@ -162,7 +168,10 @@ class TcpConnection implements ProxiedConnection {
     this.#upstream?.removeAllListeners();
     this.#upstream = undefined;
     this.#backend = undefined;
-    proxy.log.warn({ service: proxy.cluster.name, backend: backend.key, err: err.message }, 'backend connect failed');
+    proxy.log.warn(
+      { service: proxy.cluster.name, backend: backend.key, err: err.message },
+      'backend connect failed',
+    );
     if (this.#phase !== 'connecting' || this.#client.destroyed) return;
     (this.#tried ??= new Set()).add(backend);
     if (this.#tried.size >= proxy.settings.maxAttempts) {

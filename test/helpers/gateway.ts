@@ -18,7 +18,8 @@ export function memoryLogger(): { log: Logger; records: Record<string, unknown>[
   const records: Record<string, unknown>[] = [];
   const destination = new Writable({
     write(chunk: Buffer, _enc, cb) {
-      for (const line of chunk.toString().split('\n')) if (line !== '') records.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of chunk.toString().split('\n'))
+        if (line !== '') records.push(JSON.parse(line) as Record<string, unknown>);
       cb();
     },
   });
@@ -27,7 +28,9 @@ export function memoryLogger(): { log: Logger; records: Record<string, unknown>[
 }
 
 /** Start a gateway in this process from YAML text. */
-export async function startGateway(yaml: string): Promise<{ gateway: Gateway; records: Record<string, unknown>[] }> {
+export async function startGateway(
+  yaml: string,
+): Promise<{ gateway: Gateway; records: Record<string, unknown>[] }> {
   const { log, records } = memoryLogger();
   const gateway = await Gateway.start(parseConfig(yaml, 'test.yaml'), { log });
   return { gateway, records };
@@ -68,7 +71,7 @@ export function runHoldfast(args: string[]): HoldfastProcess {
       }
     }
   };
-  child.stdout!.on('data', (d: Buffer) => {
+  child.stdout.on('data', (d: Buffer) => {
     partial += d.toString();
     const lines = partial.split('\n');
     partial = lines.pop()!;
@@ -81,7 +84,7 @@ export function runHoldfast(args: string[]): HoldfastProcess {
     }
     check();
   });
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const exit = once(child, 'exit').then(([code, signal]) => ({
     code: code as number | null,
     signal: signal as NodeJS.Signals | null,
@@ -93,7 +96,12 @@ export function runHoldfast(args: string[]): HoldfastProcess {
     waitForLog(msg, timeoutMs = 15_000, after = 0) {
       return new Promise((resolve, reject) => {
         const timer = setTimeout(
-          () => reject(new Error(`no log "${msg}" within ${timeoutMs} ms; stderr: ${stderr}; logs: ${JSON.stringify(logs)}`)),
+          () =>
+            reject(
+              new Error(
+                `no log "${msg}" within ${timeoutMs} ms; stderr: ${stderr}; logs: ${JSON.stringify(logs)}`,
+              ),
+            ),
           timeoutMs,
         );
         waiters.push({

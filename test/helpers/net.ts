@@ -62,7 +62,11 @@ export async function startEchoBackend(
 }
 
 /** Open a TCP connection and wait until it is established. */
-export async function dial(port: number, host = '127.0.0.1', opts: { localAddress?: string } = {}): Promise<Socket> {
+export async function dial(
+  port: number,
+  host = '127.0.0.1',
+  opts: { localAddress?: string } = {},
+): Promise<Socket> {
   const socket = connect({ port, host, ...opts });
   socket.on('error', () => {});
   await once(socket, 'connect');
@@ -99,7 +103,11 @@ export function readUntil(socket: Socket, text: string, timeoutMs = 5_000): Prom
 }
 
 /** Poll `fn` until it returns true or `timeoutMs` passes. */
-export async function waitFor(fn: () => boolean | Promise<boolean>, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+export async function waitFor(
+  fn: () => boolean | Promise<boolean>,
+  timeoutMs = 5_000,
+  what = 'condition',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await fn())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
