@@ -145,17 +145,36 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m = MAGLEV_
     return { version: MAGLEV_FORMAT.version, m, keys, weights, entries, counts };
   }
 
-  const next = new Int32Array(n); // next position in each backend's permutation
-  const skip = new Int32Array(n);
+  const offsets = new Int32Array(n);
+  const skips = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    offsets[i] = hashString31(keys[i]!, MAGLEV_FORMAT.offsetSeed) % m;
+    skips[i] = (hashString31(keys[i]!, MAGLEV_FORMAT.skipSeed) % (m - 1)) + 1;
+  }
+  populateMaglev(offsets, skips, weights, m, entries, counts);
+  return { version: MAGLEV_FORMAT.version, m, keys, weights, entries, counts };
+}
+
+/**
+ * Population by turns (the paper's Pseudocode 1, weighted): backend i's
+ * permutation is offsets[i] + j·skips[i] (mod m). Fills `entries` (length m)
+ * and `counts` (length n). Exposed for tests against the paper's example.
+ */
+export function populateMaglev(
+  offsets: Int32Array,
+  skips: Int32Array,
+  weights: Float64Array,
+  m: number,
+  entries: Int32Array,
+  counts: Uint32Array,
+): void {
+  const n = offsets.length;
+  const next = Int32Array.from(offsets); // next position in each backend's permutation
   const due = new Float64Array(n); // running target for weighted turns
   let maxWeight = 0;
   for (let i = 0; i < n; i++) if (weights[i]! > maxWeight) maxWeight = weights[i]!;
-  for (let i = 0; i < n; i++) {
-    const key = keys[i]!;
-    next[i] = hashString31(key, MAGLEV_FORMAT.offsetSeed) % m;
-    skip[i] = (hashString31(key, MAGLEV_FORMAT.skipSeed) % (m - 1)) + 1;
-    due[i] = maxWeight;
-  }
+  due.fill(maxWeight);
+  counts.fill(0);
 
   const taken = new Int32Array((m + 31) >>> 5); // bitset of filled slots
   let filled = 0;
@@ -164,7 +183,7 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m = MAGLEV_
       if (iteration * weights[i]! < due[i]!) continue;
       due[i]! += maxWeight;
       let c = next[i]!;
-      const s = skip[i]!;
+      const s = skips[i]!;
       while ((taken[c >>> 5]! & (1 << (c & 31))) !== 0) {
         c += s;
         if (c >= m) c -= m;
@@ -183,8 +202,8 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m = MAGLEV_
   // more than one slot, so every backend with weight > 0 is reachable.
   for (let i = 0; i < n; i++) {
     if (counts[i] !== 0) continue;
-    let c = hashString31(keys[i]!, MAGLEV_FORMAT.offsetSeed) % m;
-    const s = skip[i]!;
+    let c = offsets[i]!;
+    const s = skips[i]!;
     while (counts[entries[c]!]! <= 1) {
       c += s;
       if (c >= m) c -= m;
@@ -193,7 +212,6 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m = MAGLEV_
     entries[c] = i;
     counts[i] = 1;
   }
-  return { version: MAGLEV_FORMAT.version, m, keys, weights, entries, counts };
 }
 
 /** Fraction of slots whose backend key differs between two tables of the same size. */
