@@ -154,21 +154,13 @@ const groups = new Uint16Array(8);
  */
 export function parseIp(s: string, out: Uint32Array): IpFamily {
   const len = s.length;
-  if (len === 0) return 0;
-  let hasColon = false;
-  for (let i = 0; i < len; i++) {
-    if (s.charCodeAt(i) === 58 /* : */) {
-      hasColon = true;
-      break;
-    }
-  }
-  if (!hasColon) {
-    const v = parseIpv4(s, 0, len);
-    if (v < 0) return 0;
+  const v = parseIpv4(s, 0, len);
+  if (v >= 0) {
     out[0] = v;
     return 4;
   }
-  return parseIpv6(s, len, out);
+  for (let i = 0; i < len; i++) if (s.charCodeAt(i) === 58 /* : */) return parseIpv6(s, len, out);
+  return 0;
 }
 
 /** Parse dotted IPv4 in `s[start,end)`; returns the uint32 value or -1. */
@@ -178,78 +170,81 @@ function parseIpv4(s: string, start: number, end: number): number {
   let digits = 0;
   let dots = 0;
   for (let i = start; i < end; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 48 && c <= 57) {
-      part = part * 10 + (c - 48);
-      if (++digits > 3 || part > 255) return -1;
-    } else if (c === 46 /* . */) {
-      if (digits === 0 || ++dots > 3) return -1;
-      value = value * 256 + part;
+    const d = s.charCodeAt(i) - 48;
+    if (d >>> 0 < 10) {
+      part = part * 10 + d;
+      digits++;
+    } else if (d === -2 /* '.' */) {
+      if ((digits - 1) >>> 0 > 2 || part > 255 || ++dots > 3) return -1;
+      value = (value << 8) | part;
       part = 0;
       digits = 0;
     } else {
       return -1;
     }
   }
-  if (digits === 0 || dots !== 3) return -1;
-  return value * 256 + part;
+  // (digits - 1) >>> 0 > 2 rejects 0 digits (wraps to 2^32 - 1) and more than 3.
+  if ((digits - 1) >>> 0 > 2 || part > 255 || dots !== 3) return -1;
+  return ((value << 8) | part) >>> 0;
 }
 
 function parseIpv6(s: string, len: number, out: Uint32Array): IpFamily {
-  // Strip a zone id.
-  let end = len;
-  for (let i = 0; i < len; i++) {
-    if (s.charCodeAt(i) === 37 /* % */) {
-      end = i;
-      break;
-    }
-  }
   let n = 0; // groups written
   let gap = -1; // index in groups where '::' stood
+  let v = 0;
+  let digits = 0;
   let i = 0;
-  if (end >= 2 && s.charCodeAt(0) === 58 && s.charCodeAt(1) === 58) {
+  let end = len;
+  if (s.charCodeAt(0) === 58 /* : */) {
+    if (s.charCodeAt(1) !== 58) return 0;
     gap = 0;
     i = 2;
-  } else if (s.charCodeAt(0) === 58) {
-    return 0;
   }
-  while (i < end) {
-    // One group: hex digits, or a trailing dotted IPv4.
-    let v = 0;
-    let digits = 0;
-    const groupStart = i;
-    while (i < end) {
-      const c = s.charCodeAt(i);
-      let d: number;
-      if (c >= 48 && c <= 57) d = c - 48;
-      else if (c >= 97 && c <= 102) d = c - 87;
-      else if (c >= 65 && c <= 70) d = c - 55;
-      else break;
+  for (; i < len; i++) {
+    const c = s.charCodeAt(i);
+    let d = c - 48;
+    if (d >>> 0 > 9) {
+      d = (c | 0x20) - 87;
+      if (d < 10 || d > 15) d = -1;
+    }
+    if (d >= 0) {
       v = (v << 4) | d;
       if (++digits > 4) return 0;
-      i++;
-    }
-    if (i < end && s.charCodeAt(i) === 46 /* . */) {
-      // Embedded IPv4 takes the last two groups.
-      const v4 = parseIpv4(s, groupStart, end);
+    } else if (c === 58 /* : */) {
+      if (digits === 0) {
+        // The second ':' of '::' (a leading '::' was consumed above).
+        if (gap >= 0 || s.charCodeAt(i - 1) !== 58) return 0;
+        gap = n;
+      } else {
+        if (n >= 8) return 0;
+        groups[n++] = v;
+        v = 0;
+        digits = 0;
+      }
+    } else if (c === 46 /* . */) {
+      // Embedded IPv4 in the last two groups: re-read this group as dotted.
+      let stop = s.indexOf('%', i);
+      if (stop < 0) stop = len;
+      const v4 = parseIpv4(s, i - digits, stop);
       if (v4 < 0 || n > 6) return 0;
       groups[n++] = v4 >>> 16;
       groups[n++] = v4 & 0xffff;
+      digits = -1; // consumed
+      end = stop;
       break;
+    } else if (c === 37 /* % */ && i > 0) {
+      end = i; // zone id: ignored
+      break;
+    } else {
+      return 0;
     }
-    if (digits === 0) return 0;
+  }
+  if (digits > 0) {
     if (n >= 8) return 0;
     groups[n++] = v;
-    if (i === end) break;
-    if (s.charCodeAt(i) !== 58) return 0;
-    i++;
-    if (i < end && s.charCodeAt(i) === 58) {
-      if (gap >= 0) return 0;
-      gap = n;
-      i++;
-    } else if (i === end) {
-      return 0; // trailing single ':'
-    }
+  } else if (digits === 0) {
+    // Ends with ':': only valid as a trailing '::'.
+    if (gap !== n || end < 2 || s.charCodeAt(end - 1) !== 58 || s.charCodeAt(end - 2) !== 58) return 0;
   }
   if (gap >= 0) {
     if (n > 7) return 0;
@@ -334,6 +329,11 @@ export function hashSourceIp31(ip: string, prefix4 = 32, prefix6 = 128, seed = 0
   return endStream() & 0x7fffffff;
 }
 
+// The destination of a 5-tuple is the listener's own address, the same for
+// every connection on it: remember the last one parsed.
+let lastDstIp = '';
+let lastDstFamily: IpFamily = 0;
+
 /** TCP's IP protocol number, the fifth element of the tuple. */
 export const PROTOCOL_TCP = 6;
 
@@ -350,22 +350,35 @@ export function hashFiveTuple31(
   protocol = PROTOCOL_TCP,
   seed = 0,
 ): number {
-  const fa = parseIp(srcIp, wordsA);
-  const fb = parseIp(dstIp, wordsB);
-  beginStream(seed);
-  pushWord(fa === 0 ? 0 : wordsA[0]!);
-  if (fa === 6) {
-    pushWord(wordsA[1]!);
-    pushWord(wordsA[2]!);
-    pushWord(wordsA[3]!);
+  // Same byte sequence as murmur3 over [src words][dst words][ports][protocol],
+  // with the plain-IPv4 case (the common one) kept free of array traffic.
+  let h = seed | 0;
+  let len = 8;
+  const a = parseIpv4(srcIp, 0, srcIp.length);
+  if (a >= 0) {
+    h = mixH(h, a | 0);
+    len += 4;
+  } else {
+    const fa = parseIp(srcIp, wordsA);
+    h = mixH(h, fa === 0 ? 0 : wordsA[0]! | 0);
+    len += 4;
+    if (fa === 6) {
+      h = mixH(mixH(mixH(h, wordsA[1]! | 0), wordsA[2]! | 0), wordsA[3]! | 0);
+      len += 12;
+    }
   }
-  pushWord(fb === 0 ? 0 : wordsB[0]!);
-  if (fb === 6) {
-    pushWord(wordsB[1]!);
-    pushWord(wordsB[2]!);
-    pushWord(wordsB[3]!);
+  if (dstIp !== lastDstIp) {
+    lastDstFamily = parseIp(dstIp, wordsB);
+    if (lastDstFamily === 0) wordsB[0] = 0;
+    lastDstIp = dstIp;
   }
-  pushWord(((srcPort & 0xffff) << 16) | (dstPort & 0xffff));
-  pushWord(protocol & 0xff);
-  return endStream() & 0x7fffffff;
+  h = mixH(h, wordsB[0]! | 0);
+  len += 4;
+  if (lastDstFamily === 6) {
+    h = mixH(mixH(mixH(h, wordsB[1]! | 0), wordsB[2]! | 0), wordsB[3]! | 0);
+    len += 12;
+  }
+  h = mixH(h, ((srcPort & 0xffff) << 16) | (dstPort & 0xffff));
+  h = mixH(h, protocol & 0xff);
+  return fmix(h, len) & 0x7fffffff;
 }

@@ -53,7 +53,7 @@ export const HASH_KEYS = ['five-tuple', 'source-ip', 'sni'] as const;
  * naming the field. Durations are already in milliseconds.
  */
 export interface BalancerOptions {
-  /** Randomness for `random` and `p2c` (default Math.random); inject for deterministic tests. */
+  /** Randomness for `random` and `p2c` (default: a non-allocating PRNG seeded from Math.random); inject for deterministic tests. */
   random?: Random | undefined;
   /**
    * `maglev` only: what to hash. `five-tuple` (default: client and local

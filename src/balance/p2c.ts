@@ -1,3 +1,4 @@
+import { fastRandom } from './fast-random.ts';
 import { slowStartFrom, type SlowStart, type SlowStartOptions } from './slow-start.ts';
 import type { Balancer, PickContext, Random, Target } from './types.ts';
 
@@ -10,7 +11,7 @@ export interface PeakEwmaOptions {
 }
 
 export interface P2COptions {
-  /** Randomness for the two choices; injectable for tests. Default Math.random. */
+  /** Randomness for the two choices; injectable for tests. Default: a non-allocating PRNG (see fast-random.ts). */
   random?: Random | undefined;
   /** Weigh load by observed latency (cost = latency × (load + 1) / weight). Off by default. */
   peakEwma?: PeakEwmaOptions | boolean | undefined;
@@ -47,7 +48,7 @@ export class PowerOfTwoChoices<T extends Target = Target> implements Balancer<T>
   #sampled = new Uint8Array(0);
 
   constructor(options: P2COptions = {}) {
-    this.#random = options.random ?? Math.random;
+    this.#random = options.random ?? fastRandom;
     this.#slowStart = slowStartFrom(options.slowStart);
     const ewma = options.peakEwma;
     this.#ewma = ewma !== undefined && ewma !== false;

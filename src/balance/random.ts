@@ -1,3 +1,4 @@
+import { fastRandom } from './fast-random.ts';
 import { slowStartFrom, type SlowStart, type SlowStartOptions } from './slow-start.ts';
 import type { Balancer, PickContext, Random as RandomSource, Target } from './types.ts';
 
@@ -19,7 +20,7 @@ export class RandomPick<T extends Target = Target> implements Balancer<T> {
   readonly #slowStart: SlowStart | undefined;
   #rampEnd = -Infinity;
 
-  constructor(random: RandomSource = Math.random, options: RandomOptions = {}) {
+  constructor(random: RandomSource = fastRandom, options: RandomOptions = {}) {
     this.#random = random;
     this.#slowStart = slowStartFrom(options.slowStart);
   }
@@ -38,7 +39,8 @@ export class RandomPick<T extends Target = Target> implements Balancer<T> {
     const filtered = exclude !== undefined && exclude.size > 0;
     if (filtered || slow !== undefined) {
       total = 0;
-      for (const t of targets) {
+      for (let i = 0; i < targets.length; i++) {
+        const t = targets[i]!;
         if (!(t.weight > 0) || (filtered && exclude.has(t))) continue;
         total += slow === undefined ? t.weight : slow.weight(t, now);
       }
@@ -46,7 +48,8 @@ export class RandomPick<T extends Target = Target> implements Balancer<T> {
     if (!(total > 0)) return undefined;
     let r = this.#random() * total;
     let last: T | undefined;
-    for (const t of targets) {
+    for (let i = 0; i < targets.length; i++) {
+      const t = targets[i]!;
       if (!(t.weight > 0) || (filtered && exclude.has(t))) continue;
       last = t;
       r -= slow === undefined ? t.weight : slow.weight(t, now);
