@@ -16,7 +16,12 @@ import { getHeapStatistics } from 'node:v8';
 import type { BenchArgs } from './run.ts';
 import { hashFiveTuple31, hashSourceIp31 } from '../src/balance/hash.ts';
 import { createBalancer } from '../src/balance/index.ts';
-import { buildMaglevTable, MaglevBalancer, tableDisruption, type MaglevBackend } from '../src/balance/maglev.ts';
+import {
+  buildMaglevTable,
+  MaglevBalancer,
+  tableDisruption,
+  type MaglevBackend,
+} from '../src/balance/maglev.ts';
 import type { PickContext, Target } from '../src/balance/types.ts';
 
 interface Row {
@@ -36,7 +41,10 @@ function round(x: number, digits = 3): number {
 }
 
 function backends(n: number): MaglevBackend[] {
-  return Array.from({ length: n }, (_, i) => ({ key: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}:8080`, weight: 1 }));
+  return Array.from({ length: n }, (_, i) => ({
+    key: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}:8080`,
+    weight: 1,
+  }));
 }
 
 interface MutableTarget extends Target {
@@ -59,7 +67,14 @@ function benchBuild(n: number, m: number, warmup: number, runs: number): Row {
   }
   let max = 0;
   for (const c of table.counts) if (c > max) max = c;
-  return { name: 'maglev-build', n, m, buildMs: round(median(times)), maxOverMean: round(max / (m / n), 5), runs };
+  return {
+    name: 'maglev-build',
+    n,
+    m,
+    buildMs: round(median(times)),
+    maxOverMean: round(max / (m / n), 5),
+    runs,
+  };
 }
 
 function benchDisruption(n: number, m: number, samples: number): Row {
@@ -94,7 +109,8 @@ function timeLoop(fn: (i: number) => unknown, ops: number, runs: number): { ns: 
     const elapsed = Number(process.hrtime.bigint() - t0);
     const heapAfter = getHeapStatistics().used_heap_size;
     results.push(elapsed / ops);
-    if (gcCount === gcBefore && Number.isNaN(bytesPerOp)) bytesPerOp = Math.max(0, heapAfter - heapBefore) / ops;
+    if (gcCount === gcBefore && Number.isNaN(bytesPerOp))
+      bytesPerOp = Math.max(0, heapAfter - heapBefore) / ops;
   }
   if (sink < 0) console.log(sink);
   return { ns: median(results), bytesPerOp };
@@ -109,7 +125,11 @@ function flat(s: string): string {
 function contexts(count: number, ipv6: boolean): PickContext[] {
   return Array.from({ length: count }, (_, i) => ({
     now: 0,
-    clientIp: flat(ipv6 ? `2001:db8:${(i & 0xff).toString(16)}::${((i * 7) & 0xfff).toString(16)}` : `10.${(i >> 12) & 255}.${(i >> 4) & 255}.${(i * 13) & 255}`),
+    clientIp: flat(
+      ipv6
+        ? `2001:db8:${(i & 0xff).toString(16)}::${((i * 7) & 0xfff).toString(16)}`
+        : `10.${(i >> 12) & 255}.${(i >> 4) & 255}.${(i * 13) & 255}`,
+    ),
     clientPort: 32768 + (i % 28000),
     // A distinct string per connection, as socket.localAddress gives (the hash's one-entry cache compares content).
     localIp: Buffer.from(ipv6 ? '2001:db8:ffff::1' : '10.255.0.1').toString(),
@@ -124,7 +144,12 @@ function benchLookups(quick: boolean): Row[] {
   const ctxs6 = contexts(4096, true);
   const mask = ctxs.length - 1;
   const rows: Row[] = [];
-  const row = (name: string, n: number | undefined, m: number | undefined, r: { ns: number; bytesPerOp: number }): void => {
+  const row = (
+    name: string,
+    n: number | undefined,
+    m: number | undefined,
+    r: { ns: number; bytesPerOp: number },
+  ): void => {
     const out: Row = { name };
     if (n !== undefined) out.n = n;
     if (m !== undefined) out.m = m;
@@ -158,26 +183,53 @@ function benchLookups(quick: boolean): Row[] {
   ] as const) {
     const b = new MaglevBalancer<MutableTarget>({ tableSize: m });
     b.setTargets(targets(n));
-    row('maglev-lookup-five-tuple', n, m, timeLoop((i) => b.pick(ctxs[i & mask]!), ops, runs));
+    row(
+      'maglev-lookup-five-tuple',
+      n,
+      m,
+      timeLoop((i) => b.pick(ctxs[i & mask]!), ops, runs),
+    );
   }
   {
     const b = new MaglevBalancer<MutableTarget>();
     b.setTargets(targets(100));
-    row('maglev-lookup-five-tuple-ipv6', 100, 65537, timeLoop((i) => b.pick(ctxs6[i & mask]!), ops, runs));
+    row(
+      'maglev-lookup-five-tuple-ipv6',
+      100,
+      65537,
+      timeLoop((i) => b.pick(ctxs6[i & mask]!), ops, runs),
+    );
   }
   const sip = new MaglevBalancer<MutableTarget>({ hashKey: 'source-ip', netmask: 24 });
   sip.setTargets(targets(100));
-  row('maglev-lookup-source-ip', 100, 65537, timeLoop((i) => sip.pick(ctxs[i & mask]!), ops, runs));
+  row(
+    'maglev-lookup-source-ip',
+    100,
+    65537,
+    timeLoop((i) => sip.pick(ctxs[i & mask]!), ops, runs),
+  );
 
   const policyOps = quick ? 100_000 : 300_000;
   for (const policy of ['least-connections', 'round-robin', 'random', 'p2c'] as const) {
     const b = createBalancer<MutableTarget>(policy);
     b.setTargets(targets(100));
-    row(`pick-${policy}`, 100, undefined, timeLoop((i) => b.pick(ctxs[i & mask]!), policyOps, runs));
+    row(
+      `pick-${policy}`,
+      100,
+      undefined,
+      timeLoop((i) => b.pick(ctxs[i & mask]!), policyOps, runs),
+    );
   }
-  const persist = createBalancer<MutableTarget>('least-connections', { persistence: { timeoutMs: 300_000, netmask: 24 } });
+  const persist = createBalancer<MutableTarget>('least-connections', {
+    persistence: { timeoutMs: 300_000, netmask: 24 },
+  });
   persist.setTargets(targets(100));
-  row('pick-persistence-least-connections', 100, undefined, timeLoop((i) => persist.pick(ctxs[i & mask]!), policyOps, runs));
+  row(
+    'pick-persistence-least-connections',
+    100,
+    undefined,
+    timeLoop((i) => persist.pick(ctxs[i & mask]!), policyOps, runs),
+  );
   return rows;
 }
 
@@ -201,10 +253,20 @@ export async function run(args: BenchArgs): Promise<void> {
   gcObserver.disconnect();
   if (args.json) return;
 
-  const columns = ['name', 'n', 'm', 'buildMs', 'maxOverMean', 'disruptionOverIdeal', 'lookupNs', 'allocBytesPerOp'];
+  const columns = [
+    'name',
+    'n',
+    'm',
+    'buildMs',
+    'maxOverMean',
+    'disruptionOverIdeal',
+    'lookupNs',
+    'allocBytesPerOp',
+  ];
   const cells = rows.map((r) => columns.map((c) => (r[c] === undefined ? '' : String(r[c]))));
   const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => row[i]!.length)));
-  const line = (values: string[]): string => values.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
+  const line = (values: string[]): string =>
+    values.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
   console.log(`balance — Node ${process.version}, medians after warm-up${quick ? ' (quick)' : ''}`);
   console.log(line(columns));
   for (const row of cells) console.log(line(row));

@@ -290,7 +290,8 @@ export function maskIp(words: Uint32Array, family: IpFamily, prefix: number): vo
  * length, or -1 when invalid.
  */
 export function netmaskPrefix(netmask: number | string, max = 32): number {
-  if (typeof netmask === 'number') return Number.isInteger(netmask) && netmask >= 0 && netmask <= max ? netmask : -1;
+  if (typeof netmask === 'number')
+    return Number.isInteger(netmask) && netmask >= 0 && netmask <= max ? netmask : -1;
   const text = netmask.startsWith('/') ? netmask.slice(1) : netmask;
   if (/^\d+$/.test(text)) return netmaskPrefix(Number(text), max);
   if (max !== 32) return -1;

@@ -88,9 +88,13 @@ export interface BalancerOptions {
 }
 
 /** Build a fresh policy instance for one service. Throws ConfigError (or a HoldfastError with its own code) on bad options. */
-export function createBalancer<T extends Target>(policy: BalancePolicy, options: BalancerOptions = {}): Balancer<T> {
+export function createBalancer<T extends Target>(
+  policy: BalancePolicy,
+  options: BalancerOptions = {},
+): Balancer<T> {
   if (policy !== 'maglev') {
-    if (options.hashKey !== undefined) throw new ConfigError('hashKey applies only to balance: maglev', { field: 'hashKey' });
+    if (options.hashKey !== undefined)
+      throw new ConfigError('hashKey applies only to balance: maglev', { field: 'hashKey' });
     if (options.tableSize !== undefined) {
       throw new ConfigError('tableSize applies only to balance: maglev', { field: 'tableSize' });
     }
@@ -115,9 +119,12 @@ export function createBalancer<T extends Target>(policy: BalancePolicy, options:
       break;
     case 'maglev': {
       if (slowStart !== undefined && slowStart.windowMs > 0) {
-        throw new ConfigError('slowStart does not apply to balance: maglev (its table is fixed between target changes)', {
-          field: 'slowStart',
-        });
+        throw new ConfigError(
+          'slowStart does not apply to balance: maglev (its table is fixed between target changes)',
+          {
+            field: 'slowStart',
+          },
+        );
       }
       const hashKey: HashKey = parseHashKey(options.hashKey ?? 'five-tuple');
       const pn = options.persistence?.netmask;

@@ -38,7 +38,11 @@ interface BuildReply {
 }
 
 function isBuildRequest(data: unknown): data is BuildRequest {
-  return typeof data === 'object' && data !== null && (data as { holdfastMaglevBuild?: unknown }).holdfastMaglevBuild === 1;
+  return (
+    typeof data === 'object' &&
+    data !== null &&
+    (data as { holdfastMaglevBuild?: unknown }).holdfastMaglevBuild === 1
+  );
 }
 
 // Worker side: build, transfer, done.
@@ -61,7 +65,10 @@ if (!isMainThread && parentPort !== null && isBuildRequest(workerData)) {
  * input throws the same HoldfastErrors as {@link buildMaglevTable}), and the
  * result is identical to a synchronous build.
  */
-export async function buildMaglevTableOffThread(backends: readonly MaglevBackend[], m: number): Promise<MaglevTable> {
+export async function buildMaglevTableOffThread(
+  backends: readonly MaglevBackend[],
+  m: number,
+): Promise<MaglevTable> {
   checkTableSize(m);
   const request: BuildRequest = { holdfastMaglevBuild: 1, backends: canonicalBackends(backends), m };
   const worker = new Worker(new URL(import.meta.url), { workerData: request });
@@ -69,9 +76,12 @@ export async function buildMaglevTableOffThread(backends: readonly MaglevBackend
     const reply = await new Promise<BuildReply>((resolve, reject) => {
       worker.once('message', (message: BuildReply) => resolve(message));
       worker.once('error', reject);
-      worker.once('exit', (code) => reject(new Error(`maglev build worker exited with code ${code} before replying`)));
+      worker.once('exit', (code) =>
+        reject(new Error(`maglev build worker exited with code ${code} before replying`)),
+      );
     });
-    if (reply.version !== MAGLEV_FORMAT.version || reply.m !== m) throw new Error('maglev build worker: mismatched table');
+    if (reply.version !== MAGLEV_FORMAT.version || reply.m !== m)
+      throw new Error('maglev build worker: mismatched table');
     return reply;
   } finally {
     void worker.terminate();

@@ -113,7 +113,9 @@ export function canonicalBackends(backends: readonly MaglevBackend[]): MaglevBac
   const out: MaglevBackend[] = [];
   for (const b of backends) {
     if (!Number.isFinite(b.weight) || b.weight < 0) {
-      throw new MaglevBackendsError(`backend "${b.key}" has weight ${b.weight}; weights must be finite and >= 0`);
+      throw new MaglevBackendsError(
+        `backend "${b.key}" has weight ${b.weight}; weights must be finite and >= 0`,
+      );
     }
     if (b.weight > 0) out.push({ key: b.key, weight: b.weight });
   }
@@ -131,7 +133,10 @@ export function canonicalBackends(backends: readonly MaglevBackend[]): MaglevBac
  * Cost is about M·ln M probes (a bitset keeps the probes in cache) plus
  * O(M) per weighted iteration; 65537 slots take a few ms.
  */
-export function buildMaglevTable(backends: readonly MaglevBackend[], m = MAGLEV_DEFAULT_TABLE_SIZE): MaglevTable {
+export function buildMaglevTable(
+  backends: readonly MaglevBackend[],
+  m = MAGLEV_DEFAULT_TABLE_SIZE,
+): MaglevTable {
   checkTableSize(m);
   const sorted = canonicalBackends(backends);
   const n = sorted.length;
@@ -312,10 +317,14 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
     this.#prefix4 = options.netmask ?? 32;
     this.#prefix6 = options.netmask6 ?? 128;
     if (!Number.isInteger(this.#prefix4) || this.#prefix4 < 0 || this.#prefix4 > 32) {
-      throw new ConfigError(`netmask must be a prefix length 0-32, got ${this.#prefix4}`, { field: 'netmask' });
+      throw new ConfigError(`netmask must be a prefix length 0-32, got ${this.#prefix4}`, {
+        field: 'netmask',
+      });
     }
     if (!Number.isInteger(this.#prefix6) || this.#prefix6 < 0 || this.#prefix6 > 128) {
-      throw new ConfigError(`netmask6 must be a prefix length 0-128, got ${this.#prefix6}`, { field: 'netmask6' });
+      throw new ConfigError(`netmask6 must be a prefix length 0-128, got ${this.#prefix6}`, {
+        field: 'netmask6',
+      });
     }
     const kind = this.hashKey;
     if (kind === 'five-tuple') this.#keyKind = KEY_FIVE_TUPLE;
@@ -380,7 +389,14 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
     const h = this.#keyHash(ctx);
     if (h >= 0) return h;
     return ctx.clientIp !== undefined
-      ? hashFiveTuple31(ctx.clientIp, ctx.clientPort ?? 0, ctx.localIp ?? '', ctx.localPort ?? 0, 6, LOOKUP_SEED)
+      ? hashFiveTuple31(
+          ctx.clientIp,
+          ctx.clientPort ?? 0,
+          ctx.localIp ?? '',
+          ctx.localPort ?? 0,
+          6,
+          LOOKUP_SEED,
+        )
       : (Math.imul(++this.#counter, 0x9e3779b1) >>> 1) & 0x7fffffff;
   }
 
@@ -390,11 +406,19 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
     switch (this.#keyKind) {
       case KEY_FIVE_TUPLE:
         if (ctx.clientIp !== undefined) {
-          h = hashFiveTuple31(ctx.clientIp, ctx.clientPort ?? 0, ctx.localIp ?? '', ctx.localPort ?? 0, 6, LOOKUP_SEED);
+          h = hashFiveTuple31(
+            ctx.clientIp,
+            ctx.clientPort ?? 0,
+            ctx.localIp ?? '',
+            ctx.localPort ?? 0,
+            6,
+            LOOKUP_SEED,
+          );
         }
         break;
       case KEY_SOURCE_IP:
-        if (ctx.clientIp !== undefined) h = hashSourceIp31(ctx.clientIp, this.#prefix4, this.#prefix6, LOOKUP_SEED);
+        if (ctx.clientIp !== undefined)
+          h = hashSourceIp31(ctx.clientIp, this.#prefix4, this.#prefix6, LOOKUP_SEED);
         break;
       case KEY_HEADER: {
         const v = ctx.headers?.[this.#keyName];
@@ -441,7 +465,8 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
    */
   affinity(ctx: PickContext): T | undefined {
     const state = this.#state;
-    if (state === undefined || state.byIndex.length === 0 || this.#keyKind === KEY_FIVE_TUPLE) return undefined;
+    if (state === undefined || state.byIndex.length === 0 || this.#keyKind === KEY_FIVE_TUPLE)
+      return undefined;
     const h = this.#keyHash(ctx);
     return h < 0 ? undefined : state.byIndex[state.table.entries[h % state.table.m]!];
   }
@@ -451,11 +476,7 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
  * Hash the value of cookie `name` in a Cookie header (`a=1; b=2`), 31 bits,
  * without splitting the header; -1 when absent.
  */
-export function hashCookie31(
-  header: string | readonly string[] | undefined,
-  name: string,
-  seed = 0,
-): number {
+export function hashCookie31(header: string | readonly string[] | undefined, name: string, seed = 0): number {
   if (header === undefined) return -1;
   if (typeof header !== 'string') {
     for (const h of header) {

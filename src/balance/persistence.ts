@@ -103,20 +103,29 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
   constructor(inner: Balancer<T>, options: PersistenceOptions) {
     const { timeoutMs, netmask = 32, netmask6 = 128, maxEntries = 65_536 } = options;
     if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      throw new ConfigError(`timeout must be a duration > 0, got ${timeoutMs} ms`, { field: 'persistence.timeout' });
+      throw new ConfigError(`timeout must be a duration > 0, got ${timeoutMs} ms`, {
+        field: 'persistence.timeout',
+      });
     }
     const p4 = netmaskPrefix(netmask, 32);
     if (p4 < 0) {
-      throw new ConfigError(`netmask must be a prefix length 0-32 or a dotted mask like 255.255.255.0, got ${String(netmask)}`, {
-        field: 'persistence.netmask',
-      });
+      throw new ConfigError(
+        `netmask must be a prefix length 0-32 or a dotted mask like 255.255.255.0, got ${String(netmask)}`,
+        {
+          field: 'persistence.netmask',
+        },
+      );
     }
     const p6 = netmaskPrefix(netmask6, 128);
     if (p6 < 0) {
-      throw new ConfigError(`netmask6 must be a prefix length 0-128, got ${netmask6}`, { field: 'persistence.netmask6' });
+      throw new ConfigError(`netmask6 must be a prefix length 0-128, got ${netmask6}`, {
+        field: 'persistence.netmask6',
+      });
     }
     if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) {
-      throw new ConfigError(`maxEntries must be an integer >= 1, got ${maxEntries}`, { field: 'persistence.maxEntries' });
+      throw new ConfigError(`maxEntries must be an integer >= 1, got ${maxEntries}`, {
+        field: 'persistence.maxEntries',
+      });
     }
     this.inner = inner;
     this.name = inner.name;
@@ -216,7 +225,12 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
   }
 
   stats(): PersistenceStats {
-    return { entries: this.#size, evictions: this.#evictions, expirations: this.#expirations, dropped: this.#dropped };
+    return {
+      entries: this.#size,
+      evictions: this.#evictions,
+      expirations: this.#expirations,
+      dropped: this.#dropped,
+    };
   }
 
   // --- table internals -----------------------------------------------------
@@ -251,7 +265,13 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
       const f = fam[i]!;
       if (f === EMPTY) return -1;
       const o = i << 2;
-      if (f === family && words[o] === w[0] && words[o + 1] === w[1] && words[o + 2] === w[2] && words[o + 3] === w[3]) {
+      if (
+        f === family &&
+        words[o] === w[0] &&
+        words[o + 1] === w[1] &&
+        words[o + 2] === w[2] &&
+        words[o + 3] === w[3]
+      ) {
         return i;
       }
     }

@@ -31,7 +31,9 @@ export class SlowStart {
   constructor(options: SlowStartOptions) {
     const { windowMs, aggression = 1, minWeightPercent = 10 } = options;
     if (!Number.isFinite(windowMs) || windowMs < 0) {
-      throw new ConfigError(`window must be a duration >= 0, got ${windowMs} ms`, { field: 'slowStart.window' });
+      throw new ConfigError(`window must be a duration >= 0, got ${windowMs} ms`, {
+        field: 'slowStart.window',
+      });
     }
     if (!Number.isFinite(aggression) || aggression <= 0) {
       throw new ConfigError(`aggression must be > 0, got ${aggression}`, { field: 'slowStart.aggression' });

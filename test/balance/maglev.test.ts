@@ -26,7 +26,14 @@ describe('maglev table', () => {
     // The paper's example: M = 7, B0 (offset 3, skip 4), B1 (0, 2), B2 (3, 1).
     const entries = new Int32Array(7);
     const counts = new Uint32Array(3);
-    populateMaglev(Int32Array.of(3, 0, 3), Int32Array.of(4, 2, 1), Float64Array.of(1, 1, 1), 7, entries, counts);
+    populateMaglev(
+      Int32Array.of(3, 0, 3),
+      Int32Array.of(4, 2, 1),
+      Float64Array.of(1, 1, 1),
+      7,
+      entries,
+      counts,
+    );
     assert.deepEqual([...entries], [1, 0, 1, 0, 2, 2, 0]);
     assert.deepEqual([...counts], [3, 2, 2]);
   });
@@ -69,7 +76,10 @@ describe('maglev table', () => {
     for (const m of [65536, 1, 0, -7, 1.5, 100, 655370]) {
       assert.throws(
         () => buildMaglevTable(unweighted(3), m),
-        (e: unknown) => e instanceof MaglevTableSizeError && e instanceof HoldfastError && e.code === 'HOLDFAST_ERR_MAGLEV_TABLE_SIZE',
+        (e: unknown) =>
+          e instanceof MaglevTableSizeError &&
+          e instanceof HoldfastError &&
+          e.code === 'HOLDFAST_ERR_MAGLEV_TABLE_SIZE',
       );
     }
     assert.throws(() => new MaglevBalancer({ tableSize: 1000 }), MaglevTableSizeError);
@@ -77,8 +87,19 @@ describe('maglev table', () => {
   });
 
   it('rejects duplicate keys, bad weights and more backends than slots', () => {
-    const code = (e: unknown): boolean => e instanceof MaglevBackendsError && e.code === 'HOLDFAST_ERR_MAGLEV_BACKENDS';
-    assert.throws(() => buildMaglevTable([{ key: 'a', weight: 1 }, { key: 'a', weight: 2 }], 7), code);
+    const code = (e: unknown): boolean =>
+      e instanceof MaglevBackendsError && e.code === 'HOLDFAST_ERR_MAGLEV_BACKENDS';
+    assert.throws(
+      () =>
+        buildMaglevTable(
+          [
+            { key: 'a', weight: 1 },
+            { key: 'a', weight: 2 },
+          ],
+          7,
+        ),
+      code,
+    );
     assert.throws(() => buildMaglevTable([{ key: 'a', weight: -1 }], 7), code);
     assert.throws(() => buildMaglevTable([{ key: 'a', weight: NaN }], 7), code);
     assert.throws(() => buildMaglevTable(unweighted(8), 7), code);
@@ -127,7 +148,10 @@ describe('maglev table', () => {
         t.keys.forEach((_, i) => {
           const ideal = (m * t.weights[i]!) / total;
           const tolerance = Math.max(1.5, ideal * 0.015);
-          assert.ok(Math.abs(t.counts[i]! - ideal) <= tolerance, `m=${m} n=${n} w=${t.weights[i]}: ${t.counts[i]} vs ${ideal}`);
+          assert.ok(
+            Math.abs(t.counts[i]! - ideal) <= tolerance,
+            `m=${m} n=${n} w=${t.weights[i]}: ${t.counts[i]} vs ${ideal}`,
+          );
         });
       }
     }
@@ -138,7 +162,13 @@ describe('maglev table', () => {
     const t = buildMaglevTable(bs, 251);
     for (const c of t.counts) assert.ok(c >= 1);
     assert.equal(t.counts[t.keys.indexOf('heavy')], 251 - 20);
-    const z = buildMaglevTable([{ key: 'zero', weight: 0 }, { key: 'one', weight: 1 }], 7);
+    const z = buildMaglevTable(
+      [
+        { key: 'zero', weight: 0 },
+        { key: 'one', weight: 1 },
+      ],
+      7,
+    );
     assert.deepEqual(z.keys, ['one']);
     assert.deepEqual([...z.entries], [0, 0, 0, 0, 0, 0, 0]);
   });
@@ -186,7 +216,10 @@ describe('maglev table', () => {
 });
 
 describe('maglev policy', () => {
-  const ctx = (clientIp: string, clientPort = 40000): { now: number; clientIp: string; clientPort: number; localIp: string; localPort: number } => ({
+  const ctx = (
+    clientIp: string,
+    clientPort = 40000,
+  ): { now: number; clientIp: string; clientPort: number; localIp: string; localPort: number } => ({
     now: 0,
     clientIp,
     clientPort,
@@ -200,7 +233,8 @@ describe('maglev policy', () => {
     const b = new MaglevBalancer<TestTarget>();
     a.setTargets(ts);
     b.setTargets(shuffle(ts, prng(9)));
-    for (let p = 1000; p < 1200; p++) assert.equal(a.pick(ctx('192.0.2.1', p))!.key, b.pick(ctx('192.0.2.1', p))!.key);
+    for (let p = 1000; p < 1200; p++)
+      assert.equal(a.pick(ctx('192.0.2.1', p))!.key, b.pick(ctx('192.0.2.1', p))!.key);
     assert.equal(a.entryCounts().size, 20);
   });
 
@@ -249,7 +283,10 @@ describe('maglev policy', () => {
 
   it('validates hash keys', () => {
     assert.equal(parseHashKey('header:x-tenant'), 'header:x-tenant');
-    assert.throws(() => parseHashKey('header:'), (e: unknown) => e instanceof HoldfastError && e.code === 'HOLDFAST_ERR_HASH_KEY');
+    assert.throws(
+      () => parseHashKey('header:'),
+      (e: unknown) => e instanceof HoldfastError && e.code === 'HOLDFAST_ERR_HASH_KEY',
+    );
     assert.throws(() => parseHashKey('url'), HoldfastError);
   });
 

@@ -67,7 +67,10 @@ describe('persistence', () => {
     const copies = ts.map((x) => target(x.key));
     p.setTargets(copies);
     assert.equal(p.pick(from('192.0.2.1', 1))!.key, t.key);
-    assert.equal(p.pick(from('192.0.2.1', 1)), copies.find((x) => x.key === t.key));
+    assert.equal(
+      p.pick(from('192.0.2.1', 1)),
+      copies.find((x) => x.key === t.key),
+    );
   });
 
   it('is bounded: evicts the least recently used entry and counts it', () => {
@@ -89,7 +92,11 @@ describe('persistence', () => {
   it('stays consistent under random churn (model check against a Map)', () => {
     const random = prng(21);
     const ts = targets(6);
-    const p = new Persistent<TestTarget>(new LeastConnections<TestTarget>(), { timeoutMs: 50, maxEntries: 40, netmask: 30 });
+    const p = new Persistent<TestTarget>(new LeastConnections<TestTarget>(), {
+      timeoutMs: 50,
+      maxEntries: 40,
+      netmask: 30,
+    });
     p.setTargets(ts);
     const model = new Map<string, { key: string; used: number }>();
     let now = 0;
@@ -144,7 +151,10 @@ describe('createBalancer', () => {
       assert.equal(b.name, policy);
       b.setTargets(targets(3));
       assert.ok(b.pick(from('192.0.2.1', 0)) !== undefined);
-      const p = createBalancer<TestTarget>(policy, { random: prng(1), persistence: { timeoutMs: 300_000, netmask: 24 } });
+      const p = createBalancer<TestTarget>(policy, {
+        random: prng(1),
+        persistence: { timeoutMs: 300_000, netmask: 24 },
+      });
       assert.equal(p.constructor, Persistent);
       p.setTargets(targets(3));
       const t = p.pick(from('192.0.2.1', 0))!;
@@ -153,7 +163,11 @@ describe('createBalancer', () => {
   });
 
   it('wires maglev options: hash key, table size, netmask from persistence', () => {
-    const b = createBalancer<TestTarget>('maglev', { hashKey: 'source-ip', tableSize: 251, persistence: { timeoutMs: 1000, netmask: '255.255.255.0' } });
+    const b = createBalancer<TestTarget>('maglev', {
+      hashKey: 'source-ip',
+      tableSize: 251,
+      persistence: { timeoutMs: 1000, netmask: '255.255.255.0' },
+    });
     assert.ok(b instanceof Persistent && b.inner instanceof MaglevBalancer);
     assert.equal(b.inner.m, 251);
     const stateless = createBalancer<TestTarget>('maglev', { hashKey: 'source-ip', netmask: 24 });
@@ -171,10 +185,19 @@ describe('createBalancer', () => {
       ['random', { peakEwma: true }, 'peakEwma'],
     ];
     for (const [policy, options, field] of bad) {
-      assert.throws(() => createBalancer(policy, options), (e: unknown) => e instanceof ConfigError && e.field === field);
+      assert.throws(
+        () => createBalancer(policy, options),
+        (e: unknown) => e instanceof ConfigError && e.field === field,
+      );
     }
-    assert.throws(() => createBalancer('maglev', { hashKey: 'nope' }), (e: unknown) => e instanceof HoldfastError && e.code === 'HOLDFAST_ERR_HASH_KEY');
-    assert.throws(() => createBalancer('maglev', { tableSize: 65536 }), (e: unknown) => e instanceof HoldfastError && e.code === 'HOLDFAST_ERR_MAGLEV_TABLE_SIZE');
+    assert.throws(
+      () => createBalancer('maglev', { hashKey: 'nope' }),
+      (e: unknown) => e instanceof HoldfastError && e.code === 'HOLDFAST_ERR_HASH_KEY',
+    );
+    assert.throws(
+      () => createBalancer('maglev', { tableSize: 65536 }),
+      (e: unknown) => e instanceof HoldfastError && e.code === 'HOLDFAST_ERR_MAGLEV_TABLE_SIZE',
+    );
   });
 
   it('applies slow start to least-connections, round-robin, random and p2c', () => {

@@ -87,7 +87,10 @@ describe('least-connections', () => {
     // At 10 % of its weight (the floor) the fresh target takes connections only up to ~10 % of the others' load.
     for (let i = 0; i < 100; i++) lc.pick(at(1000))!.load++;
     const others = Math.min(old[0]!.load, old[1]!.load);
-    assert.ok(fresh.load <= others * 0.1 + 1 && fresh.load >= others * 0.1 - 1, `fresh ${fresh.load}, others ${others}`);
+    assert.ok(
+      fresh.load <= others * 0.1 + 1 && fresh.load >= others * 0.1 - 1,
+      `fresh ${fresh.load}, others ${others}`,
+    );
     // Without slow start it would take all 100.
     const plain = new LeastConnections<TestTarget>();
     const f2 = target('new', 1, 0, 1000);
@@ -173,7 +176,10 @@ describe('p2c', () => {
 
   it('with peak-EWMA prefers the faster target and reacts to a latency peak at once', () => {
     const ts = [target('fast'), target('slow')];
-    const p = new PowerOfTwoChoices<TestTarget>({ random: prng(10), peakEwma: { decayMs: 1000, defaultRttMs: 50 } });
+    const p = new PowerOfTwoChoices<TestTarget>({
+      random: prng(10),
+      peakEwma: { decayMs: 1000, defaultRttMs: 50 },
+    });
     p.setTargets(ts);
     p.observe(ts[0]!, 10, 0);
     p.observe(ts[1]!, 100, 0);
