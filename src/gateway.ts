@@ -16,6 +16,7 @@ import type { Logger } from './log.ts';
 import type { ProtocolHandler } from './proxy/handler.ts';
 import { type HttpContext, type HttpParts, HttpProxy } from './proxy/http.ts';
 import { Listener } from './proxy/listener.ts';
+import { WebSocketProxy } from './proxy/websocket.ts';
 import { TcpProxy, tcpSettings } from './proxy/tcp.ts';
 
 export interface GatewayOptions {
@@ -56,8 +57,10 @@ const handlers: Record<ServiceConfig['protocol'], HandlerFactory | undefined> = 
  * The HTTP-family data planes. Each returns its part for one service; a part
  * left out answers 501 until it exists.
  */
-function httpParts(_ctx: HttpContext): HttpParts {
-  return {};
+function httpParts(ctx: HttpContext): HttpParts {
+  return {
+    websocket: new WebSocketProxy(ctx), // WebSocket upgrades: relay, heartbeats, rebalancing (src/proxy/websocket.ts)
+  };
 }
 
 function balancerFor(config: ServiceConfig) {

@@ -60,6 +60,11 @@ export class Cluster {
     return this.#balancer.name;
   }
 
+  /** The backend the policy holds this client on (persistence, hashing), if any; read-only. */
+  affinity(ctx: PickContext): Backend | undefined {
+    return this.#balancer.affinity?.(ctx);
+  }
+
   /** Apply settings that may change on reload. */
   configure(opts: { drainTimeoutMs: number; maxConnectionsPerBackend?: number | undefined }): void {
     this.#drainTimeoutMs = opts.drainTimeoutMs;

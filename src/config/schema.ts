@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { BALANCE_POLICIES } from '../balance/index.ts';
 import { type HostPort, parseHostPort } from './address.ts';
 import { parseDuration } from './duration.ts';
+import { maxConnectionAgeSchema, rebalanceSchema, websocketSchema } from './websocket.ts';
 
 const duration = z
   .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
@@ -80,6 +81,10 @@ const service = z.strictObject({
       maxConnectionsPerBackend: positiveInt.optional(),
     })
     .prefault({}),
+  /** WebSocket heartbeats/limits, max connection age, rebalancing (src/config/websocket.ts). */
+  websocket: websocketSchema,
+  maxConnectionAge: maxConnectionAgeSchema,
+  rebalance: rebalanceSchema,
 });
 
 export const configSchema = z
