@@ -9,6 +9,7 @@ import { createBalancer } from './balance/index.ts';
 import type { Backend } from './cluster/backend.ts';
 import { type Clock, systemClock } from './cluster/clock.ts';
 import { Cluster } from './cluster/cluster.ts';
+import { Membership } from './discovery/membership.ts';
 import { formatHostPort } from './config/address.ts';
 import type { Config, ServiceConfig } from './config/schema.ts';
 import { ConfigError } from './errors.ts';
@@ -31,6 +32,8 @@ export interface ServiceRuntime {
   config: ServiceConfig;
   readonly cluster: Cluster;
   readonly handler: ProtocolHandler;
+  /** Discovery source, health checks and outlier detection feeding `cluster`. */
+  readonly membership: Membership;
 }
 
 /** Builds the data plane for a protocol. New protocols register here. */
@@ -70,10 +73,6 @@ function balancerFor(config: ServiceConfig) {
 /** What decides whether a reload must swap the policy instance. */
 function balancerKey(config: ServiceConfig): string {
   return JSON.stringify([config.balance]);
-}
-
-function backendSpecs(config: ServiceConfig) {
-  return config.backends.static;
 }
 
 export class Gateway {
@@ -178,6 +177,7 @@ export class Gateway {
       if (s === undefined || s.protocol !== runtime.protocol) {
         this.services.delete(name);
         this.log.info({ service: name }, 'service removed; draining its connections');
+        runtime.membership.stop();
         void runtime.cluster.close('drain');
       }
     }
@@ -193,8 +193,9 @@ export class Gateway {
           maxConnectionsPerBackend: s.limits.maxConnectionsPerBackend,
         });
         const handler = handlers[s.protocol]!(cluster, s, this.clock, this.log);
-        cluster.update(backendSpecs(s));
-        this.services.set(s.name, { name: s.name, protocol: s.protocol, config: s, cluster, handler });
+        const membership = new Membership(cluster, { clock: this.clock, log: this.log });
+        membership.configure(s);
+        this.services.set(s.name, { name: s.name, protocol: s.protocol, config: s, cluster, handler, membership });
         if (!initial) this.log.info({ service: s.name }, 'service added');
       } else {
         runtime.cluster.configure({
@@ -203,7 +204,7 @@ export class Gateway {
         });
         if (balancerKey(s) !== balancerKey(runtime.config)) runtime.cluster.setBalancer(balancerFor(s));
         runtime.handler.configure(s);
-        runtime.cluster.update(backendSpecs(s));
+        runtime.membership.configure(s);
         runtime.config = s;
       }
     }
@@ -241,6 +242,7 @@ export class Gateway {
     this.listeners.clear();
     const live = [...this.services.values()].reduce((n, s) => n + s.handler.live, 0);
     this.log.info({ connections: live }, 'shutting down: draining connections');
+    for (const s of this.services.values()) s.membership.stop();
     await Promise.all([...this.services.values()].map((s) => s.cluster.close('shutdown')));
     await this.#admin?.close();
     this.#admin = undefined;

@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { Cluster } from '../cluster/cluster.ts';
+import type { MembershipStats } from '../discovery/membership.ts';
 import type { ServiceStats } from '../proxy/handler.ts';
 
 /** What the metrics read at scrape time; nothing is counted twice on the hot path. */
@@ -10,6 +11,7 @@ export interface MetricsSource {
     cluster: Cluster;
     stats: ServiceStats;
     live: number;
+    membership?: { readonly stats: MembershipStats };
   }>;
   draining(): boolean;
 }
@@ -143,6 +145,86 @@ export function createMetrics(source: MetricsSource): Registry {
     collect() {
       this.reset();
       for (const s of source.services()) this.set({ service: s.name }, s.live);
+    },
+  });
+  // Discovery and health (src/discovery, src/health).
+  new Counter({
+    name: 'holdfast_discovery_updates_total',
+    help: 'Changes of the backend set applied from the discovery source (static, file, dns, kubernetes).',
+    labelNames: ['service', 'source'],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of source.services()) {
+        const m = s.membership?.stats;
+        if (m !== undefined) this.inc({ service: s.name, source: m.source }, m.updates);
+      }
+    },
+  });
+  new Counter({
+    name: 'holdfast_discovery_errors_total',
+    help: 'Failed lookups, reads or watches of the discovery source, by reason; the last good set stayed.',
+    labelNames: ['service', 'source', 'reason'],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of source.services()) {
+        const m = s.membership?.stats;
+        if (m !== undefined)
+          for (const [reason, n] of Object.entries(m.errors)) this.inc({ service: s.name, source: m.source, reason }, n);
+      }
+    },
+  });
+  new Gauge({
+    name: 'holdfast_discovery_endpoints',
+    help: 'Endpoints (not counting terminating ones) in the last set the discovery source delivered.',
+    labelNames: ['service', 'source'],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of source.services()) {
+        const m = s.membership?.stats;
+        if (m !== undefined) this.set({ service: s.name, source: m.source }, m.endpoints);
+      }
+    },
+  });
+  new Counter({
+    name: 'holdfast_health_checks_total',
+    help: 'Active health check results per backend (pass, fail).',
+    labelNames: ['service', 'backend', 'result'],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of source.services())
+        for (const b of s.cluster.backends.values()) {
+          if (b.checksPassed > 0) this.inc({ service: s.name, backend: b.key, result: 'pass' }, b.checksPassed);
+          if (b.checksFailed > 0) this.inc({ service: s.name, backend: b.key, result: 'fail' }, b.checksFailed);
+        }
+    },
+  });
+  new Counter({
+    name: 'holdfast_outlier_ejections_total',
+    help: 'Times outlier detection ejected each backend.',
+    labelNames: ['service', 'backend'],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of source.services())
+        for (const b of s.cluster.backends.values())
+          if (b.ejections > 0) this.inc({ service: s.name, backend: b.key }, b.ejections);
+    },
+  });
+  new Counter({
+    name: 'holdfast_outlier_ejections_capped_total',
+    help: 'Ejections not made because maxEjectionPercent of the backends were already ejected.',
+    labelNames: ['service'],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of source.services()) {
+        const m = s.membership?.stats;
+        if (m !== undefined) this.inc({ service: s.name }, m.ejectionsCapped());
+      }
     },
   });
   new Gauge({

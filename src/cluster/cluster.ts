@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Balancer, PickContext } from '../balance/types.ts';
 import { formatHostPort } from '../config/address.ts';
 import { Backend, type BackendSpec } from './backend.ts';
-import type { Clock } from './clock.ts';
+import type { Clock, Timer } from './clock.ts';
 import type { LeaveReason, ProxiedConnection } from './connection.ts';
 import { Drain } from './drain.ts';
 
@@ -13,6 +13,15 @@ export interface ClusterOptions {
   log: Logger;
   drainTimeoutMs: number;
   maxConnectionsPerBackend?: number | undefined;
+}
+
+/** A passive failure signal from a data plane (see `Cluster.reportFailure`). */
+export type FailureKind = 'connect' | 'reset' | 'http-5xx';
+
+/** Told about passive signals; outlier detection (src/health/outlier.ts) implements it. */
+export interface FailureObserver {
+  failure(backend: Backend, kind: FailureKind): void;
+  success(backend: Backend): void;
 }
 
 /**
@@ -34,6 +43,11 @@ export class Cluster {
   #idleWaiters: (() => void)[] = [];
   /** Connections ever registered, for metrics. */
   connectionsTotal = 0;
+  /** Set by outlier detection; data planes report through reportFailure/reportSuccess. */
+  observer: FailureObserver | undefined;
+  /** Drain the live connections of a backend marked unhealthy (health.closeOnUnhealthy). */
+  closeOnUnhealthy = false;
+  #ejectTimers = new Map<Backend, Timer>();
 
   constructor(opts: ClusterOptions) {
     this.name = opts.name;
@@ -90,6 +104,14 @@ export class Cluster {
       const key = formatHostPort(spec.address);
       wanted.add(key);
       const existing = this.#backends.get(key);
+      if (spec.draining === true) {
+        // Terminating (Kubernetes): never added, drained if we have it.
+        if (existing !== undefined && existing.state !== 'draining') {
+          removed.push(key);
+          this.#startDrain(existing, 'drain', 'terminating');
+        }
+        continue;
+      }
       if (existing === undefined) {
         this.#backends.set(key, new Backend(spec, now));
         added.push(key);
@@ -103,7 +125,10 @@ export class Cluster {
         existing.state = 'active';
         existing.since = now;
         added.push(key);
-        this.#log.info({ service: this.name, backend: key, reason: 'returned to config' }, 'backend active again');
+        this.#log.info(
+          { service: this.name, backend: key, reason: 'returned to config' },
+          'backend active again',
+        );
       }
     }
     for (const backend of this.#backends.values()) {
@@ -131,6 +156,71 @@ export class Cluster {
       skip.add(backend);
     }
     return undefined;
+  }
+
+  /**
+   * Record the verdict of active health checks. An unhealthy backend takes no
+   * new connections; its live ones stay unless `closeOnUnhealthy`, which
+   * drains them gracefully. Returns false if nothing changed.
+   */
+  markHealth(key: string, healthy: boolean, reason: string): boolean {
+    const backend = this.#backends.get(key);
+    if (backend === undefined || backend.healthy === healthy) return false;
+    backend.healthy = healthy;
+    const log = { service: this.name, backend: key, reason, connections: backend.connections.size };
+    if (healthy) {
+      this.#log.info(log, 'backend healthy');
+      if (backend.state !== 'draining') {
+        this.#drains.get(backend)?.cancel();
+        this.#drains.delete(backend);
+      }
+    } else {
+      this.#log.warn(log, 'backend unhealthy');
+      if (this.closeOnUnhealthy && backend.state !== 'draining' && backend.connections.size > 0) {
+        this.#drains.get(backend)?.cancel();
+        this.#drains.set(
+          backend,
+          new Drain(backend.connections, {
+            clock: this.#clock,
+            reason: 'unhealthy',
+            timeoutMs: this.#drainTimeoutMs,
+            isOpen: (c) => backend.connections.has(c),
+          }),
+        );
+      }
+    }
+    this.#refresh();
+    return true;
+  }
+
+  /** Keep a backend out of new picks until `untilMs` (outlier detection). Live connections stay. */
+  eject(key: string, untilMs: number, reason: string): boolean {
+    const backend = this.#backends.get(key);
+    if (backend === undefined || backend.state === 'draining') return false;
+    const now = this.#clock.now();
+    backend.ejectedUntil = untilMs;
+    backend.ejections++;
+    this.#log.warn({ service: this.name, backend: key, reason, forMs: Math.round(untilMs - now) }, 'backend ejected');
+    this.#ejectTimers.get(backend)?.cancel();
+    this.#ejectTimers.set(
+      backend,
+      this.#clock.setTimer(() => {
+        this.#ejectTimers.delete(backend);
+        this.#refresh();
+      }, untilMs - now),
+    );
+    this.#refresh();
+    return true;
+  }
+
+  /** A data plane saw a connect failure, a reset or a 5xx from `backend`. */
+  reportFailure(backend: Backend, kind: FailureKind): void {
+    this.observer?.failure(backend, kind);
+  }
+
+  /** A data plane saw `backend` work (connected, answered below 500). */
+  reportSuccess(backend: Backend): void {
+    this.observer?.success(backend);
   }
 
   /** Does any eligible backend have room? (For telling "all full" from "none configured".) */
@@ -173,7 +263,13 @@ export class Cluster {
     backend.state = 'draining';
     const count = backend.connections.size;
     this.#log.info(
-      { service: this.name, backend: backend.key, reason: why, connections: count, timeoutMs: this.#drainTimeoutMs },
+      {
+        service: this.name,
+        backend: backend.key,
+        reason: why,
+        connections: count,
+        timeoutMs: this.#drainTimeoutMs,
+      },
       'backend draining',
     );
     if (count === 0) {
@@ -193,6 +289,8 @@ export class Cluster {
   }
 
   #forget(backend: Backend): void {
+    this.#ejectTimers.get(backend)?.cancel();
+    this.#ejectTimers.delete(backend);
     this.#drains.get(backend)?.cancel();
     this.#drains.delete(backend);
     if (this.#backends.get(backend.key) === backend) {
@@ -202,6 +300,16 @@ export class Cluster {
   }
 
   #refresh(): void {
+    const now = this.#clock.now();
+    for (const b of this.#backends.values()) {
+      if (b.state === 'draining') continue;
+      const state = b.ejectedUntil > now ? 'ejected' : b.healthy ? 'active' : 'unhealthy';
+      if (state === b.state) continue;
+      if (b.state === 'ejected') this.#log.info({ service: this.name, backend: b.key, reason: 'ejection time over' }, 'backend back from ejection');
+      // Coming back counts as joining: slow start ramps it up again.
+      if (state === 'active') b.since = now;
+      b.state = state;
+    }
     this.#eligible = [...this.#backends.values()].filter((b) => b.state === 'active' && b.weight > 0);
     this.#balancer.setTargets(this.#eligible);
   }

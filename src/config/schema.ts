@@ -7,7 +7,9 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { BALANCE_POLICIES } from '../balance/index.ts';
 import { type HostPort, parseHostPort } from './address.ts';
+import { dnsSourceSchema, fileSourceSchema, kubernetesSourceSchema } from './discovery.ts';
 import { parseDuration } from './duration.ts';
+import { healthSchema, outlierSchema } from './health.ts';
 import { maxConnectionAgeSchema, rebalanceSchema, websocketSchema } from './websocket.ts';
 
 const duration = z
@@ -38,7 +40,7 @@ const ipAddress = z
 
 const positiveInt = z.number().int().positive();
 
-const backendEntry = z.union(
+export const backendEntry = z.union(
   [
     hostPort.transform((address) => ({ address, weight: 1, maxConnections: undefined as number | undefined })),
     z.strictObject({
@@ -52,6 +54,10 @@ const backendEntry = z.union(
 
 const backends = z.strictObject({
   static: z.array(backendEntry).default([]),
+  // Dynamic sources (src/config/discovery.ts); one source per service.
+  file: fileSourceSchema.optional(),
+  dns: dnsSourceSchema.optional(),
+  kubernetes: kubernetesSourceSchema.optional(),
 });
 
 const service = z.strictObject({
@@ -66,6 +72,8 @@ const service = z.strictObject({
     .describe('addresses to accept on; several ports form one service'),
   balance: z.enum(BALANCE_POLICIES).default('least-connections'),
   backends,
+  health: healthSchema.optional(),
+  outlierDetection: outlierSchema.optional(),
   drain: z.strictObject({ timeout: duration.default(30_000) }).prefault({}),
   sourceAddresses: z.array(ipAddress).default([]),
   timeouts: z
@@ -122,7 +130,15 @@ export const configSchema = z
         }
         listens.set(key, s.name);
       });
-      if (s.backends.static.length === 0) {
+      const dynamic = (['file', 'dns', 'kubernetes'] as const).filter((k) => s.backends[k] !== undefined);
+      if (dynamic.length + (s.backends.static.length > 0 ? 1 : 0) > 1) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['services', i, 'backends'],
+          message: `choose one backend source per service, not ${[...(s.backends.static.length > 0 ? ['static'] : []), ...dynamic].join(' and ')}`,
+        });
+      }
+      if (s.backends.static.length === 0 && dynamic.length === 0) {
         ctx.addIssue({
           code: 'custom',
           path: ['services', i, 'backends'],

@@ -165,6 +165,7 @@ class TcpConnection implements ProxiedConnection {
     const proxy = this.#proxy;
     backend.connectFailures++;
     proxy.cluster.unregister(backend, this);
+    proxy.cluster.reportFailure(backend, 'connect');
     this.#upstream?.removeAllListeners();
     this.#upstream = undefined;
     this.#backend = undefined;
@@ -193,6 +194,7 @@ class TcpConnection implements ProxiedConnection {
       return;
     }
     this.#phase = 'open';
+    this.#proxy.cluster.reportSuccess(this.#backend!);
     upstream.on('error', () => {});
     upstream.on('close', this.#onUpstreamClose);
     // Relay with backpressure: pause the reader while the writer's buffer is full.
@@ -220,6 +222,7 @@ class TcpConnection implements ProxiedConnection {
   };
 
   #onUpstreamClose = (hadError: boolean): void => {
+    if (hadError && this.#phase === 'open' && this.#backend !== undefined) this.#proxy.cluster.reportFailure(this.#backend, 'reset');
     this.#sideClosed(hadError, this.#client);
   };
 
