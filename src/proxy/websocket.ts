@@ -492,8 +492,9 @@ class WsConnection implements ProxiedConnection {
     upstream.on('data', onData);
   };
 
-  #onHandshakeError = (): void => {
-    if (this.#phase === 'handshake') this.#badBackend('the backend connection failed during the handshake');
+  /** Connected but no answer in time (a frozen backend still accepts): try another backend. */
+  #onHandshakeError = (err: Error): void => {
+    if (this.#phase === 'handshake') this.#onConnectError(err);
   };
 
   #badBackend(why: string): void {
