@@ -1,6 +1,12 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2
 /**
  * The `holdfast` command: serve, check-config, --help, --version.
+ *
+ * The launcher runs Node with a 2 MiB young-generation semi-space: a proxy's
+ * garbage is short-lived buffers, so a small young generation is collected
+ * cheaply and often, and resident memory stays near what live connections
+ * need (about 2.6 KB per idle proxied TCP connection instead of 4.8 KB with
+ * V8's default; see bench/RESULTS.md). `npm start` passes the same flag.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';

@@ -2,7 +2,7 @@ import { connect, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
-import type { Clock } from '../cluster/clock.ts';
+import type { Clock, Timer } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import type { ServiceConfig } from '../config/schema.ts';
@@ -84,62 +84,176 @@ export class TcpProxy {
     this.live--;
     this.stats.closed++;
   }
+
+  #idleTimer: Timer | undefined;
+
+  /**
+   * Idle timeout without a timer per connection: one sweep per service looks
+   * at each connection's byte counters and closes those that have not moved
+   * for the idle timeout. A connection closes between 1 and 1.25 idle timeouts
+   * after its last byte. Nothing runs per byte.
+   */
+  watchIdle(): void {
+    if (this.#idleTimer !== undefined || this.settings.idleTimeoutMs <= 0) return;
+    const every = Math.max(10, Math.min(this.settings.idleTimeoutMs / 4, 60_000));
+    this.#idleTimer = this.clock.setTimer(() => {
+      this.#idleTimer = undefined;
+      this.#sweepIdle();
+      if (this.live > 0) this.watchIdle();
+    }, every);
+  }
+
+  #sweepIdle(): void {
+    const now = this.clock.now();
+    const limit = this.settings.idleTimeoutMs;
+    if (limit <= 0) return;
+    for (const backend of this.cluster.backends.values()) {
+      for (const c of backend.connections) {
+        if (!(c instanceof TcpConnection) || c.upstream === undefined) continue;
+        const traffic = c.traffic;
+        if (traffic !== c.idleBytes) {
+          c.idleBytes = traffic;
+          c.idleSince = now;
+        } else if (now - c.idleSince >= limit) {
+          c.destroy();
+        }
+      }
+    }
+  }
 }
 
 type Phase = 'connecting' | 'open' | 'leaving' | 'closed';
 
+/**
+ * Listeners are shared module-level functions that find their connection
+ * through this property, rather than closures made per connection: an idle
+ * proxied connection then costs its two sockets and one small object.
+ */
+const kConn = Symbol('holdfast.tcp');
+interface Leg extends Socket {
+  [kConn]: TcpConnection;
+}
+
+function noop(): void {}
+
+function onClientData(this: Leg, chunk: Buffer): void {
+  const up = this[kConn].upstream!;
+  if (!up.writableEnded && !up.write(chunk)) this.pause();
+}
+function onUpstreamData(this: Leg, chunk: Buffer): void {
+  const client = this[kConn].client;
+  if (!client.writableEnded && !client.write(chunk)) this.pause();
+}
+function onClientDrain(this: Leg): void {
+  this[kConn].upstream?.resume();
+}
+function onUpstreamDrain(this: Leg): void {
+  this[kConn].client.resume();
+}
+// Half-close: a FIN from one side becomes a FIN to the other, never a reset.
+function onClientEnd(this: Leg): void {
+  this[kConn].upstream?.end();
+}
+function onUpstreamEnd(this: Leg): void {
+  this[kConn].client.end();
+}
+function onClientClose(this: Leg, hadError: boolean): void {
+  const conn = this[kConn];
+  conn.sideClosed(hadError, conn.upstream);
+}
+function onUpstreamClose(this: Leg, hadError: boolean): void {
+  const conn = this[kConn];
+  if (hadError && conn.backend !== undefined) conn.proxy.cluster.reportFailure(conn.backend, 'reset');
+  conn.sideClosed(hadError, conn.client);
+}
+class ConnectTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`connect timed out after ${ms} ms`);
+  }
+}
+
+/**
+ * The pick context of a TCP connection, read from the socket only when a
+ * policy asks (hash and persistence policies do; least-connections does not),
+ * so connections balanced by load never pay for address lookups.
+ */
+class SocketPickContext implements PickContext {
+  readonly now: number;
+  readonly #socket: Socket;
+  constructor(socket: Socket, now: number) {
+    this.#socket = socket;
+    this.now = now;
+  }
+  get clientIp(): string | undefined {
+    return this.#socket.remoteAddress;
+  }
+  get clientPort(): number | undefined {
+    return this.#socket.remotePort;
+  }
+  get localIp(): string | undefined {
+    return this.#socket.localAddress;
+  }
+  get localPort(): number | undefined {
+    return this.#socket.localPort;
+  }
+}
+function onConnectError(this: Leg, err: Error): void {
+  this[kConn].connectFailed(this, err);
+}
+function onConnect(this: Leg): void {
+  this[kConn].connected(this);
+}
+
 class TcpConnection implements ProxiedConnection {
   readonly openedAt: number;
-  readonly #proxy: TcpProxy;
-  readonly #client: Socket;
-  #upstream: Socket | undefined;
-  #backend: Backend | undefined;
+  readonly proxy: TcpProxy;
+  readonly client: Leg;
+  upstream: Leg | undefined;
+  backend: Backend | undefined;
   #tried: Set<Backend> | undefined;
+  #connectTimer: Timer | undefined;
   #phase: Phase = 'connecting';
   #closedSides = 0;
-  #finished = false;
+  /** Idle sweeping: traffic seen at the last sweep and when it last changed. */
+  idleBytes = 0;
+  idleSince: number;
 
   constructor(proxy: TcpProxy, client: Socket) {
-    this.#proxy = proxy;
-    this.#client = client;
+    this.proxy = proxy;
+    this.client = client as Leg;
+    this.client[kConn] = this;
     this.openedAt = proxy.clock.now();
-    client.on('error', () => {});
-    client.on('close', this.#onClientClose);
+    this.idleSince = this.openedAt;
+    client.on('error', noop);
+    client.on('close', onClientClose);
   }
 
   get bytesIn(): number {
-    return this.#upstream?.bytesRead ?? 0;
+    return this.upstream?.bytesRead ?? 0;
   }
 
   get bytesOut(): number {
-    return this.#upstream?.bytesWritten ?? 0;
+    return this.upstream?.bytesWritten ?? 0;
   }
 
   start(): void {
-    const client = this.#client;
-    const ctx: PickContext = {
-      now: this.openedAt,
-      clientIp: client.remoteAddress,
-      clientPort: client.remotePort,
-      localIp: client.localAddress,
-      localPort: client.localPort,
-    };
-    const backend = this.#proxy.cluster.pick(ctx, this.#tried);
+    const client = this.client;
+    const proxy = this.proxy;
+    const ctx = new SocketPickContext(client, this.openedAt);
+    const backend = proxy.cluster.pick(ctx, this.#tried);
     if (backend === undefined) {
       const reason: RefusedReason = this.#tried === undefined ? 'no-backend' : 'connect-failed';
-      this.#proxy.stats.refused[reason]++;
-      this.#proxy.log.warn(
-        { service: this.#proxy.cluster.name, client: client.remoteAddress, reason },
-        reason === 'no-backend'
-          ? 'no backend can take the connection'
-          : 'every backend tried failed to connect',
+      proxy.stats.refused[reason]++;
+      proxy.log.warn(
+        { service: proxy.cluster.name, client: client.remoteAddress, reason },
+        reason === 'no-backend' ? 'no backend can take the connection' : 'every backend tried failed to connect',
       );
       client.destroy();
       return;
     }
-    this.#backend = backend;
-    this.#proxy.cluster.register(backend, this);
-    const s = this.#proxy.settings;
+    this.backend = backend;
+    proxy.cluster.register(backend, this);
+    const s = proxy.settings;
     const upstream = connect({
       host: backend.address.host,
       port: backend.address.port,
@@ -148,88 +262,74 @@ class TcpConnection implements ProxiedConnection {
       noDelay: true,
       keepAlive: s.keepAliveMs !== undefined,
       keepAliveInitialDelay: s.keepAliveMs ?? 0,
-      timeout: s.connectTimeoutMs,
-    });
-    this.#upstream = upstream;
-    upstream.on('timeout', this.#onConnectTimeout);
-    upstream.on('error', this.#onConnectError);
-    upstream.once('connect', this.#onConnect);
+    }) as Leg;
+    upstream[kConn] = this;
+    this.upstream = upstream;
+    // Our own timer rather than socket.setTimeout(): the socket would keep its
+    // Timeout object for the connection's whole life after we clear it.
+    this.#connectTimer = proxy.clock.setTimer(() => upstream.destroy(new ConnectTimeoutError(s.connectTimeoutMs)), s.connectTimeoutMs);
+    upstream.on('error', onConnectError);
+    upstream.once('connect', onConnect);
   }
 
-  #onConnectTimeout = (): void => {
-    this.#upstream?.destroy(new Error('connect timeout'));
-  };
-
-  #onConnectError = (err: Error): void => {
-    const backend = this.#backend!;
-    const proxy = this.#proxy;
+  connectFailed(upstream: Leg, err: Error): void {
+    if (upstream !== this.upstream) return;
+    this.#connectTimer?.cancel();
+    this.#connectTimer = undefined;
+    const backend = this.backend!;
+    const proxy = this.proxy;
     backend.connectFailures++;
     proxy.cluster.unregister(backend, this);
     proxy.cluster.reportFailure(backend, 'connect');
-    this.#upstream?.removeAllListeners();
-    this.#upstream = undefined;
-    this.#backend = undefined;
-    proxy.log.warn(
-      { service: proxy.cluster.name, backend: backend.key, err: err.message },
-      'backend connect failed',
-    );
-    if (this.#phase !== 'connecting' || this.#client.destroyed) return;
+    upstream.removeAllListeners();
+    upstream.on('error', noop);
+    this.upstream = undefined;
+    this.backend = undefined;
+    proxy.log.warn({ service: proxy.cluster.name, backend: backend.key, err: err.message }, 'backend connect failed');
+    if (this.#phase !== 'connecting' || this.client.destroyed) return;
     (this.#tried ??= new Set()).add(backend);
     if (this.#tried.size >= proxy.settings.maxAttempts) {
       proxy.stats.refused['connect-failed']++;
-      this.#client.destroy();
+      this.client.destroy();
       return;
     }
     this.start();
-  };
+  }
 
-  #onConnect = (): void => {
-    const upstream = this.#upstream!;
-    const client = this.#client;
-    upstream.off('timeout', this.#onConnectTimeout);
-    upstream.off('error', this.#onConnectError);
-    upstream.setTimeout(0);
+  connected(upstream: Leg): void {
+    const client = this.client;
+    this.#connectTimer?.cancel();
+    this.#connectTimer = undefined;
+    upstream.off('error', onConnectError);
+    upstream.on('error', noop);
     if (this.#phase !== 'connecting' || client.destroyed) {
       upstream.destroy();
       return;
     }
     this.#phase = 'open';
-    this.#proxy.cluster.reportSuccess(this.#backend!);
-    upstream.on('error', () => {});
-    upstream.on('close', this.#onUpstreamClose);
+    this.proxy.cluster.reportSuccess(this.backend!);
+    upstream.on('close', onUpstreamClose);
     // Relay with backpressure: pause the reader while the writer's buffer is full.
-    client.on('data', (chunk: Buffer) => {
-      if (!upstream.writableEnded && !upstream.write(chunk)) client.pause();
-    });
-    upstream.on('data', (chunk: Buffer) => {
-      if (!client.writableEnded && !client.write(chunk)) upstream.pause();
-    });
-    upstream.on('drain', () => client.resume());
-    client.on('drain', () => upstream.resume());
-    // Half-close: a FIN from one side becomes a FIN to the other, never a reset.
-    client.on('end', () => upstream.end());
-    upstream.on('end', () => client.end());
-    const idle = this.#proxy.settings.idleTimeoutMs;
-    if (idle > 0) {
-      // Client socket activity covers both directions: we read its data and write the backend's.
-      client.setTimeout(idle, () => this.destroy());
-    }
+    client.on('data', onClientData);
+    upstream.on('data', onUpstreamData);
+    upstream.on('drain', onUpstreamDrain);
+    client.on('drain', onClientDrain);
+    client.on('end', onClientEnd);
+    upstream.on('end', onUpstreamEnd);
+    this.idleSince = this.proxy.clock.now();
+    this.proxy.watchIdle();
     client.resume();
-  };
+  }
 
-  #onClientClose = (hadError: boolean): void => {
-    this.#sideClosed(hadError, this.#upstream);
-  };
+  /** Bytes moved through the client socket, both ways: what the idle sweep watches. */
+  get traffic(): number {
+    return this.client.bytesRead + this.client.bytesWritten;
+  }
 
-  #onUpstreamClose = (hadError: boolean): void => {
-    if (hadError && this.#phase === 'open' && this.#backend !== undefined) this.#proxy.cluster.reportFailure(this.#backend, 'reset');
-    this.#sideClosed(hadError, this.#client);
-  };
-
-  #sideClosed(hadError: boolean, other: Socket | undefined): void {
+  sideClosed(hadError: boolean, other: Socket | undefined): void {
     if (this.#phase === 'connecting') {
       // The client went away (or was turned away) before the backend connection was up.
-      this.#upstream?.destroy();
+      this.upstream?.destroy();
       this.#finish();
       return;
     }
@@ -242,31 +342,30 @@ class TcpConnection implements ProxiedConnection {
   }
 
   #finish(): void {
-    if (this.#finished) return;
-    this.#finished = true;
+    if (this.#phase === 'closed') return;
     this.#phase = 'closed';
-    const backend = this.#backend;
+    const backend = this.backend;
     if (backend !== undefined) {
-      backend.bytesReceivedClosed += this.#upstream?.bytesRead ?? 0;
-      backend.bytesSentClosed += this.#upstream?.bytesWritten ?? 0;
-      this.#proxy.cluster.unregister(backend, this);
+      backend.bytesReceivedClosed += this.upstream?.bytesRead ?? 0;
+      backend.bytesSentClosed += this.upstream?.bytesWritten ?? 0;
+      this.proxy.cluster.unregister(backend, this);
     }
-    this.#proxy.done();
+    this.proxy.done();
   }
 
   leave(_reason: LeaveReason): void {
     if (this.#phase === 'open') {
       this.#phase = 'leaving';
       // FIN both ways; the peers close their halves and the pair goes away cleanly.
-      this.#client.end();
-      this.#upstream?.end();
+      this.client.end();
+      this.upstream?.end();
     } else if (this.#phase === 'connecting') {
       this.destroy();
     }
   }
 
   destroy(): void {
-    this.#client.destroy();
-    this.#upstream?.destroy();
+    this.client.destroy();
+    this.upstream?.destroy();
   }
 }

@@ -229,4 +229,47 @@ services:
     assert.equal(health.status, 200);
     assert.equal(g.adminPort, admin);
   });
+
+  test('maglev over the source IP sends every connection of one client address to the same backend', async () => {
+    const bs = await backends(3);
+    const port = await freePort();
+    await gateway(`
+services:
+  - name: sticky
+    listen: 127.0.0.1:${port}
+    balance: maglev
+    hashKey: source-ip
+    backends: { static: [${bs.map((b) => `127.0.0.1:${b.port}`).join(', ')}] }
+`);
+    const landed = new Map<string, Set<string>>();
+    for (const client of ['127.0.0.11', '127.0.0.12', '127.0.0.13', '127.0.0.14']) {
+      for (let i = 0; i < 4; i++) {
+        const s = await dial(port, '127.0.0.1', { localAddress: client });
+        cleanups.push(() => void s.destroy());
+        const greeting = await readUntil(s, '\n');
+        (landed.get(client) ?? landed.set(client, new Set()).get(client)!).add(greeting.trim());
+      }
+    }
+    for (const [client, seen] of landed) assert.equal(seen.size, 1, `${client} reached ${[...seen].join(', ')}`);
+  });
+
+  test('persistence keeps a client network on its backend although least-connections would move it', async () => {
+    const bs = await backends(2);
+    const port = await freePort();
+    await gateway(`
+services:
+  - name: persistent
+    listen: 127.0.0.1:${port}
+    persistence: { timeout: 5m, netmask: 24 }
+    backends: { static: [127.0.0.1:${bs[0]!.port}, 127.0.0.1:${bs[1]!.port}] }
+`);
+    const seen = new Set<string>();
+    for (const client of ['127.0.0.21', '127.0.0.22', '127.0.0.23', '127.0.0.24', '127.0.0.25', '127.0.0.26']) {
+      const s = await dial(port, '127.0.0.1', { localAddress: client });
+      cleanups.push(() => void s.destroy());
+      seen.add((await readUntil(s, '\n')).trim());
+    }
+    assert.equal(seen.size, 1, 'one /24 network, one backend');
+  });
 });
+

@@ -1,0 +1,148 @@
+/**
+ * Start the proxies a benchmark compares holdfast with, each configured as
+ * alike as their configs allow: one worker / one thread, plain L4 or HTTP
+ * proxying to the same backend. A peer that is not installed is reported and
+ * skipped.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { connect } from 'node:net';
+
+export const ROOT = new URL('../../', import.meta.url).pathname;
+export const NODE = process.execPath;
+
+export interface RunningPeer {
+  name: string;
+  /** PIDs whose memory counts as the proxy's (nginx: the worker, not the master). */
+  pids(): number[];
+  stop(): Promise<void>;
+}
+
+export function which(cmd: string): string | undefined {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' });
+  const path = r.stdout.trim();
+  return r.status === 0 && path !== '' ? path : undefined;
+}
+
+export function tempDir(prefix: string): string {
+  return mkdtempSync(join(tmpdir(), `holdfast-bench-${prefix}-`));
+}
+
+/** Wait until something accepts TCP connections on the port. */
+export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ port, host: '127.0.0.1' });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+    setTimeout(() => child.kill('SIGKILL'), 3_000).unref();
+  });
+}
+
+export async function startHoldfast(yaml: string, port: number): Promise<RunningPeer> {
+  const dir = tempDir('holdfast');
+  const file = join(dir, 'holdfast.yaml');
+  writeFileSync(file, yaml);
+  // The same V8 flags the `holdfast` launcher uses (see src/cli/main.ts's first line).
+  const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2').split(' ').filter((f) => f !== '');
+  const child = spawn(NODE, [...flags, join(ROOT, 'src/cli/main.ts'), 'serve', '--config', file, '--json'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  await waitForPort(port);
+  return { name: 'holdfast', pids: () => [child.pid!], stop: () => stopChild(child) };
+}
+
+export async function startNginx(body: string, port: number, modules: string[] = []): Promise<RunningPeer | string> {
+  const bin = which('nginx');
+  if (bin === undefined) return 'nginx not installed (apt-get install nginx libnginx-mod-stream)';
+  const loads: string[] = [];
+  for (const m of modules) {
+    const path = `/usr/lib/nginx/modules/${m}.so`;
+    if (!existsSync(path)) return `nginx module ${m} not installed (apt-get install libnginx-mod-stream)`;
+    loads.push(`load_module ${path};`);
+  }
+  const dir = tempDir('nginx');
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(
+    conf,
+    `${loads.join('\n')}
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 19000; multi_accept on; }
+${body}
+`,
+  );
+  const child = spawn(bin, ['-c', conf, '-p', dir], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForPort(port);
+  const workers = (): number[] =>
+    spawnSync('pgrep', ['-P', String(child.pid)], { encoding: 'utf8' })
+      .stdout.split('\n')
+      .filter((l) => l !== '')
+      .map(Number);
+  return { name: 'nginx', pids: workers, stop: () => stopChild(child) };
+}
+
+export async function startHaproxy(body: string, port: number): Promise<RunningPeer | string> {
+  const bin = which('haproxy');
+  if (bin === undefined) return 'haproxy not installed (apt-get install haproxy)';
+  const dir = tempDir('haproxy');
+  const conf = join(dir, 'haproxy.cfg');
+  writeFileSync(
+    conf,
+    `global
+  maxconn 9500
+  nbthread 1
+defaults
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+${body}
+`,
+  );
+  const child = spawn(bin, ['-f', conf, '-db'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForPort(port);
+  return { name: 'haproxy', pids: () => [child.pid!], stop: () => stopChild(child) };
+}
+
+/** Resident memory of a process in bytes (VmRSS). */
+export function rssBytes(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
+  return m === null ? 0 : Number(m[1]) * 1024;
+}
+
+/** CPU time (user + system) of a process in ms, from /proc/PID/stat. */
+export function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
