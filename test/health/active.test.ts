@@ -1,0 +1,160 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { HealthChecker } from '../../src/health/active.ts';
+import { decodeHealthResponse, encodeHealthRequest } from '../../src/health/probe.ts';
+import { dial, startEchoBackend, waitFor } from '../helpers/net.ts';
+import { health, reachable, testCluster } from './_util.ts';
+import type { Cluster } from '../../src/cluster/cluster.ts';
+import type { ManualClock } from '../../src/cluster/clock.ts';
+
+/** Advance one check interval and wait until every tracked backend has a new result. */
+async function round(clock: ManualClock, cluster: Cluster, ms: number): Promise<void> {
+  const total = (): number => [...cluster.backends.values()].reduce((n, b) => n + b.checksPassed + b.checksFailed, 0);
+  const before = total();
+  const tracked = [...cluster.backends.values()].filter((b) => b.state !== 'draining').length;
+  clock.advance(ms);
+  await waitFor(() => total() >= before + tracked, 5_000, 'a round of health checks');
+}
+
+describe('active health checks', () => {
+  const cleanups: (() => unknown)[] = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) await c();
+  });
+
+  test('tcp: a stopped backend is marked down within interval × unhealthyThreshold, and up again after it returns', async () => {
+    const a = await startEchoBackend();
+    const b = await startEchoBackend();
+    cleanups.push(() => a.close(), () => b.close());
+    const { clock, cluster, log, records } = testCluster([a.port, b.port]);
+    const checker = new HealthChecker(
+      cluster,
+      health({ type: 'tcp', interval: '1s', timeout: '500ms', unhealthyThreshold: 2, healthyThreshold: 2, jitter: 0 }),
+      { clock, log },
+    );
+    cleanups.push(() => checker.stop());
+    checker.sync();
+    await round(clock, cluster, 0);
+    assert.deepEqual(reachable(cluster).size, 2);
+
+    await a.close();
+    await round(clock, cluster, 1_000);
+    assert.equal(cluster.backends.get(`127.0.0.1:${a.port}`)!.state, 'active', 'one failure is not enough');
+    await round(clock, cluster, 1_000);
+    assert.equal(cluster.backends.get(`127.0.0.1:${a.port}`)!.state, 'unhealthy');
+    assert.deepEqual([...reachable(cluster)], [`127.0.0.1:${b.port}`]);
+    const down = records.find((r) => r.msg === 'backend unhealthy');
+    assert.match(String(down?.reason), /2 consecutive tcp checks failed \(ECONNREFUSED\)/);
+
+    const back = await startEchoBackend({ port: a.port });
+    cleanups.push(() => back.close());
+    await round(clock, cluster, 1_000);
+    assert.equal(cluster.backends.get(`127.0.0.1:${a.port}`)!.state, 'unhealthy', 'one pass is not enough');
+    await round(clock, cluster, 1_000);
+    assert.equal(cluster.backends.get(`127.0.0.1:${a.port}`)!.state, 'active');
+    assert.equal(reachable(cluster).size, 2);
+    assert.ok(records.some((r) => r.msg === 'backend healthy' && /2 consecutive tcp checks passed/.test(String(r.reason))));
+  });
+
+  test('http: a status outside expectStatus fails the check; the path and Host header are sent', async () => {
+    let status = 200;
+    const seen: string[] = [];
+    const server = createServer((req, res) => {
+      seen.push(`${req.headers.host} ${req.url}`);
+      res.writeHead(status).end();
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    cleanups.push(() => server.close());
+    const port = (server.address() as AddressInfo).port;
+    const { clock, cluster, log } = testCluster([port]);
+    const checker = new HealthChecker(
+      cluster,
+      health({ type: 'http', path: '/ready', host: 'app.local', expectStatus: '200-299', interval: '2s', timeout: '1s', unhealthyThreshold: 1, healthyThreshold: 1, jitter: 0 }),
+      { clock, log },
+    );
+    cleanups.push(() => checker.stop());
+    checker.sync();
+    await round(clock, cluster, 0);
+    assert.equal(seen[0], 'app.local /ready');
+    status = 503;
+    await round(clock, cluster, 2_000);
+    assert.equal([...cluster.backends.values()][0]!.state, 'unhealthy');
+    assert.equal(cluster.pick({ now: 0 }), undefined);
+    status = 204;
+    await round(clock, cluster, 2_000);
+    assert.equal([...cluster.backends.values()][0]!.state, 'active');
+  });
+
+  test('grpc: grpc.health.v1 Check against a grpc-js server follows SERVING / NOT_SERVING', async () => {
+    let serving = 1;
+    const server = new grpc.Server();
+    const asked: string[] = [];
+    server.addService(
+      {
+        Check: {
+          path: '/grpc.health.v1.Health/Check',
+          requestStream: false,
+          responseStream: false,
+          // Hand-written codec: the messages are one field each.
+          requestSerialize: (s: string) => encodeHealthRequest(s).subarray(5),
+          requestDeserialize: (b: Buffer) => (b.length > 2 ? b.subarray(2).toString() : ''),
+          responseSerialize: (s: number) => Buffer.from([0x08, s]),
+          responseDeserialize: (b: Buffer) => decodeHealthResponse(Buffer.concat([Buffer.from([0, 0, 0, 0, b.length]), b])),
+        },
+      },
+      {
+        Check: (call: grpc.ServerUnaryCall<string, number>, cb: grpc.sendUnaryData<number>) => {
+          asked.push(call.request);
+          cb(null, serving);
+        },
+      },
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    cleanups.push(() => server.forceShutdown());
+    const { clock, cluster, log } = testCluster([port]);
+    const checker = new HealthChecker(
+      cluster,
+      health({ type: 'grpc', grpcService: 'echo.Echo', interval: '2s', timeout: '1s', unhealthyThreshold: 1, healthyThreshold: 1, jitter: 0 }),
+      { clock, log },
+    );
+    cleanups.push(() => checker.stop());
+    checker.sync();
+    await round(clock, cluster, 0);
+    assert.equal(asked[0], 'echo.Echo');
+    assert.equal([...cluster.backends.values()][0]!.checksPassed, 1);
+    serving = 2; // NOT_SERVING
+    await round(clock, cluster, 2_000);
+    assert.equal([...cluster.backends.values()][0]!.state, 'unhealthy');
+    serving = 1;
+    await round(clock, cluster, 2_000);
+    assert.equal([...cluster.backends.values()][0]!.state, 'active');
+  });
+
+  test('an unhealthy backend keeps its connections, unless closeOnUnhealthy drains them gracefully', async () => {
+    for (const closeOnUnhealthy of [false, true]) {
+      const backend = await startEchoBackend();
+      cleanups.push(() => backend.close());
+      const { cluster } = testCluster([backend.port]);
+      cluster.closeOnUnhealthy = closeOnUnhealthy;
+      // A registered connection that records how it was asked to leave.
+      const socket = await dial(backend.port);
+      cleanups.push(() => socket.destroy());
+      const left: string[] = [];
+      const conn = { openedAt: 0, leave: (r: string) => left.push(r), destroy: () => left.push('destroyed') };
+      const b = [...cluster.backends.values()][0]!;
+      cluster.register(b, conn);
+      cluster.markHealth(b.key, false, 'test says so');
+      assert.equal(b.state, 'unhealthy');
+      assert.deepEqual(left, closeOnUnhealthy ? ['unhealthy'] : []);
+      assert.equal(b.connections.size, 1, 'still registered until it closes');
+      socket.destroy();
+    }
+  });
+});
