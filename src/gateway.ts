@@ -16,6 +16,7 @@ import { ConfigError } from './errors.ts';
 import type { Logger } from './log.ts';
 import type { ProtocolHandler } from './proxy/handler.ts';
 import { type HttpContext, type HttpParts, HttpProxy } from './proxy/http.ts';
+import { requestParts } from './proxy/http-request.ts';
 import { Listener } from './proxy/listener.ts';
 import { WebSocketProxy } from './proxy/websocket.ts';
 import { TcpProxy, tcpSettings } from './proxy/tcp.ts';
@@ -62,6 +63,7 @@ const handlers: Record<ServiceConfig['protocol'], HandlerFactory | undefined> = 
  */
 function httpParts(ctx: HttpContext): HttpParts {
   return {
+    ...requestParts(ctx), // HTTP/1.1 requests and HTTP/2 streams, balanced one by one (src/proxy/http-request.ts)
     websocket: new WebSocketProxy(ctx), // WebSocket upgrades: relay, heartbeats, rebalancing (src/proxy/websocket.ts)
   };
 }
@@ -243,6 +245,7 @@ export class Gateway {
     const live = [...this.services.values()].reduce((n, s) => n + s.handler.live, 0);
     this.log.info({ connections: live }, 'shutting down: draining connections');
     for (const s of this.services.values()) s.membership.stop();
+    for (const s of this.services.values()) s.handler.drain?.();
     await Promise.all([...this.services.values()].map((s) => s.cluster.close('shutdown')));
     await this.#admin?.close();
     this.#admin = undefined;

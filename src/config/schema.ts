@@ -9,6 +9,7 @@ import { BALANCE_POLICIES } from '../balance/index.ts';
 import { type HostPort, parseHostPort } from './address.ts';
 import { dnsSourceSchema, fileSourceSchema, kubernetesSourceSchema } from './discovery.ts';
 import { parseDuration } from './duration.ts';
+import { httpServiceFields } from './http.ts';
 import { healthSchema, outlierSchema } from './health.ts';
 import { maxConnectionAgeSchema, rebalanceSchema, websocketSchema } from './websocket.ts';
 
@@ -89,6 +90,8 @@ const service = z.strictObject({
       maxConnectionsPerBackend: positiveInt.optional(),
     })
     .prefault({}),
+  /** protocol: http only (src/config/http.ts). */
+  ...httpServiceFields,
   /** WebSocket heartbeats/limits, max connection age, rebalancing (src/config/websocket.ts). */
   websocket: websocketSchema,
   maxConnectionAge: maxConnectionAgeSchema,

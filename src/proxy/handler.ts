@@ -21,6 +21,8 @@ export interface ProtocolHandler {
   readonly accept: (socket: Socket) => void;
   /** Apply settings from a reloaded config to new connections. */
   configure(config: ServiceConfig): void;
+  /** Shutdown is starting: ask idle client connections to go too (HTTP/2 GOAWAY, HTTP/1.1 close). Optional. */
+  drain?(): void;
   readonly stats: ServiceStats;
   /** Client connections held now. */
   readonly live: number;

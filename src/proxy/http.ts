@@ -6,12 +6,15 @@
  *   - HTTP/1.1 with `Upgrade: websocket`             → websocket.ts
  *   - other HTTP/1.1 requests                        → http1.ts
  */
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createSecureContext, type SecureContext, TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
 import type { ServiceConfig } from '../config/schema.ts';
+import { ConfigError } from '../errors.ts';
 import type { ProtocolHandler, ServiceStats } from './handler.ts';
 
 /** Shared by the HTTP-family data planes of one service. */
@@ -27,6 +30,8 @@ export interface HttpContext {
 /** One HTTP-family data plane (WebSocket, HTTP/1.1, HTTP/2). */
 export interface HttpPart {
   configure?(config: ServiceConfig): void;
+  /** Shutdown: ask idle and busy client connections to go (GOAWAY, `Connection: close`). */
+  drain?(): void;
 }
 
 export interface UpgradeHandler extends HttpPart {
@@ -45,7 +50,9 @@ export interface Http2Handler extends HttpPart {
 /** Until a data plane exists for a kind of traffic, it is answered with 501. */
 const notImplemented: RequestHandler & UpgradeHandler & Http2Handler = {
   handleRequest(_req, res) {
-    res.writeHead(501, { 'content-type': 'text/plain', connection: 'close' }).end('not implemented by holdfast yet\n');
+    res
+      .writeHead(501, { 'content-type': 'text/plain', connection: 'close' })
+      .end('not implemented by holdfast yet\n');
   },
   handleUpgrade(_req, socket) {
     socket.end('HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
@@ -72,8 +79,16 @@ export class HttpProxy implements ProtocolHandler {
   readonly #websocket: UpgradeHandler;
   readonly #http1: RequestHandler;
   readonly #http2: Http2Handler;
+  /** Set when the service terminates TLS (`tls: { cert, key }`); ALPN picks h2 or http/1.1. */
+  #secure: SecureContext | undefined;
 
-  constructor(cluster: Cluster, config: ServiceConfig, clock: Clock, log: Logger, parts: (ctx: HttpContext) => HttpParts) {
+  constructor(
+    cluster: Cluster,
+    config: ServiceConfig,
+    clock: Clock,
+    log: Logger,
+    parts: (ctx: HttpContext) => HttpParts,
+  ) {
     this.ctx = { cluster, clock, log, stats: this.stats, config };
     const built = parts(this.ctx);
     this.#websocket = built.websocket ?? notImplemented;
@@ -84,9 +99,12 @@ export class HttpProxy implements ProtocolHandler {
       headersTimeout: 30_000,
       requestTimeout: 0,
       keepAliveTimeout: 60_000,
-      maxHeaderSize: 16_384,
+      maxHeaderSize: config.headerLimits.maxSize,
     });
-    this.#server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#http1.handleRequest(req, res));
+    this.#secure = secureContextOf(config);
+    this.#server.on('request', (req: IncomingMessage, res: ServerResponse) =>
+      this.#http1.handleRequest(req, res),
+    );
     this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) =>
       this.#websocket.handleUpgrade(req, socket, head),
     );
@@ -95,7 +113,8 @@ export class HttpProxy implements ProtocolHandler {
       const reason = err.code === 'HPE_HEADER_OVERFLOW' ? 'header-too-large' : 'bad-request';
       errors[reason] = (errors[reason] ?? 0) + 1;
       if (socket.writable) {
-        const status = reason === 'header-too-large' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+        const status =
+          reason === 'header-too-large' ? '431 Request Header Fields Too Large' : '400 Bad Request';
         socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
       } else {
         socket.destroy();
@@ -108,6 +127,15 @@ export class HttpProxy implements ProtocolHandler {
     this.#websocket.configure?.(config);
     this.#http1.configure?.(config);
     this.#http2.configure?.(config);
+    this.#secure = secureContextOf(config);
+  }
+
+  /** Shutdown: every part asks its clients to go; idle HTTP/1.1 connections close now. */
+  drain(): void {
+    this.#websocket.drain?.();
+    this.#http1.drain?.();
+    this.#http2.drain?.();
+    this.#server.closeIdleConnections();
   }
 
   readonly accept = (socket: Socket): void => {
@@ -118,6 +146,10 @@ export class HttpProxy implements ProtocolHandler {
       this.stats.closed++;
     });
     socket.on('error', () => {});
+    if (this.#secure !== undefined) {
+      this.#acceptTls(socket, this.#secure);
+      return;
+    }
     // Look at the first bytes to tell HTTP/2 prior knowledge from HTTP/1.1.
     socket.once('data', (first: Buffer) => {
       socket.pause();
@@ -131,4 +163,29 @@ export class HttpProxy implements ProtocolHandler {
     });
     socket.resume();
   };
+
+  #acceptTls(socket: Socket, secureContext: SecureContext): void {
+    const tls = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['h2', 'http/1.1'] });
+    tls.on('error', () => {});
+    // A client that never finishes its handshake does not hold the socket for ever.
+    tls.setTimeout(10_000, () => tls.destroy());
+    tls.once('secure', () => {
+      tls.setTimeout(0);
+      if (tls.alpnProtocol === 'h2') this.#http2.handleConnection(tls);
+      else this.#server.emit('connection', tls);
+    });
+    socket.resume();
+  }
+}
+
+/** Load `tls: { cert, key }` (PEM files); undefined when the service is cleartext. */
+function secureContextOf(config: ServiceConfig): SecureContext | undefined {
+  if (config.tls === undefined) return undefined;
+  try {
+    return createSecureContext({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) });
+  } catch (cause) {
+    throw new ConfigError(`cannot load the TLS certificate or key (${(cause as Error).message})`, {
+      field: `services.${config.name}.tls`,
+    }, { cause });
+  }
 }

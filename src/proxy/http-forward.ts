@@ -1,0 +1,314 @@
+/**
+ * Per-request balancing: every HTTP/1.1 request and HTTP/2 stream picks its
+ * own backend, is registered on it while open (so least-outstanding counts a
+ * long gRPC stream for its whole life), and is retried on another backend
+ * when that is safe and the retry budget allows.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Readable } from 'node:stream';
+import type { PickContext } from '../balance/types.ts';
+import type { Backend } from '../cluster/backend.ts';
+import type { Timer } from '../cluster/clock.ts';
+import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
+import type { ServiceConfig } from '../config/schema.ts';
+import type { HttpContext } from './http.ts';
+import { type ProxyFailure, UpstreamError } from './http-errors.ts';
+import { type HeaderMap, isIdempotent, parseGrpcTimeout } from './http-headers.ts';
+import { Http1Upstream, Http2Upstream, type ResponseSink, type Upstream, type UpstreamCall, type UpstreamSettings } from './http-upstream.ts';
+
+/** One client request or stream, as HTTP/1.1 and HTTP/2 both present it. */
+export interface Downstream {
+  readonly method: string;
+  readonly path: string;
+  readonly authority: string | undefined;
+  /** Headers to forward (hop-by-hop removed, forwarding headers appended). */
+  readonly headers: HeaderMap;
+  /** The request body, or undefined when there is none. */
+  readonly body: Readable | undefined;
+  readonly grpc: boolean;
+  readonly pick: PickContext;
+  /** The client went away. */
+  readonly gone: boolean;
+  respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void;
+  /** Returns false when the client's buffer is full; `onDrain` fires once it empties. */
+  write(chunk: Buffer): boolean;
+  onDrain(fn: () => void): void;
+  end(trailers: IncomingHttpHeaders | undefined): void;
+  /** Answer with a proxy error (before response headers) or cut the response (after). */
+  fail(kind: ProxyFailure): void;
+  /** Ask the client to go after this response: GOAWAY or `Connection: close`. */
+  leave(): void;
+  /** Runs once if the client goes away before the response is complete. */
+  onGone(fn: () => void): void;
+}
+
+/** Settings read per request; rebuilt on reload. */
+export interface PlaneSettings {
+  retries: number;
+  budgetRatio: number;
+  budgetMin: number;
+  requestTimeoutMs: number;
+  upstream: UpstreamSettings & { protocol: 'http1' | 'http2' };
+}
+
+export function planeSettings(config: ServiceConfig): PlaneSettings {
+  return {
+    retries: config.retries,
+    budgetRatio: config.retryBudget.ratio,
+    budgetMin: config.retryBudget.min,
+    requestTimeoutMs: config.httpTimeouts.request,
+    upstream: {
+      protocol: config.upstream.protocol,
+      connectTimeoutMs: config.timeouts.connect,
+      connectionsPerBackend: config.upstream.connectionsPerBackend,
+      sessionsPerBackend: config.upstream.sessionsPerBackend,
+      ping: {
+        intervalMs: config.http2.ping.interval,
+        timeoutMs: config.http2.ping.timeout,
+        jitter: config.http2.ping.jitter,
+      },
+    },
+  };
+}
+
+const SWEEP_MS = 2_000;
+
+/**
+ * The request-level data plane of one service, shared by its HTTP/1.1 and
+ * HTTP/2 listeners: upstream pools, retry budget and counters.
+ */
+export class HttpPlane {
+  readonly ctx: HttpContext;
+  settings: PlaneSettings;
+  upstream: Upstream;
+  /** Requests in flight, and retries among them (for the budget). */
+  live = 0;
+  retrying = 0;
+  #sweep: Timer | undefined;
+  #closed = false;
+
+  constructor(ctx: HttpContext) {
+    this.ctx = ctx;
+    this.settings = planeSettings(ctx.config);
+    this.upstream = this.#makeUpstream();
+    this.#scheduleSweep();
+  }
+
+  #makeUpstream(): Upstream {
+    const u = this.settings.upstream;
+    return u.protocol === 'http2' ? new Http2Upstream(u, this.ctx.clock, this.ctx.log) : new Http1Upstream(u);
+  }
+
+  configure(config: ServiceConfig): void {
+    const before = JSON.stringify(this.settings.upstream);
+    this.settings = planeSettings(config);
+    if (JSON.stringify(this.settings.upstream) !== before) {
+      const old = this.upstream;
+      this.upstream = this.#makeUpstream();
+      void old.close();
+    }
+  }
+
+  /** Close pools of backends the cluster has forgotten (their requests are done). */
+  #scheduleSweep(): void {
+    this.#sweep = this.ctx.clock.setTimer(() => {
+      if (this.#closed) return;
+      this.upstream.sweep(new Set(this.ctx.cluster.backends.values()));
+      this.#scheduleSweep();
+    }, SWEEP_MS);
+  }
+
+  /** Count a failure in the service's error counters. */
+  count(kind: string): void {
+    const errors = (this.ctx.stats.errors ??= {});
+    errors[kind] = (errors[kind] ?? 0) + 1;
+  }
+
+  /** May one more retry start now? Retries in flight stay under a share of live requests. */
+  allowRetry(): boolean {
+    const s = this.settings;
+    return this.retrying < Math.max(s.budgetMin, s.budgetRatio * this.live);
+  }
+
+  forward(down: Downstream): void {
+    new Exchange(this, down).start();
+  }
+
+  /** Shutdown: once the last request is done, close the upstream pools. */
+  drain(): void {
+    if (this.#closed) return;
+    const check = (): void => {
+      if (this.live === 0) void this.close();
+      else this.ctx.clock.setTimer(check, 50);
+    };
+    check();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#sweep?.cancel();
+    await this.upstream.close();
+  }
+}
+
+/** One request through the proxy, across its attempts. Registered on the backend of the current attempt. */
+class Exchange implements ProxiedConnection, ResponseSink {
+  readonly openedAt: number;
+  readonly #plane: HttpPlane;
+  readonly #down: Downstream;
+  #backend: Backend | undefined;
+  #tried: Set<Backend> | undefined;
+  #call: UpstreamCall | undefined;
+  #attempts = 0;
+  #isRetry = false;
+  #responded = false;
+  #finished = false;
+  #requestTimer: Timer | undefined;
+  #deadline: Timer | undefined;
+  #lastFailure: ProxyFailure | undefined;
+
+  constructor(plane: HttpPlane, down: Downstream) {
+    this.#plane = plane;
+    this.#down = down;
+    this.openedAt = plane.ctx.clock.now();
+  }
+
+  start(): void {
+    const plane = this.#plane;
+    plane.live++;
+    const down = this.#down;
+    const clock = plane.ctx.clock;
+    if (down.grpc) {
+      const ms = parseGrpcTimeout(down.headers['grpc-timeout']);
+      if (ms !== undefined) this.#deadline = clock.setTimer(() => this.#timeout('deadline-exceeded'), ms);
+    }
+    down.onGone(() => {
+      if (this.#finished) return;
+      this.#call?.abort();
+      this.#plane.count('client-gone');
+      this.#finish();
+    });
+    this.#attempt();
+  }
+
+  #attempt(): void {
+    const plane = this.#plane;
+    const down = this.#down;
+    const cluster = plane.ctx.cluster;
+    const backend = cluster.pick({ ...down.pick, now: plane.ctx.clock.now() }, this.#tried);
+    if (backend === undefined) {
+      const last = this.#lastFailure;
+      const kind: ProxyFailure = last === undefined ? 'no-backend' : this.#attempts > 1 ? 'retries-exhausted' : last;
+      this.#fail(kind);
+      return;
+    }
+    this.#attempts++;
+    this.#backend = backend;
+    cluster.register(backend, this);
+    const timeout = plane.settings.requestTimeoutMs;
+    if (timeout > 0 && this.#requestTimer === undefined) {
+      this.#requestTimer = plane.ctx.clock.setTimer(() => this.#timeout('upstream-timeout'), timeout);
+    }
+    this.#call = plane.upstream.request(
+      backend,
+      { method: down.method, path: down.path, authority: down.authority, headers: { ...down.headers }, body: down.body },
+      this,
+    );
+  }
+
+  onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
+    if (this.#finished) return;
+    this.#responded = true;
+    this.#requestTimer?.cancel();
+    this.#down.respond(status, headers, endStream);
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.#finished) return true;
+    const ok = this.#down.write(chunk);
+    if (!ok) this.#down.onDrain(() => this.#call?.resume());
+    return ok;
+  }
+
+  onEnd(trailers: IncomingHttpHeaders | undefined): void {
+    if (this.#finished) return;
+    this.#down.end(trailers);
+    this.#finish();
+  }
+
+  onError(err: UpstreamError): void {
+    if (this.#finished) return;
+    const plane = this.#plane;
+    const backend = this.#backend!;
+    plane.ctx.cluster.unregister(backend, this);
+    this.#backend = undefined;
+    this.#call = undefined;
+    if (err.kind === 'connect-failed') backend.connectFailures++;
+    plane.ctx.log.debug({ service: plane.ctx.cluster.name, backend: backend.key, err: err.message }, 'upstream request failed');
+    if (this.#responded) {
+      plane.count(err.kind);
+      this.#down.fail(err.kind);
+      this.#finish();
+      return;
+    }
+    this.#lastFailure = err.kind;
+    if (this.#canRetry(err)) {
+      (this.#tried ??= new Set()).add(backend);
+      if (!this.#isRetry) {
+        this.#isRetry = true;
+        plane.retrying++;
+      }
+      plane.count('retried');
+      this.#attempt();
+      return;
+    }
+    this.#fail(err.kind);
+  }
+
+  #canRetry(err: UpstreamError): boolean {
+    const plane = this.#plane;
+    const down = this.#down;
+    if (this.#attempts > plane.settings.retries || down.gone) return false;
+    // A body already read cannot be sent again.
+    if (down.body !== undefined && (down.body.readableDidRead || down.body.destroyed)) return false;
+    if (err.sent && !(isIdempotent(down.method) && down.body === undefined)) return false;
+    return this.#isRetry || plane.allowRetry();
+  }
+
+  #timeout(kind: ProxyFailure): void {
+    if (this.#finished) return;
+    this.#call?.abort();
+    if (this.#backend !== undefined) this.#plane.ctx.cluster.unregister(this.#backend, this);
+    this.#backend = undefined;
+    this.#fail(kind);
+  }
+
+  #fail(kind: ProxyFailure): void {
+    this.#plane.count(kind);
+    this.#down.fail(kind);
+    this.#finish();
+  }
+
+  #finish(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#requestTimer?.cancel();
+    this.#deadline?.cancel();
+    const plane = this.#plane;
+    plane.live--;
+    if (this.#isRetry) plane.retrying--;
+    if (this.#backend !== undefined) plane.ctx.cluster.unregister(this.#backend, this);
+    this.#backend = undefined;
+  }
+
+  leave(_reason: LeaveReason): void {
+    this.#down.leave();
+  }
+
+  destroy(): void {
+    if (this.#finished) return;
+    this.#call?.abort();
+    this.#down.fail('shutting-down');
+    this.#finish();
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * HTTP/2 PING keepalive (gRPC's keepalive, Envoy's connection_keepalive): a
+ * PING every interval (± jitter); a session whose ACK does not arrive within
+ * the timeout is declared dead, so a peer that vanished without a FIN (frozen
+ * process, lost node) is found in seconds rather than TCP's hours.
+ */
+import type { Http2Session } from 'node:http2';
+import type { Clock, Timer } from '../cluster/clock.ts';
+
+export interface KeepaliveOptions {
+  /** ms between PINGs; 0 = off. */
+  intervalMs: number;
+  /** ms to wait for the ACK; 0 = wait for ever. */
+  timeoutMs: number;
+  /** Share of the interval by which each wait is randomised (0.1 = ±10 %). */
+  jitter: number;
+}
+
+/** Randomise `ms` by ± `jitter` (a share). */
+export function jittered(ms: number, jitter: number): number {
+  return Math.max(1, Math.round(ms * (1 + jitter * (2 * Math.random() - 1))));
+}
+
+/**
+ * Ping `session` until it closes. `onDead` runs once when an ACK is late; the
+ * caller decides how to close (it usually destroys the session). Returns a
+ * function that stops the keepalive.
+ */
+export function startKeepalive(session: Http2Session, opts: KeepaliveOptions, clock: Clock, onDead: () => void): () => void {
+  if (opts.intervalMs <= 0) return () => {};
+  let wait: Timer | undefined;
+  let deadline: Timer | undefined;
+  let stopped = false;
+  const stop = (): void => {
+    stopped = true;
+    wait?.cancel();
+    deadline?.cancel();
+  };
+  const schedule = (): void => {
+    if (stopped) return;
+    wait = clock.setTimer(ping, jittered(opts.intervalMs, opts.jitter));
+  };
+  const ping = (): void => {
+    if (stopped || session.destroyed || session.closed) return stop();
+    let acked = false;
+    const sent = session.ping((err) => {
+      acked = true;
+      deadline?.cancel();
+      if (err === null) schedule();
+    });
+    if (!sent) return schedule(); // too many unacknowledged pings already: try later
+    if (opts.timeoutMs > 0) {
+      deadline = clock.setTimer(() => {
+        if (acked || stopped) return;
+        stop();
+        onDead();
+      }, opts.timeoutMs);
+    }
+  };
+  session.once('close', stop);
+  schedule();
+  return stop;
+}

@@ -1,0 +1,372 @@
+/**
+ * Pooled connections from holdfast to backends: HTTP/1.1 keep-alive pools
+ * (undici) or HTTP/2 sessions (node:http2, needed for gRPC), one pool per
+ * backend. Pools of backends that left the cluster are drained, not cut.
+ */
+import { connect as h2connect, constants as h2c, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import type { IncomingHttpHeaders } from 'node:http';
+import { connect as netConnect } from 'node:net';
+import { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { Pool, type Dispatcher } from 'undici';
+import type { Backend } from '../cluster/backend.ts';
+import type { Clock } from '../cluster/clock.ts';
+import type { KeepaliveOptions } from './http-keepalive.ts';
+import { startKeepalive } from './http-keepalive.ts';
+import type { HeaderMap } from './http-headers.ts';
+import { type ProxyFailure, UpstreamError } from './http-errors.ts';
+
+/** What an upstream attempt reports back, in order: headers, data…, end — or error. */
+export interface ResponseSink {
+  onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void;
+  /** Return false to pause the backend until `resume()`. */
+  onData(chunk: Buffer): boolean;
+  onEnd(trailers: IncomingHttpHeaders | undefined): void;
+  onError(err: UpstreamError): void;
+}
+
+/** A request in flight to one backend. */
+export interface UpstreamCall {
+  abort(): void;
+  resume(): void;
+}
+
+export interface UpstreamRequest {
+  method: string;
+  path: string;
+  authority: string | undefined;
+  headers: HeaderMap;
+  body: Readable | undefined;
+}
+
+export interface UpstreamSettings {
+  connectTimeoutMs: number;
+  connectionsPerBackend: number;
+  sessionsPerBackend: number;
+  ping: KeepaliveOptions;
+}
+
+/** A family of per-backend pools. */
+export interface Upstream {
+  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall;
+  /** Drain (not cut) pools of backends not in `keep`. */
+  sweep(keep: ReadonlySet<Backend>): void;
+  /** Drain every pool; resolves when their in-flight requests are done. */
+  close(): Promise<void>;
+}
+
+const CONNECT_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EADDRNOTAVAIL',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'EAI_AGAIN',
+]);
+
+function classify(err: Error & { code?: string }, started: boolean): UpstreamError {
+  const code = err.code ?? '';
+  let kind: ProxyFailure = 'upstream-reset';
+  let sent = true;
+  if (CONNECT_CODES.has(code)) {
+    kind = 'connect-failed';
+    sent = false;
+  } else if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') kind = 'upstream-timeout';
+  else if (code.startsWith('HPE_') || code === 'UND_ERR_INFO' || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') {
+    kind = 'bad-response';
+  }
+  if (started && kind === 'connect-failed') kind = 'upstream-reset';
+  return new UpstreamError(kind, sent, `${code} ${err.message}`.trim(), { cause: err });
+}
+
+/**
+ * A stream undici may consume (and destroy when done) without touching the
+ * client's own stream, which only starts flowing when undici first reads, so
+ * a request whose connection failed can still be retried with its body.
+ */
+function lazyBody(src: Readable): Readable {
+  let started = false;
+  const out = new Readable({
+    read() {
+      if (started) {
+        src.resume();
+        return;
+      }
+      started = true;
+      src.on('data', (chunk: Buffer) => {
+        if (!out.push(chunk)) src.pause();
+      });
+      src.once('end', () => out.push(null));
+      src.once('error', (err) => out.destroy(err));
+      src.once('close', () => {
+        if (!src.readableEnded) out.destroy(new Error('the client went away while sending its body'));
+      });
+    },
+  });
+  return out;
+}
+
+/** HTTP/1.1 keep-alive pools, one undici Pool per backend. */
+export class Http1Upstream implements Upstream {
+  readonly #pools = new Map<Backend, Pool>();
+  readonly #settings: UpstreamSettings;
+
+  constructor(settings: UpstreamSettings) {
+    this.#settings = settings;
+  }
+
+  #pool(backend: Backend): Pool {
+    let pool = this.#pools.get(backend);
+    if (pool === undefined) {
+      const { host, port } = backend.address;
+      pool = new Pool(`http://${host.includes(':') ? `[${host}]` : host}:${port}`, {
+        connections: this.#settings.connectionsPerBackend,
+        pipelining: 1,
+        keepAliveTimeout: 30_000,
+        keepAliveMaxTimeout: 300_000,
+        headersTimeout: 0, // the proxy's own request timer decides
+        bodyTimeout: 0, // long streams are legitimate
+        connectTimeout: this.#settings.connectTimeoutMs,
+        maxHeaderSize: 65_536,
+      });
+      pool.on('connectionError', () => {});
+      this.#pools.set(backend, pool);
+    }
+    return pool;
+  }
+
+  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall {
+    let controller: Dispatcher.DispatchController | undefined;
+    let aborted = false;
+    let started = false;
+    const headers: HeaderMap = req.headers;
+    if (req.authority !== undefined) headers.host = req.authority;
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart(c) {
+        controller = c;
+        if (aborted) c.abort(new Error('client went away'));
+      },
+      onResponseStart(_c, status, resHeaders) {
+        if (status < 200) return;
+        started = true;
+        sink.onHeaders(status, resHeaders, false);
+      },
+      onResponseData(c, chunk) {
+        if (!sink.onData(chunk)) c.pause();
+      },
+      onResponseEnd(_c, trailers) {
+        sink.onEnd(trailers);
+      },
+      onResponseError(_c, err) {
+        if (aborted) return;
+        sink.onError(classify(err, started));
+      },
+    };
+    this.#pool(backend).dispatch(
+      {
+        origin: undefined,
+        method: req.method,
+        path: req.path,
+        headers,
+        body: req.body === undefined ? null : lazyBody(req.body),
+      },
+      handler,
+    );
+    return {
+      abort: () => {
+        if (aborted) return;
+        aborted = true;
+        controller?.abort(new Error('client went away'));
+      },
+      resume: () => controller?.resume(),
+    };
+  }
+
+  sweep(keep: ReadonlySet<Backend>): void {
+    for (const [backend, pool] of this.#pools) {
+      if (keep.has(backend)) continue;
+      this.#pools.delete(backend);
+      void pool.close().catch(() => {}); // in-flight requests finish, then the sockets close
+    }
+  }
+
+  async close(): Promise<void> {
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(pools.map((p) => p.close().catch(() => {})));
+  }
+}
+
+interface Session {
+  readonly session: ClientHttp2Session;
+  active: number;
+  /** Last stream id the backend will process, once it sent GOAWAY. */
+  goaway: number | undefined;
+}
+
+/** Default before the backend's SETTINGS arrive (RFC 9113 recommends ≥ 100). */
+const DEFAULT_STREAMS = 100;
+
+/**
+ * HTTP/2 sessions per backend. Streams go to the first session with room
+ * under the backend's MAX_CONCURRENT_STREAMS; when all are full another
+ * session opens (up to `sessionsPerBackend`). Every session is kept alive and
+ * checked with PINGs.
+ */
+export class Http2Upstream implements Upstream {
+  readonly #sessions = new Map<Backend, Session[]>();
+  readonly #settings: UpstreamSettings;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+
+  constructor(settings: UpstreamSettings, clock: Clock, log: Logger) {
+    this.#settings = settings;
+    this.#clock = clock;
+    this.#log = log;
+  }
+
+  /** Sessions open to `backend` now (for tests and status). */
+  sessionsOf(backend: Backend): number {
+    return this.#sessions.get(backend)?.length ?? 0;
+  }
+
+  #open(backend: Backend, list: Session[]): Session {
+    const { host, port } = backend.address;
+    const session = h2connect(`http://${host.includes(':') ? `[${host}]` : host}:${port}`, {
+      settings: { enablePush: false, initialWindowSize: 1 << 20 },
+      maxSessionMemory: 64,
+      createConnection: () => netConnect({ host, port, noDelay: true }),
+    });
+    const entry: Session = { session, active: 0, goaway: undefined };
+    list.push(entry);
+    const remove = (): void => {
+      const i = list.indexOf(entry);
+      if (i >= 0) list.splice(i, 1);
+    };
+    session.on('error', () => {});
+    session.on('goaway', (_code: number, last: number) => {
+      entry.goaway = last;
+      remove();
+    });
+    session.once('close', remove);
+    const connectTimer = this.#clock.setTimer(() => {
+      if (!session.connecting) return;
+      const err = Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' });
+      session.destroy(err);
+    }, this.#settings.connectTimeoutMs);
+    session.once('connect', () => connectTimer.cancel());
+    session.once('close', () => connectTimer.cancel());
+    startKeepalive(session, this.#settings.ping, this.#clock, () => {
+      this.#log.warn({ backend: backend.key }, 'backend HTTP/2 session missed its PING ACK; closing it');
+      remove();
+      session.destroy(Object.assign(new Error('PING timeout'), { code: 'ERR_HTTP2_PING_TIMEOUT' }));
+    });
+    return entry;
+  }
+
+  #pick(backend: Backend): Session {
+    let list = this.#sessions.get(backend);
+    if (list === undefined) this.#sessions.set(backend, (list = []));
+    let least: Session | undefined;
+    for (const s of list) {
+      if (s.session.closed || s.session.destroyed) continue;
+      const max = s.session.remoteSettings?.maxConcurrentStreams ?? DEFAULT_STREAMS;
+      if (s.active < Math.min(max, 2 ** 31)) return s;
+      if (least === undefined || s.active < least.active) least = s;
+    }
+    if (least === undefined || list.length < this.#settings.sessionsPerBackend) return this.#open(backend, list);
+    return least; // every session full: nghttp2 queues the stream until one has room
+  }
+
+  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall {
+    const entry = this.#pick(backend);
+    const headers: HeaderMap = req.headers;
+    headers[':method'] = req.method;
+    headers[':path'] = req.path;
+    headers[':scheme'] = 'http';
+    if (req.authority !== undefined) headers[':authority'] = req.authority;
+    const body = req.body;
+    let stream: ClientHttp2Stream;
+    try {
+      stream = entry.session.request(headers, { endStream: body === undefined });
+    } catch (err) {
+      queueMicrotask(() => sink.onError(classify(err as Error, false)));
+      return { abort: () => {}, resume: () => {} };
+    }
+    entry.active++;
+    let started = false;
+    let done = false;
+    let aborted = false;
+    let trailers: IncomingHttpHeaders | undefined;
+    let failure: Error | undefined;
+    stream.on('response', (h: IncomingHttpHeaders & { ':status'?: number }, flags: number) => {
+      const status = Number(h[':status']);
+      if (status < 200) return;
+      started = true;
+      sink.onHeaders(status, h, (flags & h2c.NGHTTP2_FLAG_END_STREAM) !== 0);
+    });
+    stream.on('trailers', (t: IncomingHttpHeaders) => (trailers = t));
+    stream.on('data', (chunk: Buffer) => {
+      if (!sink.onData(chunk)) stream.pause();
+    });
+    stream.on('end', () => {
+      if (!started) return;
+      done = true;
+      sink.onEnd(trailers);
+    });
+    stream.on('error', (err: Error) => (failure = err));
+    stream.on('close', () => {
+      entry.active--;
+      if (done || aborted) return;
+      done = true;
+      const id = stream.id;
+      const refused =
+        stream.rstCode === h2c.NGHTTP2_REFUSED_STREAM ||
+        id === undefined ||
+        (entry.goaway !== undefined && id > entry.goaway);
+      if (failure !== undefined && !refused) return sink.onError(classify(failure, started));
+      const code = stream.rstCode;
+      if (refused) {
+        const kind = failure !== undefined && CONNECT_CODES.has((failure as { code?: string }).code ?? '') ? 'connect-failed' : 'upstream-reset';
+        return sink.onError(new UpstreamError(kind, false, `stream refused (rst ${code})`, { cause: failure }));
+      }
+      sink.onError(new UpstreamError('upstream-reset', true, `stream reset by the backend (rst ${code})`, { cause: failure }));
+    });
+    if (body !== undefined) {
+      // Start reading the client's body only once the stream exists on the wire,
+      // so a request that never reaches the backend can still be retried.
+      const send = (): void => {
+        body.pipe(stream);
+        body.once('error', () => stream.close(h2c.NGHTTP2_CANCEL));
+      };
+      if (stream.pending) stream.once('ready', send);
+      else send();
+    }
+    return {
+      abort: () => {
+        if (done || aborted) return;
+        aborted = true;
+        if (body !== undefined) body.unpipe(stream);
+        stream.close(h2c.NGHTTP2_CANCEL);
+      },
+      resume: () => stream.resume(),
+    };
+  }
+
+  sweep(keep: ReadonlySet<Backend>): void {
+    for (const [backend, list] of this.#sessions) {
+      if (keep.has(backend)) continue;
+      this.#sessions.delete(backend);
+      for (const s of list) s.session.close(); // GOAWAY; in-flight streams finish
+    }
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.#sessions.values()].flat();
+    this.#sessions.clear();
+    await Promise.all(
+      all.map((s) => (s.session.closed ? Promise.resolve() : new Promise<void>((resolve) => s.session.close(() => resolve())))),
+    );
+  }
+}

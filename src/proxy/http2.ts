@@ -1,0 +1,229 @@
+/**
+ * HTTP/2 downstream (cleartext prior knowledge, or TLS with ALPN `h2`): each
+ * stream is balanced on its own (http-forward.ts). Sessions are pinged,
+ * closed with GOAWAY at `maxConnectionAge`, on drain and on shutdown, and
+ * guarded against rapid-reset and CONTINUATION floods (GOAWAY
+ * ENHANCE_YOUR_CALM from node's HTTP/2 core).
+ */
+import {
+  constants as h2c,
+  createServer,
+  type Http2Server,
+  type IncomingHttpHeaders,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+} from 'node:http2';
+import type { Socket } from 'node:net';
+import type { ServiceConfig } from '../config/schema.ts';
+import type { Http2Handler } from './http.ts';
+import { errorReply, grpcErrorHeaders, type ProxyFailure } from './http-errors.ts';
+import type { Downstream, HttpPlane } from './http-forward.ts';
+import { appendForwarded, forwardableHeaders, type HeaderMap, isGrpc, maxAge } from './http-headers.ts';
+import { jittered, startKeepalive } from './http-keepalive.ts';
+
+export class Http2DownstreamHandler implements Http2Handler {
+  readonly #plane: HttpPlane;
+  #server: Http2Server;
+  readonly #sessions = new Set<ServerHttp2Session>();
+  #config: ServiceConfig;
+  #draining = false;
+
+  constructor(plane: HttpPlane) {
+    this.#plane = plane;
+    this.#config = plane.ctx.config;
+    this.#server = this.#makeServer(this.#config);
+  }
+
+  #makeServer(config: ServiceConfig): Http2Server {
+    const server = createServer({
+      settings: {
+        maxConcurrentStreams: config.http2.maxConcurrentStreams,
+        maxHeaderListSize: config.headerLimits.maxSize,
+        enablePush: false,
+        initialWindowSize: 1 << 20,
+      },
+      maxHeaderListPairs: config.headerLimits.maxCount,
+      // Flood guards: invalid frames and rapid resets end the session with GOAWAY.
+      maxSessionInvalidFrames: 100,
+      maxSessionRejectedStreams: 100,
+      streamResetBurst: 200,
+      streamResetRate: 50,
+      maxSessionMemory: 32,
+      unknownProtocolTimeout: 5_000,
+    });
+    server.on('session', (session: ServerHttp2Session) => this.#onSession(session, config));
+    server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number) =>
+      this.#onStream(stream, headers, flags),
+    );
+    server.on('sessionError', () => this.#plane.count('h2-session-error'));
+    return server;
+  }
+
+  configure(config: ServiceConfig): void {
+    const listenerChanged =
+      JSON.stringify([config.http2, config.headerLimits]) !== JSON.stringify([this.#config.http2, this.#config.headerLimits]);
+    this.#config = config;
+    if (listenerChanged) {
+      // New settings apply to new sessions; existing ones are asked to reconnect.
+      this.#server = this.#makeServer(config);
+      for (const s of this.#sessions) s.close();
+    }
+  }
+
+  /** GOAWAY to every client session; streams in flight finish. */
+  drain(): void {
+    this.#draining = true;
+    for (const s of this.#sessions) s.close();
+  }
+
+  handleConnection(socket: Socket): void {
+    this.#server.emit('connection', socket);
+  }
+
+  #onSession(session: ServerHttp2Session, config: ServiceConfig): void {
+    const plane = this.#plane;
+    if (this.#draining) {
+      session.close();
+      return;
+    }
+    this.#sessions.add(session);
+    session.on('error', () => {});
+    session.on('frameError', () => plane.count('h2-frame-error'));
+    session.on('goaway', (code: number) => {
+      if (code === h2c.NGHTTP2_ENHANCE_YOUR_CALM) plane.count('h2-enhance-your-calm');
+    });
+    const stopPing = startKeepalive(
+      session,
+      { intervalMs: config.http2.ping.interval, timeoutMs: config.http2.ping.timeout, jitter: config.http2.ping.jitter },
+      plane.ctx.clock,
+      () => {
+        plane.count('client-ping-timeout');
+        session.destroy();
+      },
+    );
+    const age = maxAge(config);
+    const ageTimer = age > 0 ? plane.ctx.clock.setTimer(() => session.close(), jittered(age, 0.1)) : undefined;
+    const idle = config.httpTimeouts.clientIdle;
+    if (idle > 0) session.setTimeout(idle, () => session.close());
+    session.once('close', () => {
+      this.#sessions.delete(session);
+      stopPing();
+      ageTimer?.cancel();
+    });
+  }
+
+  #onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
+    stream.on('error', () => {});
+    const method = headers[':method'];
+    if (method === 'CONNECT') {
+      stream.respond({ ':status': 405, 'x-holdfast-error': 'connect-not-supported' }, { endStream: true });
+      return;
+    }
+    this.#plane.forward(new Http2Downstream(stream, headers, flags));
+  }
+}
+
+class Http2Downstream implements Downstream {
+  readonly method: string;
+  readonly path: string;
+  readonly authority: string | undefined;
+  readonly headers: HeaderMap;
+  readonly body;
+  readonly grpc: boolean;
+  readonly pick;
+  readonly #stream: ServerHttp2Stream;
+  #trailers: HeaderMap | undefined;
+  #wantTrailers = false;
+
+  constructor(stream: ServerHttp2Stream, h: IncomingHttpHeaders, flags: number) {
+    this.#stream = stream;
+    this.method = h[':method'] ?? 'GET';
+    this.path = h[':path'] ?? '/';
+    this.authority = h[':authority'] ?? h.host;
+    this.grpc = isGrpc(h['content-type']);
+    const headers = forwardableHeaders(h);
+    const socket = stream.session?.socket;
+    const proto = h[':scheme'] === 'https' ? 'https' : 'http';
+    appendForwarded(headers, { ip: socket?.remoteAddress, proto, host: this.authority });
+    this.headers = headers;
+    this.body = (flags & h2c.NGHTTP2_FLAG_END_STREAM) !== 0 ? undefined : stream;
+    this.pick = {
+      now: 0,
+      clientIp: socket?.remoteAddress,
+      clientPort: socket?.remotePort,
+      localIp: socket?.localAddress,
+      localPort: socket?.localPort,
+      host: this.authority,
+      path: this.path,
+      headers: h,
+    };
+    stream.on('wantTrailers', () => {
+      const t = this.#trailers;
+      stream.sendTrailers(t ?? {});
+    });
+  }
+
+  get gone(): boolean {
+    return this.#stream.destroyed;
+  }
+
+  respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
+    const stream = this.#stream;
+    if (stream.headersSent || stream.destroyed) return;
+    const out = forwardableHeaders(headers);
+    out[':status'] = String(status);
+    // Trailers are only waited for where they are expected (gRPC, a declared `Trailer`):
+    // other responses end with their last DATA frame.
+    this.#wantTrailers = !endStream && (this.grpc || isGrpc(headers['content-type']) || headers.trailer !== undefined);
+    stream.respond(out, endStream ? { endStream: true } : { waitForTrailers: this.#wantTrailers });
+  }
+
+  write(chunk: Buffer): boolean {
+    return this.#stream.destroyed ? true : this.#stream.write(chunk);
+  }
+
+  onDrain(fn: () => void): void {
+    this.#stream.once('drain', fn);
+  }
+
+  end(trailers: IncomingHttpHeaders | undefined): void {
+    const stream = this.#stream;
+    if (stream.destroyed || stream.writableEnded) return;
+    if (trailers !== undefined) this.#trailers = forwardableHeaders(trailers);
+    stream.end();
+  }
+
+  fail(kind: ProxyFailure): void {
+    const stream = this.#stream;
+    if (stream.destroyed) return;
+    if (!stream.headersSent) {
+      if (this.grpc) {
+        stream.respond({ ':status': 200, ...grpcErrorHeaders(kind) }, { endStream: true });
+      } else {
+        const reply = errorReply(kind);
+        stream.respond({ ':status': reply.status, ...reply.headers });
+        stream.end(reply.body);
+      }
+    } else if (this.#wantTrailers && this.grpc && !stream.writableEnded) {
+      // gRPC clients read the outcome from trailers: say what happened there.
+      this.#trailers = grpcErrorHeaders(kind);
+      delete this.#trailers['content-type'];
+      stream.end();
+    } else {
+      stream.close(h2c.NGHTTP2_INTERNAL_ERROR);
+    }
+    // Stop reading a request body nobody will send anywhere.
+    if (this.body !== undefined && !stream.readableEnded) stream.resume();
+  }
+
+  leave(): void {
+    const session = this.#stream.session;
+    if (session !== undefined && !session.closed) session.close();
+  }
+
+  onGone(fn: () => void): void {
+    this.#stream.once('close', () => {
+      if (!this.#stream.writableFinished || this.#stream.rstCode !== h2c.NGHTTP2_NO_ERROR) fn();
+    });
+  }
+}
