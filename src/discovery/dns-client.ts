@@ -36,7 +36,10 @@ export class DnsQueryError extends Error {
 
 /** Encode a query with EDNS0 (4096-byte UDP answers, so big headless Services fit without TCP). */
 export function encodeQuery(id: number, name: string, type: QueryType): Buffer {
-  const labels = name.replace(/\.$/, '').split('.').filter((l) => l !== '');
+  const labels = name
+    .replace(/\.$/, '')
+    .split('.')
+    .filter((l) => l !== '');
   const parts: Buffer[] = [];
   const header = Buffer.alloc(12);
   header.writeUInt16BE(id, 0);
@@ -46,7 +49,8 @@ export function encodeQuery(id: number, name: string, type: QueryType): Buffer {
   parts.push(header);
   for (const l of labels) {
     const b = Buffer.from(l, 'ascii');
-    if (b.length > 63) throw new DnsQueryError('malformed', `label "${l}" of ${name} is longer than 63 bytes`);
+    if (b.length > 63)
+      throw new DnsQueryError('malformed', `label "${l}" of ${name} is longer than 63 bytes`);
     parts.push(Buffer.from([b.length]), b);
   }
   const tail = Buffer.alloc(5 + 11);
@@ -99,12 +103,14 @@ export function decodeAnswer(buf: Buffer): { id: number; truncated: boolean; ans
   for (let s = 0; s < 3; s++) {
     for (let r = 0; r < counts[s]!; r++) {
       const [name, next] = readName(buf, i);
-      if (next + 10 > buf.length) throw new DnsQueryError('malformed', 'record runs past the end of the answer');
+      if (next + 10 > buf.length)
+        throw new DnsQueryError('malformed', 'record runs past the end of the answer');
       const type = buf.readUInt16BE(next);
       const ttl = buf.readUInt32BE(next + 4);
       const len = buf.readUInt16BE(next + 8);
       const data = next + 10;
-      if (data + len > buf.length) throw new DnsQueryError('malformed', 'record data runs past the end of the answer');
+      if (data + len > buf.length)
+        throw new DnsQueryError('malformed', 'record data runs past the end of the answer');
       i = data + len;
       if (type === RR.A && len === 4) {
         sections[s]!.push({ type: 'A', name, ttl, address: [...buf.subarray(data, data + 4)].join('.') });
@@ -127,7 +133,11 @@ export function decodeAnswer(buf: Buffer): { id: number; truncated: boolean; ans
       }
     }
   }
-  return { id, truncated: (flags & 0x0200) !== 0, answer: { rcode: flags & 0x0f, answers: sections[0]!, additional: sections[2]! } };
+  return {
+    id,
+    truncated: (flags & 0x0200) !== 0,
+    answer: { rcode: flags & 0x0f, answers: sections[0]!, additional: sections[2]! },
+  };
 }
 
 /** Canonical (RFC 5952) text of an IPv6 address given as 8 hex groups; URL parsing does the compression. */
@@ -136,7 +146,13 @@ function compressV6(groups: string[]): string {
 }
 
 /** Ask `server` one question. Rejects with DnsQueryError; resolves whatever the rcode. */
-export function query(server: HostPort, name: string, type: QueryType, timeoutMs: number, clock: Clock): Promise<DnsAnswer> {
+export function query(
+  server: HostPort,
+  name: string,
+  type: QueryType,
+  timeoutMs: number,
+  clock: Clock,
+): Promise<DnsAnswer> {
   const id = Math.floor(Math.random() * 0x10000);
   const packet = encodeQuery(id, name, type);
   return new Promise((resolve, reject) => {
@@ -150,9 +166,20 @@ export function query(server: HostPort, name: string, type: QueryType, timeoutMs
       if (err !== undefined) reject(err);
       else resolve(answer!);
     };
-    const timer = clock.setTimer(() => finish(new DnsQueryError('timeout', `no answer from ${server.host}:${server.port} within ${timeoutMs} ms`)), timeoutMs);
+    const timer = clock.setTimer(
+      () =>
+        finish(
+          new DnsQueryError('timeout', `no answer from ${server.host}:${server.port} within ${timeoutMs} ms`),
+        ),
+      timeoutMs,
+    );
     socket.on('error', (err: NodeJS.ErrnoException) =>
-      finish(new DnsQueryError(err.code === 'ECONNREFUSED' ? 'refused' : 'network', `${server.host}:${server.port}: ${err.message}`)),
+      finish(
+        new DnsQueryError(
+          err.code === 'ECONNREFUSED' ? 'refused' : 'network',
+          `${server.host}:${server.port}: ${err.message}`,
+        ),
+      ),
     );
     socket.on('message', (msg) => {
       let decoded;
@@ -182,7 +209,9 @@ function queryTcp(server: HostPort, packet: Buffer, id: number): Promise<DnsAnsw
     const socket = connect({ host: server.host, port: server.port, timeout: 5_000 });
     socket.on('timeout', () => socket.destroy(new Error('timed out')));
     let got = Buffer.alloc(0);
-    socket.on('error', (err) => reject(new DnsQueryError('network', `TCP ${server.host}:${server.port}: ${err.message}`)));
+    socket.on('error', (err) =>
+      reject(new DnsQueryError('network', `TCP ${server.host}:${server.port}: ${err.message}`)),
+    );
     socket.on('connect', () => {
       const len = Buffer.alloc(2);
       len.writeUInt16BE(packet.length);
@@ -200,6 +229,8 @@ function queryTcp(server: HostPort, packet: Buffer, id: number): Promise<DnsAnsw
         reject(err instanceof Error ? err : new Error(String(err)));
       }
     });
-    socket.on('close', () => reject(new DnsQueryError('network', `TCP ${server.host}:${server.port} closed before answering`)));
+    socket.on('close', () =>
+      reject(new DnsQueryError('network', `TCP ${server.host}:${server.port} closed before answering`)),
+    );
   });
 }

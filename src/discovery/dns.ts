@@ -24,7 +24,13 @@ export function systemNameServers(file = '/etc/resolv.conf'): HostPort[] {
   return out.length > 0 ? out : [{ host: '127.0.0.1', port: 53 }];
 }
 
-const RCODES: Readonly<Record<number, string>> = { 1: 'formerr', 2: 'servfail', 3: 'nxdomain', 4: 'notimp', 5: 'refused' };
+const RCODES: Readonly<Record<number, string>> = {
+  1: 'formerr',
+  2: 'servfail',
+  3: 'nxdomain',
+  4: 'notimp',
+  5: 'refused',
+};
 
 /**
  * `backends.dns`: A/AAAA records of a name (a headless Service) with a fixed
@@ -90,7 +96,10 @@ export class DnsSource implements DiscoverySource {
       try {
         const answer = await query(server, name, type, this.#config.timeout, this.#ctx.clock);
         if (answer.rcode === 2 || answer.rcode === 5) {
-          last = new DnsQueryError(RCODES[answer.rcode]!, `${server.host}:${server.port} answered ${RCODES[answer.rcode]!.toUpperCase()}`);
+          last = new DnsQueryError(
+            RCODES[answer.rcode]!,
+            `${server.host}:${server.port} answered ${RCODES[answer.rcode]!.toUpperCase()}`,
+          );
           continue;
         }
         return answer;
@@ -101,9 +110,17 @@ export class DnsSource implements DiscoverySource {
     throw last;
   }
 
-  async #addresses(name: string, type: 'A' | 'AAAA', into: { address: string; ttl: number }[]): Promise<void> {
+  async #addresses(
+    name: string,
+    type: 'A' | 'AAAA',
+    into: { address: string; ttl: number }[],
+  ): Promise<void> {
     const answer = await this.#ask(name, type);
-    if (answer.rcode !== 0) throw new DnsQueryError(RCODES[answer.rcode] ?? `rcode-${answer.rcode}`, `${name} ${type}: ${RCODES[answer.rcode]?.toUpperCase() ?? `rcode ${answer.rcode}`}`);
+    if (answer.rcode !== 0)
+      throw new DnsQueryError(
+        RCODES[answer.rcode] ?? `rcode-${answer.rcode}`,
+        `${name} ${type}: ${RCODES[answer.rcode]?.toUpperCase() ?? `rcode ${answer.rcode}`}`,
+      );
     let minCname = Infinity;
     for (const r of answer.answers) if (r.type === 'CNAME') minCname = Math.min(minCname, r.ttl);
     for (const r of answer.answers) {
@@ -117,7 +134,11 @@ export class DnsSource implements DiscoverySource {
     let ttl = Infinity;
     if (type === 'SRV') {
       const answer = await this.#ask(name, 'SRV');
-      if (answer.rcode !== 0) throw new DnsQueryError(RCODES[answer.rcode] ?? 'error', RCODES[answer.rcode]?.toUpperCase() ?? `rcode ${answer.rcode}`);
+      if (answer.rcode !== 0)
+        throw new DnsQueryError(
+          RCODES[answer.rcode] ?? 'error',
+          RCODES[answer.rcode]?.toUpperCase() ?? `rcode ${answer.rcode}`,
+        );
       const srv = answer.answers.filter((r): r is Extract<DnsRecord, { type: 'SRV' }> => r.type === 'SRV');
       // Only the best (lowest) priority: higher ones are backups by definition.
       const best = Math.min(...srv.map((r) => r.priority));
@@ -127,8 +148,11 @@ export class DnsSource implements DiscoverySource {
         let addrs: { address: string; ttl: number }[] = [];
         if (isIP(r.target) !== 0) addrs = [{ address: r.target, ttl: r.ttl }];
         else {
-          const glue = answer.additional.filter((a) => (a.type === 'A' || a.type === 'AAAA') && a.name.toLowerCase() === r.target.toLowerCase());
-          for (const g of glue) if (g.type === 'A' || g.type === 'AAAA') addrs.push({ address: g.address, ttl: g.ttl });
+          const glue = answer.additional.filter(
+            (a) => (a.type === 'A' || a.type === 'AAAA') && a.name.toLowerCase() === r.target.toLowerCase(),
+          );
+          for (const g of glue)
+            if (g.type === 'A' || g.type === 'AAAA') addrs.push({ address: g.address, ttl: g.ttl });
           if (addrs.length === 0) {
             await this.#addresses(r.target, 'A', addrs);
             if (addrs.length === 0) await this.#addresses(r.target, 'AAAA', addrs);

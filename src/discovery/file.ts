@@ -10,7 +10,10 @@ import { backendEntry } from '../config/schema.ts';
 import type { DiscoverySource, SourceContext } from './source.ts';
 
 /** The file is a list of backends, or `{ backends: [...] }`; entries as in `static:`. */
-const fileShape = z.union([z.array(backendEntry), z.strictObject({ backends: z.array(backendEntry) }).transform((o) => o.backends)]);
+const fileShape = z.union([
+  z.array(backendEntry),
+  z.strictObject({ backends: z.array(backendEntry) }).transform((o) => o.backends),
+]);
 
 /**
  * `backends.file`: a YAML or JSON list of backends, re-read when it changes.
@@ -45,7 +48,10 @@ export class FileSource implements DiscoverySource {
       });
       this.#watcher.on('error', () => this.#watcher?.close());
     } catch (err) {
-      this.#ctx.log.warn({ service: this.#ctx.service, path: this.#path, err: (err as Error).message }, 'cannot watch the backends file; polling only');
+      this.#ctx.log.warn(
+        { service: this.#ctx.service, path: this.#path, err: (err as Error).message },
+        'cannot watch the backends file; polling only',
+      );
     }
     this.#schedulePoll();
     this.#read('start');
@@ -72,19 +78,21 @@ export class FileSource implements DiscoverySource {
       return;
     }
     this.#reading = true;
-    readFile(this.#path, 'utf8').then(
-      (text) => this.#apply(text, why),
-      (err: unknown) => {
-        const e = err as NodeJS.ErrnoException;
-        this.#fail(e.code === 'ENOENT' ? 'missing' : 'read', `cannot read ${this.#path}: ${e.message}`);
-      },
-    ).finally(() => {
-      this.#reading = false;
-      if (this.#again) {
-        this.#again = false;
-        this.#read(why);
-      }
-    });
+    readFile(this.#path, 'utf8')
+      .then(
+        (text) => this.#apply(text, why),
+        (err: unknown) => {
+          const e = err as NodeJS.ErrnoException;
+          this.#fail(e.code === 'ENOENT' ? 'missing' : 'read', `cannot read ${this.#path}: ${e.message}`);
+        },
+      )
+      .finally(() => {
+        this.#reading = false;
+        if (this.#again) {
+          this.#again = false;
+          this.#read(why);
+        }
+      });
   }
 
   #apply(text: string, why: string): void {
@@ -94,7 +102,9 @@ export class FileSource implements DiscoverySource {
       const result = fileShape.safeParse(parse(text) ?? []);
       if (!result.success) {
         const issue = result.error.issues[0]!;
-        throw new Error(`${issue.path.join('.') || 'top level'}: ${issue.message}; write a list of "host:port" or { address, weight }`);
+        throw new Error(
+          `${issue.path.join('.') || 'top level'}: ${issue.message}; write a list of "host:port" or { address, weight }`,
+        );
       }
       specs = result.data;
     } catch (err) {

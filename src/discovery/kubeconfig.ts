@@ -73,7 +73,8 @@ function fromKubeconfig(file: string): KubeAccess {
   const pick = (list: unknown, name: unknown, what: string): Entry => {
     const hit = (Array.isArray(list) ? (list as Entry[]) : []).find((e) => e.name === name);
     const value = hit?.[what] as Entry | undefined;
-    if (value === undefined) throw new KubeConfigError(`kubeconfig ${file}: no ${what} named "${String(name)}"`);
+    if (value === undefined)
+      throw new KubeConfigError(`kubeconfig ${file}: no ${what} named "${String(name)}"`);
     return value;
   };
   const ctx = pick(doc.contexts, doc['current-context'], 'context') as Record<string, string | undefined>;
@@ -96,11 +97,14 @@ function fromKubeconfig(file: string): KubeAccess {
     return undefined;
   };
   const server = cluster.server;
-  if (typeof server !== 'string') throw new KubeConfigError(`kubeconfig ${file}: cluster "${ctx.cluster}" has no server`);
+  if (typeof server !== 'string')
+    throw new KubeConfigError(`kubeconfig ${file}: cluster "${ctx.cluster}" has no server`);
   const token = typeof user.token === 'string' ? user.token : undefined;
   const tokenFile = typeof user.tokenFile === 'string' ? resolve(base, user.tokenFile) : undefined;
   const basic =
-    typeof user.username === 'string' ? `${user.username}:${typeof user.password === 'string' ? user.password : ''}` : undefined;
+    typeof user.username === 'string'
+      ? `${user.username}:${typeof user.password === 'string' ? user.password : ''}`
+      : undefined;
   return {
     server: server.replace(/\/$/, ''),
     namespace: ctx.namespace,

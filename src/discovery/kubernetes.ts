@@ -25,11 +25,13 @@ import { backoffDelay, type DiscoverySource, type SourceContext } from './source
 export interface EndpointSlice {
   metadata: { name: string; namespace?: string; resourceVersion?: string; labels?: Record<string, string> };
   addressType?: 'IPv4' | 'IPv6' | 'FQDN';
-  endpoints?: {
-    addresses: string[];
-    conditions?: { ready?: boolean | null; serving?: boolean | null; terminating?: boolean | null };
-    targetRef?: { kind?: string; name?: string };
-  }[] | null;
+  endpoints?:
+    | {
+        addresses: string[];
+        conditions?: { ready?: boolean | null; serving?: boolean | null; terminating?: boolean | null };
+        targetRef?: { kind?: string; name?: string };
+      }[]
+    | null;
   ports?: { name?: string | null; port?: number | null; protocol?: string }[] | null;
 }
 
@@ -74,7 +76,11 @@ export function endpointsOf(
         const prev = found.get(key);
         // The same endpoint in two slices (mid-update): ready wins.
         if (prev !== undefined && prev.draining !== true) continue;
-        found.set(key, { address: { host, port: chosen.port! }, weight: 1, draining: draining ? true : undefined });
+        found.set(key, {
+          address: { host, port: chosen.port! },
+          weight: 1,
+          draining: draining ? true : undefined,
+        });
       }
     }
   }
@@ -129,7 +135,10 @@ export class KubernetesSource implements DiscoverySource {
   #retry(): void {
     if (this.#stopped) return;
     const ms = backoffDelay(this.#attempt++, this.#config.backoff, this.#config.maxBackoff);
-    this.#timer = this.#ctx.clock.setTimer(() => (this.#access === undefined ? this.start() : void this.#run()), ms);
+    this.#timer = this.#ctx.clock.setTimer(
+      () => (this.#access === undefined ? this.start() : void this.#run()),
+      ms,
+    );
   }
 
   #url(extra: string): string {
@@ -143,7 +152,10 @@ export class KubernetesSource implements DiscoverySource {
         if (this.#resourceVersion === undefined) await this.#list();
         const end = await this.#watch();
         if (end === 'gone') {
-          this.#ctx.log.info({ service: this.#ctx.service, reason: '410 Gone' }, 'kubernetes watch expired; listing again');
+          this.#ctx.log.info(
+            { service: this.#ctx.service, reason: '410 Gone' },
+            'kubernetes watch expired; listing again',
+          );
           this.#resourceVersion = undefined;
           continue;
         }
@@ -198,22 +210,31 @@ export class KubernetesSource implements DiscoverySource {
     if (res.statusCode !== 200) throw apiError(res.statusCode, await res.body.text(), 'watch');
     this.#attempt = 0;
     let partial = '';
-    for await (const chunk of res.body) {
-      partial += (chunk as Buffer).toString('utf8');
-      let nl: number;
-      while ((nl = partial.indexOf('\n')) >= 0) {
-        const line = partial.slice(0, nl).trim();
-        partial = partial.slice(nl + 1);
-        if (line === '') continue;
-        const end = this.#event(JSON.parse(line) as WatchEvent);
-        if (end !== undefined) {
-          res.body.destroy();
-          return end;
+    try {
+      for await (const chunk of res.body) {
+        partial += (chunk as Buffer).toString('utf8');
+        let nl: number;
+        while ((nl = partial.indexOf('\n')) >= 0) {
+          const line = partial.slice(0, nl).trim();
+          partial = partial.slice(nl + 1);
+          if (line === '') continue;
+          const end = this.#event(JSON.parse(line) as WatchEvent);
+          if (end !== undefined) {
+            res.body.destroy();
+            return end;
+          }
         }
       }
+    } catch (err) {
+      if (this.#stopped || (err as { reason?: string }).reason !== undefined) throw err;
+      // The connection broke (or went silent past bodyTimeout) mid-stream.
+      throw Object.assign(new Error(`watch stream dropped: ${(err as Error).message}`), {
+        reason: 'dropped',
+      });
     }
     if (this.#stopped) return 'expired';
-    if (partial.trim() !== '') throw Object.assign(new Error('watch stream ended in the middle of an event'), { reason: 'dropped' });
+    if (partial.trim() !== '')
+      throw Object.assign(new Error('watch stream ended in the middle of an event'), { reason: 'dropped' });
     return 'expired';
   }
 
@@ -222,7 +243,10 @@ export class KubernetesSource implements DiscoverySource {
     switch (ev.type) {
       case 'ERROR':
         if (obj.code === 410) return 'gone';
-        throw Object.assign(new Error(`watch error ${obj.code ?? ''}: ${obj.message ?? obj.reason ?? 'unknown'}`), { reason: 'watch-error' });
+        throw Object.assign(
+          new Error(`watch error ${obj.code ?? ''}: ${obj.message ?? obj.reason ?? 'unknown'}`),
+          { reason: 'watch-error' },
+        );
       case 'BOOKMARK':
         this.#resourceVersion = obj.metadata.resourceVersion ?? this.#resourceVersion;
         return undefined;
@@ -264,5 +288,7 @@ function apiError(status: number, body: string, what: string): Error {
       : status === 403
         ? ' (RBAC: the service account needs get, list and watch on endpointslices.discovery.k8s.io; see deploy/rbac.yaml)'
         : '';
-  return Object.assign(new Error(`${what} EndpointSlices: HTTP ${status}: ${message}${hint}`), { reason: `http-${status}` });
+  return Object.assign(new Error(`${what} EndpointSlices: HTTP ${status}: ${message}${hint}`), {
+    reason: `http-${status}`,
+  });
 }

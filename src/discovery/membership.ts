@@ -36,7 +36,9 @@ export function createSource(config: ServiceConfig, ctx: SourceContext): Discove
 
 function signature(specs: readonly BackendSpec[]): string {
   return JSON.stringify(
-    specs.map((s) => [formatHostPort(s.address), s.weight, s.maxConnections ?? null, s.draining === true]).sort(),
+    specs
+      .map((s) => [formatHostPort(s.address), s.weight, s.maxConnections ?? null, s.draining === true])
+      .sort(),
   );
 }
 
@@ -62,7 +64,13 @@ export class Membership {
     this.#cluster = cluster;
     this.#clock = opts.clock;
     this.#log = opts.log;
-    this.stats = { source: 'static', updates: 0, errors: {}, endpoints: 0, ejectionsCapped: () => this.#detector?.capped ?? 0 };
+    this.stats = {
+      source: 'static',
+      updates: 0,
+      errors: {},
+      endpoints: 0,
+      ejectionsCapped: () => this.#detector?.capped ?? 0,
+    };
   }
 
   /** Apply a service config: first start, or a reload (only what changed is re-created). */
@@ -71,17 +79,27 @@ export class Membership {
     const old = this.#config;
     this.#config = config;
     this.#cluster.closeOnUnhealthy = config.health?.closeOnUnhealthy ?? false;
-    if (old === undefined || JSON.stringify(old.outlierDetection) !== JSON.stringify(config.outlierDetection)) {
+    if (
+      old === undefined ||
+      JSON.stringify(old.outlierDetection) !== JSON.stringify(config.outlierDetection)
+    ) {
       const o = config.outlierDetection;
-      this.#detector = o === undefined ? undefined : new OutlierDetector(this.#cluster, o, { clock: this.#clock, log: this.#log });
+      this.#detector =
+        o === undefined
+          ? undefined
+          : new OutlierDetector(this.#cluster, o, { clock: this.#clock, log: this.#log });
       this.#cluster.observer = this.#detector;
     }
     if (old === undefined || JSON.stringify(old.health) !== JSON.stringify(config.health)) {
       this.#checker?.stop();
       const h = config.health;
-      this.#checker = h === undefined ? undefined : new HealthChecker(this.#cluster, h, { clock: this.#clock, log: this.#log });
+      this.#checker =
+        h === undefined
+          ? undefined
+          : new HealthChecker(this.#cluster, h, { clock: this.#clock, log: this.#log });
       if (h === undefined) {
-        for (const b of this.#cluster.backends.values()) this.#cluster.markHealth(b.key, true, 'health checks turned off');
+        for (const b of this.#cluster.backends.values())
+          this.#cluster.markHealth(b.key, true, 'health checks turned off');
       }
     }
     if (old === undefined || JSON.stringify(old.backends) !== JSON.stringify(config.backends)) {
@@ -98,7 +116,10 @@ export class Membership {
         error: (reason, message) => {
           if (source !== this.#source || this.#stopped) return;
           this.stats.errors[reason] = (this.stats.errors[reason] ?? 0) + 1;
-          this.#log.warn({ service: name, source: this.stats.source, reason, err: message }, 'discovery failed; keeping the last endpoint set');
+          this.#log.warn(
+            { service: name, source: this.stats.source, reason, err: message },
+            'discovery failed; keeping the last endpoint set',
+          );
         },
       };
       source = createSource(config, ctx);
@@ -125,7 +146,14 @@ export class Membership {
     this.stats.updates++;
     this.stats.endpoints = specs.filter((s) => s.draining !== true).length;
     this.#log.info(
-      { service: this.#cluster.name, source: this.#source?.kind, reason, added, removed, endpoints: this.stats.endpoints },
+      {
+        service: this.#cluster.name,
+        source: this.#source?.kind,
+        reason,
+        added,
+        removed,
+        endpoints: this.stats.endpoints,
+      },
       'endpoints changed',
     );
     this.#checker?.sync();

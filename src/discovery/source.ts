@@ -35,7 +35,12 @@ export interface DiscoverySource {
 }
 
 /** Exponential back-off with full jitter: a random wait in [base, min(max, base·2^n)]. */
-export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
+export function backoffDelay(
+  attempt: number,
+  baseMs: number,
+  maxMs: number,
+  random: () => number = Math.random,
+): number {
   const cap = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30));
   return baseMs + random() * Math.max(0, cap - baseMs);
 }

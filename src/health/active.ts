@@ -29,7 +29,11 @@ export class HealthChecker {
   readonly #tracked = new Map<string, Tracked>();
   #stopped = false;
 
-  constructor(cluster: Cluster, config: HealthConfig, opts: { clock: Clock; log: Logger; random?: () => number }) {
+  constructor(
+    cluster: Cluster,
+    config: HealthConfig,
+    opts: { clock: Clock; log: Logger; random?: () => number },
+  ) {
     this.#cluster = cluster;
     this.#config = config;
     this.#clock = opts.clock;
@@ -92,15 +96,32 @@ export class HealthChecker {
       t.passes++;
       t.fails = 0;
       if (!b.healthy && t.passes >= c.healthyThreshold) {
-        this.#cluster.markHealth(b.key, true, `${t.passes} consecutive ${c.type} checks passed (${result.detail})`);
+        this.#cluster.markHealth(
+          b.key,
+          true,
+          `${t.passes} consecutive ${c.type} checks passed (${result.detail})`,
+        );
       }
     } else {
       b.checksFailed++;
       t.fails++;
       t.passes = 0;
-      this.#log.debug({ service: this.#cluster.name, backend: b.key, check: c.type, detail: result.detail, consecutive: t.fails }, 'health check failed');
+      this.#log.debug(
+        {
+          service: this.#cluster.name,
+          backend: b.key,
+          check: c.type,
+          detail: result.detail,
+          consecutive: t.fails,
+        },
+        'health check failed',
+      );
       if (b.healthy && t.fails >= c.unhealthyThreshold) {
-        this.#cluster.markHealth(b.key, false, `${t.fails} consecutive ${c.type} checks failed (${result.detail})`);
+        this.#cluster.markHealth(
+          b.key,
+          false,
+          `${t.fails} consecutive ${c.type} checks failed (${result.detail})`,
+        );
       }
     }
   }

@@ -81,7 +81,14 @@ export class OutlierDetector implements FailureObserver {
     if (ejected >= allowed) {
       this.capped++;
       this.#log.warn(
-        { service: this.#cluster.name, backend: backend.key, reason: why, ejected, allowed, maxEjectionPercent: c.maxEjectionPercent },
+        {
+          service: this.#cluster.name,
+          backend: backend.key,
+          reason: why,
+          ejected,
+          allowed,
+          maxEjectionPercent: c.maxEjectionPercent,
+        },
         'outlier not ejected: ejection cap reached',
       );
       return;

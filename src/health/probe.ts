@@ -46,7 +46,11 @@ export function probe(config: HealthConfig, target: HostPort, clock: Clock): Pro
           path: config.path,
           method: 'GET',
           agent: false,
-          headers: { host: config.host ?? formatHostPort(target), 'user-agent': 'holdfast-health', connection: 'close' },
+          headers: {
+            host: config.host ?? formatHostPort(target),
+            'user-agent': 'holdfast-health',
+            connection: 'close',
+          },
         });
         cleanup = () => req.destroy();
         req.once('error', fail);
@@ -85,7 +89,12 @@ export function probe(config: HealthConfig, target: HostPort, clock: Clock): Pro
         stream.on('data', (d: Buffer) => chunks.push(d));
         stream.once('end', () => {
           if (grpcStatus !== '0') {
-            finish(false, grpcStatus === '12' ? 'health service not implemented' : `grpc-status ${grpcStatus ?? 'missing'}`);
+            finish(
+              false,
+              grpcStatus === '12'
+                ? 'health service not implemented'
+                : `grpc-status ${grpcStatus ?? 'missing'}`,
+            );
             return;
           }
           const status = decodeHealthResponse(Buffer.concat(chunks));
@@ -98,7 +107,12 @@ export function probe(config: HealthConfig, target: HostPort, clock: Clock): Pro
   });
 }
 
-const SERVING_STATUS: Readonly<Record<number, string>> = { 0: 'UNKNOWN', 1: 'SERVING', 2: 'NOT_SERVING', 3: 'SERVICE_UNKNOWN' };
+const SERVING_STATUS: Readonly<Record<number, string>> = {
+  0: 'UNKNOWN',
+  1: 'SERVING',
+  2: 'NOT_SERVING',
+  3: 'SERVICE_UNKNOWN',
+};
 
 /**
  * A gRPC message frame holding `HealthCheckRequest { string service = 1; }`.

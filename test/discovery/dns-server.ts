@@ -50,7 +50,9 @@ function addressData(address: string): Buffer {
     const [head = '', tail = ''] = address.split('::');
     const h = head === '' ? [] : head.split(':');
     const t = tail === '' ? [] : tail.split(':');
-    const groups = address.includes('::') ? [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t] : h;
+    const groups = address.includes('::')
+      ? [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t]
+      : h;
     const b = Buffer.alloc(16);
     groups.forEach((g, i) => b.writeUInt16BE(parseInt(g, 16), 2 * i));
     return b;
@@ -105,9 +107,12 @@ export class TestDnsServer {
     this.queries.push(`${type ?? qtype} ${name}`);
     const answers: Buffer[] = [];
     const additional: Buffer[] = [];
-    const known = Object.values(this.zone).some((t: Record<string, unknown> | undefined) => t?.[name] !== undefined);
+    const known = Object.values(this.zone).some(
+      (t: Record<string, unknown> | undefined) => t?.[name] !== undefined,
+    );
     if (type === 'A' || type === 'AAAA') {
-      for (const r of this.zone[type]?.[name] ?? []) answers.push(rr(name, qtype, r.ttl, addressData(r.address)));
+      for (const r of this.zone[type]?.[name] ?? [])
+        answers.push(rr(name, qtype, r.ttl, addressData(r.address)));
     } else if (type === 'SRV') {
       for (const r of this.zone.SRV?.[name] ?? []) {
         const data = Buffer.alloc(6);
@@ -115,7 +120,9 @@ export class TestDnsServer {
         data.writeUInt16BE(r.weight ?? 10, 2);
         data.writeUInt16BE(r.port, 4);
         answers.push(rr(name, 33, r.ttl, Buffer.concat([data, encodeName(r.target)])));
-        if (r.glue === true) for (const a of this.zone.A?.[r.target] ?? []) additional.push(rr(r.target, 1, a.ttl, addressData(a.address)));
+        if (r.glue === true)
+          for (const a of this.zone.A?.[r.target] ?? [])
+            additional.push(rr(r.target, 1, a.ttl, addressData(a.address)));
       }
     }
     const header = Buffer.alloc(12);

@@ -37,7 +37,14 @@ describe('dns discovery', () => {
 
   test('A records of a headless Service: follows changes on the TTL, within min/max, and survives the server going away', async () => {
     const name = 'backends.default.svc.cluster.local';
-    const server = new TestDnsServer({ A: { [name]: [{ address: '127.0.0.2', ttl: 5 }, { address: '127.0.0.3', ttl: 5 }] } });
+    const server = new TestDnsServer({
+      A: {
+        [name]: [
+          { address: '127.0.0.2', ttl: 5 },
+          { address: '127.0.0.3', ttl: 5 },
+        ],
+      },
+    });
     await server.start();
     cleanups.push(() => server.stop());
     const clock = new ManualClock();
@@ -51,7 +58,10 @@ describe('dns discovery', () => {
     assert.match(String(records.find((r) => r.msg === 'endpoints changed')?.reason), /ttl 5s/);
 
     // A pod is replaced; nothing is asked before the TTL runs out.
-    server.zone.A![name] = [{ address: '127.0.0.3', ttl: 60 }, { address: '127.0.0.4', ttl: 60 }];
+    server.zone.A![name] = [
+      { address: '127.0.0.3', ttl: 60 },
+      { address: '127.0.0.4', ttl: 60 },
+    ];
     const asked = server.queries.length;
     clock.advance(4_999);
     await new Promise((r) => setTimeout(r, 50));
@@ -75,15 +85,26 @@ describe('dns discovery', () => {
     await waitFor(() => records.filter((r) => r.msg === 'endpoints changed').length >= 2, 1_000, 'settle');
     await server.stop();
     clock.advance(20_000);
-    await waitFor(() => records.some((r) => r.msg === 'discovery failed; keeping the last endpoint set'), 5_000, 'the failure');
+    await waitFor(
+      () => records.some((r) => r.msg === 'discovery failed; keeping the last endpoint set'),
+      5_000,
+      'the failure',
+    );
     const failure = records.find((r) => r.msg === 'discovery failed; keeping the last endpoint set')!;
     assert.ok(['refused', 'timeout'].includes(String(failure.reason)), String(failure.reason));
     assert.deepEqual(active(), ['127.0.0.3:8080', '127.0.0.4:8080']);
     // Retries back off from minInterval: 2 s, then 4 s.
     clock.advance(2_000);
-    await waitFor(() => records.filter((r) => r.msg === 'discovery failed; keeping the last endpoint set').length === 2, 5_000, 'a retry');
+    await waitFor(
+      () => records.filter((r) => r.msg === 'discovery failed; keeping the last endpoint set').length === 2,
+      5_000,
+      'a retry',
+    );
     const metrics = await gateway.metrics.metrics();
-    assert.match(metrics, /holdfast_discovery_errors_total\{service="svc",source="dns",reason="(refused|timeout)"\} 2/);
+    assert.match(
+      metrics,
+      /holdfast_discovery_errors_total\{service="svc",source="dns",reason="(refused|timeout)"\} 2/,
+    );
 
     // It comes back (same port) with a change, which is picked up on the next retry.
     server.zone.A![name] = [{ address: '127.0.0.5', ttl: 30 }];
@@ -98,7 +119,10 @@ describe('dns discovery', () => {
     await server.start();
     cleanups.push(() => server.stop());
     const clock = new ManualClock();
-    const { gateway, records, active } = await gatewayFor(`{ name: ${name}, port: 80, servers: ["127.0.0.1:${server.port}"] }`, clock);
+    const { gateway, records, active } = await gatewayFor(
+      `{ name: ${name}, port: 80, servers: ["127.0.0.1:${server.port}"] }`,
+      clock,
+    );
     cleanups.push(() => gateway.shutdown());
     await waitFor(() => active().length === 1, 5_000, 'the first answer');
     server.zone = {};
@@ -126,7 +150,10 @@ describe('dns discovery', () => {
     await server.start();
     cleanups.push(() => server.stop());
     const clock = new ManualClock();
-    const { gateway, cluster, active, records } = await gatewayFor(`{ name: "${name}", type: SRV, servers: ["127.0.0.1:${server.port}"] }`, clock);
+    const { gateway, cluster, active, records } = await gatewayFor(
+      `{ name: "${name}", type: SRV, servers: ["127.0.0.1:${server.port}"] }`,
+      clock,
+    );
     cleanups.push(() => gateway.shutdown());
     await waitFor(() => active().length === 2, 5_000, 'the SRV answer');
     assert.deepEqual(active(), ['127.0.0.2:9001', '127.0.0.3:9002'], 'the backup priority is left out');

@@ -23,7 +23,10 @@ describe('file discovery', () => {
   test('edits to the backends file are picked up: new backends take new connections, removed ones drain', async () => {
     const a = await startEchoBackend({ greet: true });
     const b = await startEchoBackend({ greet: true });
-    cleanups.push(() => a.close(), () => b.close());
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    );
     const dir = mkdtempSync(join(tmpdir(), 'holdfast-file-'));
     const file = join(dir, 'backends.yaml');
     writeFileSync(file, `- 127.0.0.1:${a.port}\n`);
@@ -49,8 +52,17 @@ services:
 
     // JSON works too, and an object with `backends:`.
     replaceFile(file, JSON.stringify({ backends: [{ address: `127.0.0.1:${b.port}`, weight: 2 }] }));
-    await waitFor(() => cluster.backends.get(`127.0.0.1:${a.port}`)?.state !== 'active', 5_000, 'the edit to be seen');
-    const changed = records.find((r) => r.msg === 'endpoints changed' && (r.added as string[]).length > 0 && (r.removed as string[]).length > 0);
+    await waitFor(
+      () => cluster.backends.get(`127.0.0.1:${a.port}`)?.state !== 'active',
+      5_000,
+      'the edit to be seen',
+    );
+    const changed = records.find(
+      (r) =>
+        r.msg === 'endpoints changed' &&
+        (r.added as string[]).length > 0 &&
+        (r.removed as string[]).length > 0,
+    );
     assert.ok(changed, 'logged with what changed');
     assert.equal(changed.reason, 'file changed');
     const second = await dial(listen);
@@ -62,7 +74,11 @@ services:
 
     // A broken file keeps the last good set, and says why.
     replaceFile(file, '- not an address\n');
-    await waitFor(() => records.some((r) => r.msg === 'discovery failed; keeping the last endpoint set'), 5_000, 'the error');
+    await waitFor(
+      () => records.some((r) => r.msg === 'discovery failed; keeping the last endpoint set'),
+      5_000,
+      'the error',
+    );
     const err = records.find((r) => r.msg === 'discovery failed; keeping the last endpoint set')!;
     assert.equal(err.reason, 'parse');
     assert.match(String(err.err), /backends\.yaml/);
@@ -74,19 +90,27 @@ services:
 
     // Fixed again: picked up.
     replaceFile(file, `- 127.0.0.1:${a.port}\n- 127.0.0.1:${b.port}\n`);
-    await waitFor(() => [...cluster.backends.values()].filter((x) => x.state === 'active').length === 2, 5_000, 'the fix');
+    await waitFor(
+      () => [...cluster.backends.values()].filter((x) => x.state === 'active').length === 2,
+      5_000,
+      'the fix',
+    );
   });
 
   test('a reload that switches a service from static to file backends re-creates its source', async () => {
     const a = await startEchoBackend({ greet: true });
     const b = await startEchoBackend({ greet: true });
-    cleanups.push(() => a.close(), () => b.close());
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    );
     const dir = mkdtempSync(join(tmpdir(), 'holdfast-file-'));
     const file = join(dir, 'backends.json');
     writeFileSync(file, JSON.stringify([`127.0.0.1:${b.port}`]));
     const listen = await freePort();
     const { log, records } = memoryLogger();
-    const config = (backends: string) => parseConfig(`
+    const config = (backends: string) =>
+      parseConfig(`
 services:
   - name: svc
     listen: 127.0.0.1:${listen}
@@ -95,11 +119,22 @@ services:
     const gateway = await Gateway.start(config(`{ static: [127.0.0.1:${a.port}] }`), { log });
     cleanups.push(() => gateway.shutdown());
     const cluster = gateway.services.get('svc')!.cluster;
-    assert.deepEqual([...cluster.backends.keys()], [`127.0.0.1:${a.port}`], 'static backends apply at start, synchronously');
+    assert.deepEqual(
+      [...cluster.backends.keys()],
+      [`127.0.0.1:${a.port}`],
+      'static backends apply at start, synchronously',
+    );
     await gateway.reload(config(`{ file: { path: ${file} } }`));
-    await waitFor(() => cluster.backends.get(`127.0.0.1:${b.port}`)?.state === 'active', 5_000, 'the file source');
+    await waitFor(
+      () => cluster.backends.get(`127.0.0.1:${b.port}`)?.state === 'active',
+      5_000,
+      'the file source',
+    );
     assert.ok(records.some((r) => r.msg === 'backend source changed' && r.source === 'file'));
-    assert.ok(!cluster.backends.has(`127.0.0.1:${a.port}`) || cluster.backends.get(`127.0.0.1:${a.port}`)!.state === 'draining');
+    assert.ok(
+      !cluster.backends.has(`127.0.0.1:${a.port}`) ||
+        cluster.backends.get(`127.0.0.1:${a.port}`)!.state === 'draining',
+    );
   });
 
   test('two sources for one service is a config error naming both', () => {

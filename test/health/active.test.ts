@@ -13,7 +13,8 @@ import type { ManualClock } from '../../src/cluster/clock.ts';
 
 /** Advance one check interval and wait until every tracked backend has a new result. */
 async function round(clock: ManualClock, cluster: Cluster, ms: number): Promise<void> {
-  const total = (): number => [...cluster.backends.values()].reduce((n, b) => n + b.checksPassed + b.checksFailed, 0);
+  const total = (): number =>
+    [...cluster.backends.values()].reduce((n, b) => n + b.checksPassed + b.checksFailed, 0);
   const before = total();
   const tracked = [...cluster.backends.values()].filter((b) => b.state !== 'draining').length;
   clock.advance(ms);
@@ -29,11 +30,21 @@ describe('active health checks', () => {
   test('tcp: a stopped backend is marked down within interval × unhealthyThreshold, and up again after it returns', async () => {
     const a = await startEchoBackend();
     const b = await startEchoBackend();
-    cleanups.push(() => a.close(), () => b.close());
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    );
     const { clock, cluster, log, records } = testCluster([a.port, b.port]);
     const checker = new HealthChecker(
       cluster,
-      health({ type: 'tcp', interval: '1s', timeout: '500ms', unhealthyThreshold: 2, healthyThreshold: 2, jitter: 0 }),
+      health({
+        type: 'tcp',
+        interval: '1s',
+        timeout: '500ms',
+        unhealthyThreshold: 2,
+        healthyThreshold: 2,
+        jitter: 0,
+      }),
       { clock, log },
     );
     cleanups.push(() => checker.stop());
@@ -57,7 +68,11 @@ describe('active health checks', () => {
     await round(clock, cluster, 1_000);
     assert.equal(cluster.backends.get(`127.0.0.1:${a.port}`)!.state, 'active');
     assert.equal(reachable(cluster).size, 2);
-    assert.ok(records.some((r) => r.msg === 'backend healthy' && /2 consecutive tcp checks passed/.test(String(r.reason))));
+    assert.ok(
+      records.some(
+        (r) => r.msg === 'backend healthy' && /2 consecutive tcp checks passed/.test(String(r.reason)),
+      ),
+    );
   });
 
   test('http: a status outside expectStatus fails the check; the path and Host header are sent', async () => {
@@ -74,7 +89,17 @@ describe('active health checks', () => {
     const { clock, cluster, log } = testCluster([port]);
     const checker = new HealthChecker(
       cluster,
-      health({ type: 'http', path: '/ready', host: 'app.local', expectStatus: '200-299', interval: '2s', timeout: '1s', unhealthyThreshold: 1, healthyThreshold: 1, jitter: 0 }),
+      health({
+        type: 'http',
+        path: '/ready',
+        host: 'app.local',
+        expectStatus: '200-299',
+        interval: '2s',
+        timeout: '1s',
+        unhealthyThreshold: 1,
+        healthyThreshold: 1,
+        jitter: 0,
+      }),
       { clock, log },
     );
     cleanups.push(() => checker.stop());
@@ -104,7 +129,8 @@ describe('active health checks', () => {
           requestSerialize: (s: string) => encodeHealthRequest(s).subarray(5),
           requestDeserialize: (b: Buffer) => (b.length > 2 ? b.subarray(2).toString() : ''),
           responseSerialize: (s: number) => Buffer.from([0x08, s]),
-          responseDeserialize: (b: Buffer) => decodeHealthResponse(Buffer.concat([Buffer.from([0, 0, 0, 0, b.length]), b])),
+          responseDeserialize: (b: Buffer) =>
+            decodeHealthResponse(Buffer.concat([Buffer.from([0, 0, 0, 0, b.length]), b])),
         },
       },
       {
@@ -115,13 +141,23 @@ describe('active health checks', () => {
       },
     );
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
     );
     cleanups.push(() => server.forceShutdown());
     const { clock, cluster, log } = testCluster([port]);
     const checker = new HealthChecker(
       cluster,
-      health({ type: 'grpc', grpcService: 'echo.Echo', interval: '2s', timeout: '1s', unhealthyThreshold: 1, healthyThreshold: 1, jitter: 0 }),
+      health({
+        type: 'grpc',
+        grpcService: 'echo.Echo',
+        interval: '2s',
+        timeout: '1s',
+        unhealthyThreshold: 1,
+        healthyThreshold: 1,
+        jitter: 0,
+      }),
       { clock, log },
     );
     cleanups.push(() => checker.stop());

@@ -56,9 +56,19 @@ services:
     assert.match(String(first?.reason), /2 consecutive failures/);
 
     const text = await gateway.metrics.metrics();
-    assert.match(text, new RegExp(`holdfast_outlier_ejections_total\\{service="svc",backend="127.0.0.1:${ejected[0]!.address.port}"\\} 1`));
+    assert.match(
+      text,
+      new RegExp(
+        `holdfast_outlier_ejections_total\\{service="svc",backend="127.0.0.1:${ejected[0]!.address.port}"\\} 1`,
+      ),
+    );
     assert.match(text, /holdfast_outlier_ejections_capped_total\{service="svc"\} [1-9]/);
-    assert.match(text, new RegExp(`holdfast_backend_state\\{service="svc",backend="127.0.0.1:${ejected[0]!.address.port}",state="ejected"\\} 1`));
+    assert.match(
+      text,
+      new RegExp(
+        `holdfast_backend_state\\{service="svc",backend="127.0.0.1:${ejected[0]!.address.port}",state="ejected"\\} 1`,
+      ),
+    );
 
     // The ejection ends on time; the backend is picked again and, still failing, is ejected for twice as long.
     clock.advance(30_000);
@@ -75,7 +85,11 @@ services:
 
   test('consecutive 5xx eject through the HTTP hook; a success in between starts the count again', () => {
     const { clock, cluster, log } = testCluster([7001, 7002, 7003, 7004]);
-    const detector = new OutlierDetector(cluster, outlier({ consecutive5xx: 3, consecutiveFailures: 0, maxEjectionPercent: 50, baseEjectionTime: '10s' }), { clock, log });
+    const detector = new OutlierDetector(
+      cluster,
+      outlier({ consecutive5xx: 3, consecutiveFailures: 0, maxEjectionPercent: 50, baseEjectionTime: '10s' }),
+      { clock, log },
+    );
     cluster.observer = detector;
     const b = cluster.backends.get('127.0.0.1:7001')!;
     cluster.reportFailure(b, 'http-5xx');
@@ -98,7 +112,11 @@ services:
 
   test('the cap counts the whole cluster: at 50% two of four can be out, the third stays', () => {
     const { clock, cluster, log } = testCluster([7001, 7002, 7003, 7004]);
-    const detector = new OutlierDetector(cluster, outlier({ consecutiveFailures: 1, maxEjectionPercent: 50 }), { clock, log });
+    const detector = new OutlierDetector(
+      cluster,
+      outlier({ consecutiveFailures: 1, maxEjectionPercent: 50 }),
+      { clock, log },
+    );
     cluster.observer = detector;
     for (const b of cluster.backends.values()) cluster.reportFailure(b, 'reset');
     assert.equal([...cluster.backends.values()].filter((b) => b.state === 'ejected').length, 2);
