@@ -4,12 +4,15 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { ManualClock } from '../../src/cluster/clock.ts';
+import { parseConfig } from '../../src/config/load.ts';
+import { Gateway } from '../../src/gateway.ts';
 import { HealthChecker } from '../../src/health/active.ts';
+import { memoryLogger } from '../helpers/gateway.ts';
 import { decodeHealthResponse, encodeHealthRequest } from '../../src/health/probe.ts';
-import { dial, startEchoBackend, waitFor } from '../helpers/net.ts';
+import { dial, freePort, readUntil, startEchoBackend, waitFor } from '../helpers/net.ts';
 import { health, reachable, testCluster } from './_util.ts';
 import type { Cluster } from '../../src/cluster/cluster.ts';
-import type { ManualClock } from '../../src/cluster/clock.ts';
 
 /** Advance one check interval and wait until every tracked backend has a new result. */
 async function round(clock: ManualClock, cluster: Cluster, ms: number): Promise<void> {
@@ -192,5 +195,65 @@ describe('active health checks', () => {
       assert.equal(b.connections.size, 1, 'still registered until it closes');
       socket.destroy();
     }
+  });
+
+  test('in a gateway: clients are sent only to backends that pass, and /metrics shows checks and states', async () => {
+    const a = await startEchoBackend({ greet: true });
+    const b = await startEchoBackend({ greet: true });
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    );
+    const listen = await freePort();
+    const clock = new ManualClock();
+    const { log, records } = memoryLogger();
+    const gateway = await Gateway.start(
+      parseConfig(`
+services:
+  - name: svc
+    listen: 127.0.0.1:${listen}
+    balance: round-robin
+    backends: { static: [127.0.0.1:${a.port}, 127.0.0.1:${b.port}] }
+    health: { type: tcp, interval: 1s, timeout: 500ms, unhealthyThreshold: 1, healthyThreshold: 1, jitter: 0 }
+`),
+      { log, clock },
+    );
+    cleanups.push(() => gateway.shutdown());
+    const cluster = gateway.services.get('svc')!.cluster;
+    await round(clock, cluster, 0);
+    await a.close();
+    await round(clock, cluster, 1_000);
+    assert.equal(cluster.backends.get(`127.0.0.1:${a.port}`)!.state, 'unhealthy');
+    for (let i = 0; i < 4; i++) {
+      const s = await dial(listen);
+      assert.equal((await readUntil(s, '\n')).trim(), String(b.port));
+      s.destroy();
+    }
+    const text = await gateway.metrics.metrics();
+    assert.match(
+      text,
+      new RegExp(
+        `holdfast_backend_state\\{service="svc",backend="127.0.0.1:${a.port}",state="unhealthy"\\} 1`,
+      ),
+    );
+    assert.match(
+      text,
+      new RegExp(
+        `holdfast_health_checks_total\\{service="svc",backend="127.0.0.1:${a.port}",result="fail"\\} 1`,
+      ),
+    );
+    assert.ok(records.some((r) => r.msg === 'backend unhealthy' && r.backend === `127.0.0.1:${a.port}`));
+    // Turning checks off on reload makes every backend eligible again.
+    await gateway.reload(
+      parseConfig(`
+services:
+  - name: svc
+    listen: 127.0.0.1:${listen}
+    balance: round-robin
+    backends: { static: [127.0.0.1:${a.port}, 127.0.0.1:${b.port}] }
+`),
+    );
+    assert.equal(cluster.backends.get(`127.0.0.1:${a.port}`)!.state, 'active');
+    assert.ok(records.some((r) => r.msg === 'backend healthy' && r.reason === 'health checks turned off'));
   });
 });
