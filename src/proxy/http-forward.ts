@@ -36,10 +36,15 @@ export interface Downstream {
   end(trailers: IncomingHttpHeaders | undefined): void;
   /** Answer with a proxy error (before response headers) or cut the response (after). */
   fail(kind: ProxyFailure): void;
+  /** Cut the client's request now (drain deadline passed). */
+  abort(): void;
   /** Ask the client to go after this response: GOAWAY or `Connection: close`. */
   leave(): void;
-  /** Runs once if the client goes away before the response is complete. */
-  onGone(fn: () => void): void;
+  /**
+   * Runs once when the client's request/stream is closed: `complete` when the
+   * whole response was delivered, false when the client went away first.
+   */
+  onClose(fn: (complete: boolean) => void): void;
 }
 
 /** Settings read per request; rebuilt on reload. */
@@ -162,6 +167,8 @@ class Exchange implements ProxiedConnection, ResponseSink {
   #attempts = 0;
   #isRetry = false;
   #responded = false;
+  /** The backend's response is complete; waiting for the client to have it all. */
+  #ended = false;
   #finished = false;
   #requestTimer: Timer | undefined;
   #deadline: Timer | undefined;
@@ -182,10 +189,13 @@ class Exchange implements ProxiedConnection, ResponseSink {
       const ms = parseGrpcTimeout(down.headers['grpc-timeout']);
       if (ms !== undefined) this.#deadline = clock.setTimer(() => this.#timeout('deadline-exceeded'), ms);
     }
-    down.onGone(() => {
+    // The request stays registered until the client has the whole response (or left).
+    down.onClose((complete) => {
       if (this.#finished) return;
-      this.#call?.abort();
-      this.#plane.count('client-gone');
+      if (!complete && !this.#ended) {
+        this.#call?.abort();
+        this.#plane.count('client-gone');
+      }
       this.#finish();
     });
     this.#attempt();
@@ -232,8 +242,10 @@ class Exchange implements ProxiedConnection, ResponseSink {
 
   onEnd(trailers: IncomingHttpHeaders | undefined): void {
     if (this.#finished) return;
+    this.#ended = true;
+    this.#requestTimer?.cancel();
+    this.#deadline?.cancel();
     this.#down.end(trailers);
-    this.#finish();
   }
 
   onError(err: UpstreamError): void {
@@ -246,9 +258,7 @@ class Exchange implements ProxiedConnection, ResponseSink {
     if (err.kind === 'connect-failed') backend.connectFailures++;
     plane.ctx.log.debug({ service: plane.ctx.cluster.name, backend: backend.key, err: err.message }, 'upstream request failed');
     if (this.#responded) {
-      plane.count(err.kind);
-      this.#down.fail(err.kind);
-      this.#finish();
+      this.#fail(err.kind);
       return;
     }
     this.#lastFailure = err.kind;
@@ -285,8 +295,12 @@ class Exchange implements ProxiedConnection, ResponseSink {
 
   #fail(kind: ProxyFailure): void {
     this.#plane.count(kind);
+    if (this.#backend !== undefined) this.#plane.ctx.cluster.unregister(this.#backend, this);
+    this.#backend = undefined;
+    this.#ended = true;
+    this.#requestTimer?.cancel();
+    this.#deadline?.cancel();
     this.#down.fail(kind);
-    this.#finish();
   }
 
   #finish(): void {
@@ -309,6 +323,7 @@ class Exchange implements ProxiedConnection, ResponseSink {
     if (this.#finished) return;
     this.#call?.abort();
     this.#down.fail('shutting-down');
+    this.#down.abort();
     this.#finish();
   }
 }

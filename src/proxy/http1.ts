@@ -180,9 +180,11 @@ class Http1Downstream implements Downstream {
     if (!this.#res.headersSent) this.#res.shouldKeepAlive = false;
   }
 
-  onGone(fn: () => void): void {
-    this.#res.once('close', () => {
-      if (!this.#res.writableFinished) fn();
-    });
+  abort(): void {
+    this.#res.destroy();
+  }
+
+  onClose(fn: (complete: boolean) => void): void {
+    this.#res.once('close', () => fn(this.#res.writableFinished));
   }
 }

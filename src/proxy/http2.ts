@@ -9,6 +9,7 @@ import {
   constants as h2c,
   createServer,
   type Http2Server,
+  type Http2Session,
   type IncomingHttpHeaders,
   type ServerHttp2Session,
   type ServerHttp2Stream,
@@ -66,14 +67,14 @@ export class Http2DownstreamHandler implements Http2Handler {
     if (listenerChanged) {
       // New settings apply to new sessions; existing ones are asked to reconnect.
       this.#server = this.#makeServer(config);
-      for (const s of this.#sessions) s.close();
+      for (const s of this.#sessions) goAway(s);
     }
   }
 
   /** GOAWAY to every client session; streams in flight finish. */
   drain(): void {
     this.#draining = true;
-    for (const s of this.#sessions) s.close();
+    for (const s of this.#sessions) goAway(s);
   }
 
   handleConnection(socket: Socket): void {
@@ -83,7 +84,7 @@ export class Http2DownstreamHandler implements Http2Handler {
   #onSession(session: ServerHttp2Session, config: ServiceConfig): void {
     const plane = this.#plane;
     if (this.#draining) {
-      session.close();
+      goAway(session);
       return;
     }
     this.#sessions.add(session);
@@ -102,9 +103,9 @@ export class Http2DownstreamHandler implements Http2Handler {
       },
     );
     const age = maxAge(config);
-    const ageTimer = age > 0 ? plane.ctx.clock.setTimer(() => session.close(), jittered(age, 0.1)) : undefined;
+    const ageTimer = age > 0 ? plane.ctx.clock.setTimer(() => goAway(session), jittered(age, 0.1)) : undefined;
     const idle = config.httpTimeouts.clientIdle;
-    if (idle > 0) session.setTimeout(idle, () => session.close());
+    if (idle > 0) session.setTimeout(idle, () => goAway(session));
     session.once('close', () => {
       this.#sessions.delete(session);
       stopPing();
@@ -218,12 +219,25 @@ class Http2Downstream implements Downstream {
 
   leave(): void {
     const session = this.#stream.session;
-    if (session !== undefined && !session.closed) session.close();
+    if (session !== undefined) goAway(session);
   }
 
-  onGone(fn: () => void): void {
-    this.#stream.once('close', () => {
-      if (!this.#stream.writableFinished || this.#stream.rstCode !== h2c.NGHTTP2_NO_ERROR) fn();
-    });
+  abort(): void {
+    if (!this.#stream.destroyed) this.#stream.close(h2c.NGHTTP2_CANCEL);
   }
+
+  onClose(fn: (complete: boolean) => void): void {
+    this.#stream.once('close', () => fn(this.#stream.writableFinished && this.#stream.rstCode === h2c.NGHTTP2_NO_ERROR));
+  }
+}
+
+/**
+ * Tell the client to open no more streams here (GOAWAY NO_ERROR naming the
+ * last stream we will process), let the streams in flight finish, then close.
+ * node's `close()` alone would only send GOAWAY once the last stream is done.
+ */
+function goAway(session: Http2Session): void {
+  if (session.closed || session.destroyed) return;
+  session.goaway(h2c.NGHTTP2_NO_ERROR);
+  session.close();
 }
