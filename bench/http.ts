@@ -1,0 +1,220 @@
+/**
+ * `npm run bench -- http [--json] [--seconds N]`: requests/s and latency
+ * through one proxy process to one backend, side by side in one run:
+ * holdfast, nginx, HAProxy and a plain node:http proxy. HTTP/1.1 keep-alive
+ * load from wrk (p99 from its --latency report), HTTP/2 (h2c prior
+ * knowledge) from h2load (mean latency; h2load reports no percentiles).
+ * Missing tools or peers are reported and skipped.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { parseArgs } from 'node:util';
+import type { BenchArgs } from './run.ts';
+import { NODE, type RunningPeer, startHaproxy, startHoldfast, startNginx, waitForPort, which } from './lib/peers.ts';
+import { freePorts } from '../test/helpers/net.ts';
+
+interface Row {
+  proxy: string;
+  load: 'http1' | 'http2';
+  rps: number;
+  /** ms: p99 for wrk, mean for h2load. */
+  latencyMs: number;
+  latencyKind: 'p99' | 'mean';
+  errors: number;
+}
+
+const PLAIN_PROXY = `
+const http = require('node:http');
+const [port, backend] = process.argv.slice(1).map(Number);
+const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+http.createServer((req, res) => {
+  const up = http.request({ host: '127.0.0.1', port: backend, method: req.method, path: req.url, headers: req.headers, agent }, (r) => {
+    res.writeHead(r.statusCode, r.headers);
+    r.pipe(res);
+  });
+  up.on('error', () => { res.writeHead(502); res.end(); });
+  req.pipe(up);
+}).listen(port, '127.0.0.1');
+`;
+
+const NODE_BACKEND = `
+const http = require('node:http');
+http.createServer((req, res) => { req.resume(); res.end('ok'); }).listen(Number(process.argv[1]), '127.0.0.1');
+`;
+
+function toMs(v: string, unit: string): number {
+  const n = Number(v);
+  return unit === 'us' ? n / 1000 : unit === 's' ? n * 1000 : n;
+}
+
+function runWrk(port: number, seconds: number): Omit<Row, 'proxy' | 'load'> {
+  const r = spawnSync('wrk', ['-t1', '-c32', `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/`], { encoding: 'utf8' });
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.stdout)?.[1] ?? 0);
+  const p99 = /\s99%\s+([\d.]+)(us|ms|s)/.exec(r.stdout);
+  const errs = /Non-2xx or 3xx responses: (\d+)/.exec(r.stdout);
+  const sockErr = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(r.stdout);
+  const errors = Number(errs?.[1] ?? 0) + (sockErr === null ? 0 : sockErr.slice(1).reduce((n, x) => n + Number(x), 0));
+  return { rps, latencyMs: p99 === null ? NaN : toMs(p99[1]!, p99[2]!), latencyKind: 'p99', errors };
+}
+
+function runH2load(port: number, seconds: number): Omit<Row, 'proxy' | 'load'> {
+  const r = spawnSync('h2load', ['-c8', '-m16', '-t1', `-D${seconds}`, `http://127.0.0.1:${port}/`], { encoding: 'utf8' });
+  const rps = Number(/finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(r.stdout)?.[1] ?? 0);
+  const mean = /time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)/.exec(r.stdout);
+  const failed = Number(/(\d+) failed/.exec(r.stdout)?.[1] ?? 0) + Number(/(\d+) errored/.exec(r.stdout)?.[1] ?? 0);
+  return { rps, latencyMs: mean === null ? NaN : toMs(mean[1]!, mean[2]!), latencyKind: 'mean', errors: failed };
+}
+
+function child(script: string, args: number[]): RunningPeer {
+  const c = spawn(NODE, ['-e', script, ...args.map(String)], { stdio: 'ignore' });
+  return {
+    name: 'node',
+    pids: () => [c.pid!],
+    stop: () =>
+      new Promise((resolve) => {
+        if (c.exitCode !== null) return resolve();
+        c.once('exit', () => resolve());
+        c.kill('SIGTERM');
+      }),
+  };
+}
+
+export async function run(args: BenchArgs): Promise<void> {
+  const { values } = parseArgs({ args: args.rest, options: { seconds: { type: 'string', default: '5' } }, strict: false });
+  const seconds = Number(values.seconds);
+  const say = (msg: string): void => (args.json ? console.log(JSON.stringify({ skipped: msg })) : console.log(`# ${msg}`));
+  const haveWrk = which('wrk') !== undefined;
+  const haveH2load = which('h2load') !== undefined;
+  if (!haveWrk) say('wrk not installed (apt-get install wrk): HTTP/1.1 load skipped');
+  if (!haveH2load) say('h2load not installed (apt-get install nghttp2-client): HTTP/2 load skipped');
+  const [backendPort, hfPort, ngPort, haPort, haH2Port, plainPort] = await freePorts(6);
+
+  // One backend for everyone: nginx returning a constant when available (so the backend is not the limit), else node.
+  let backend: RunningPeer | string = await startNginx(
+    `http { access_log off; server { listen 127.0.0.1:${backendPort}; keepalive_requests 1000000; location / { return 200 "ok"; } } }`,
+    backendPort!,
+  );
+  if (typeof backend === 'string') {
+    backend = child(NODE_BACKEND, [backendPort!]);
+    await waitForPort(backendPort!);
+  }
+
+  const rows: Row[] = [];
+  const measure = async (name: string, start: () => Promise<RunningPeer | string>, h1Port: number | undefined, h2Port: number | undefined): Promise<void> => {
+    const peer = await start();
+    if (typeof peer === 'string') return say(`${name}: ${peer}`);
+    try {
+      if (haveWrk && h1Port !== undefined) rows.push({ proxy: name, load: 'http1', ...runWrk(h1Port, seconds) });
+      if (haveH2load && h2Port !== undefined) rows.push({ proxy: name, load: 'http2', ...runH2load(h2Port, seconds) });
+    } finally {
+      await peer.stop();
+    }
+  };
+
+  await measure(
+    'holdfast',
+    () =>
+      startHoldfast(
+        `log: { level: warn }
+services:
+  - name: bench
+    protocol: http
+    listen: 127.0.0.1:${hfPort}
+    backends: { static: [127.0.0.1:${backendPort}] }
+`,
+        hfPort!,
+      ),
+    hfPort,
+    hfPort,
+  );
+  await measure(
+    'nginx',
+    () =>
+      startNginx(
+        `http {
+  access_log off;
+  upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${ngPort};
+    keepalive_requests 1000000;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}`,
+        ngPort!,
+      ),
+    ngPort,
+    undefined,
+  );
+  // Debian's nginx serves h2c prior knowledge only on a port without HTTP/1.1: a second run for HTTP/2.
+  await measure(
+    'nginx',
+    () =>
+      startNginx(
+        `http {
+  access_log off;
+  upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${ngPort} http2;
+    keepalive_requests 1000000;
+    http2_max_requests 1000000;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}`,
+        ngPort!,
+      ),
+    undefined,
+    ngPort,
+  );
+  await measure(
+    'haproxy',
+    () =>
+      startHaproxy(
+        `defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend f
+  bind 127.0.0.1:${haPort}
+  bind 127.0.0.1:${haH2Port} proto h2
+  default_backend b
+backend b
+  http-reuse always
+  server s1 127.0.0.1:${backendPort}
+`,
+        haPort!,
+      ),
+    haPort,
+    haH2Port,
+  );
+  await measure(
+    'node:http proxy',
+    async () => {
+      const p = child(PLAIN_PROXY, [plainPort!, backendPort!]);
+      await waitForPort(plainPort!);
+      return p;
+    },
+    plainPort,
+    undefined,
+  );
+  await backend.stop();
+
+  const clean = rows;
+  const ref = (proxy: string, load: string): Row | undefined => clean.find((r) => r.proxy === proxy && r.load === load && r.rps > 0);
+  if (args.json) {
+    for (const r of clean) console.log(JSON.stringify({ bench: 'http', ...r }));
+    return;
+  }
+  console.log(`http bench: ${seconds}s per load, one proxy process, one backend (${typeof backend === 'string' ? 'node' : backend.name})`);
+  console.log('| proxy | load | req/s | latency (ms) | errors | vs nginx |');
+  console.log('| --- | --- | ---: | ---: | ---: | ---: |');
+  for (const r of clean) {
+    if (r.rps === 0 && r.errors === 0) continue;
+    const n = ref('nginx', r.load);
+    const ratio = n === undefined ? '' : `${(r.rps / n.rps).toFixed(2)}×`;
+    console.log(`| ${r.proxy} | ${r.load} | ${Math.round(r.rps)} | ${r.latencyMs.toFixed(2)} ${r.latencyKind} | ${r.errors} | ${ratio} |`);
+  }
+  const hf = ref('holdfast', 'http1');
+  const plain = ref('node:http proxy', 'http1');
+  if (hf !== undefined && plain !== undefined) console.log(`holdfast / plain node proxy (HTTP/1.1): ${(hf.rps / plain.rps).toFixed(2)}×`);
+}
