@@ -1,0 +1,257 @@
+/**
+ * `npm run bench -- websocket [--json] [--conns 5000] [--seconds 3] [--cpu-seconds 10]`
+ *
+ * holdfast side by side with nginx and HAProxy (each measured in this run,
+ * one worker/thread each, the same ws echo backend), every party in its own
+ * process: message relay throughput (50 connections, 1 KiB messages, 16 in
+ * flight each), memory per idle proxied WebSocket with N open (RSS delta of
+ * the proxy process / N), and the proxy's CPU over an idle window with N
+ * open — for holdfast that is the cost of its heartbeats (10 s interval,
+ * both legs); nginx and HAProxy send none. Missing peers are reported and skipped.
+ */
+import { type ChildProcess, fork, spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { BenchArgs } from './run.ts';
+
+const ROOT = new URL('../', import.meta.url).pathname;
+
+interface Result {
+  bench: 'websocket';
+  proxy: string;
+  version: string;
+  throughputMsgsPerSec?: number;
+  idleConnections?: number;
+  memoryPerIdleBytes?: number;
+  idleCpuPercentOfCore?: number;
+  skipped?: string;
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer().listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as { port: number }).port;
+  s.close();
+  return port;
+}
+
+function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m?.[1] ?? 0) * 1024;
+}
+
+function cpuTicks(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+function which(cmd: string): string | undefined {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : undefined;
+}
+
+/** Progress on stderr with BENCH_DEBUG=1. */
+function debug(m: string): void {
+  if (process.env.BENCH_DEBUG !== undefined) process.stderr.write(`${m}\n`);
+}
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitListening(port: number, child: ChildProcess): Promise<void> {
+  const { connect } = await import('node:net');
+  for (let i = 0; i < 100; i++) {
+    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ port, host: '127.0.0.1' });
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(100);
+  }
+  throw new Error(`nothing listening on ${port}`);
+}
+
+interface Peer {
+  name: string;
+  version: string;
+  start(port: number, backend: number, dir: string): ChildProcess;
+}
+
+function peers(): { available: Peer[]; missing: string[] } {
+  const available: Peer[] = [];
+  const missing: string[] = [];
+  available.push({
+    name: 'holdfast',
+    version: `node ${process.versions.node}`,
+    start(port, backend, dir) {
+      const file = join(dir, 'holdfast.yaml');
+      writeFileSync(
+        file,
+        [
+          'log: { level: warn }',
+          'services:',
+          '  - name: ws',
+          '    protocol: http',
+          `    listen: 127.0.0.1:${port}`,
+          `    backends: { static: [127.0.0.1:${backend}] }`,
+          '    websocket: { ping: { interval: 10s, timeout: 5s } }',
+          '    maxConnectionAge: off',
+        ].join('\n'),
+      );
+      return spawn(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'serve', '--config', file, '--json'], { stdio: 'ignore' });
+    },
+  });
+  const nginx = which('nginx');
+  if (nginx === undefined) missing.push('nginx');
+  else {
+    const v = spawnSync(nginx, ['-v'], { encoding: 'utf8' }).stderr.trim().replace('nginx version: ', '');
+    available.push({
+      name: 'nginx',
+      version: v,
+      start(port, backend, dir) {
+        writeFileSync(
+          join(dir, 'nginx.conf'),
+          `daemon off; master_process off; worker_processes 1; error_log stderr error; pid ${dir}/nginx.pid;
+worker_rlimit_nofile 20000;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
+  upstream be { least_conn; server 127.0.0.1:${backend}; }
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    location / {
+      proxy_pass http://be; proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";
+      proxy_read_timeout 1h; proxy_send_timeout 1h;
+    }
+  }
+}
+`,
+        );
+        return spawn(nginx, ['-p', dir, '-c', join(dir, 'nginx.conf')], { stdio: 'ignore' });
+      },
+    });
+  }
+  const haproxy = which('haproxy');
+  if (haproxy === undefined) missing.push('haproxy');
+  else {
+    const v = /version (\S+)/.exec(spawnSync(haproxy, ['-v'], { encoding: 'utf8' }).stdout)?.[1] ?? '?';
+    available.push({
+      name: 'haproxy',
+      version: v,
+      start(port, backend, dir) {
+        writeFileSync(
+          join(dir, 'haproxy.cfg'),
+          `global
+  maxconn 9000
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:${port}
+  default_backend be
+backend be
+  balance leastconn
+  server s1 127.0.0.1:${backend}
+`,
+        );
+        return spawn(haproxy, ['-f', join(dir, 'haproxy.cfg'), '-db'], { stdio: 'ignore' });
+      },
+    });
+  }
+  return { available, missing };
+}
+
+function ask<T>(child: ChildProcess, msg: unknown): Promise<T> {
+  return new Promise((resolve, reject) => {
+    child.once('message', (m: T & { error?: string }) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m)));
+    child.send(msg as never);
+  });
+}
+
+export async function run(args: BenchArgs): Promise<void> {
+  const { values } = parseArgs({
+    args: args.rest,
+    options: { conns: { type: 'string', default: '5000' }, seconds: { type: 'string', default: '3' }, 'cpu-seconds': { type: 'string', default: '10' } },
+    strict: false,
+  });
+  const idleConns = Number(values.conns);
+  const seconds = Number(values.seconds);
+  const cpuSeconds = Number(values['cpu-seconds']);
+  const dir = mkdtempSync(join(tmpdir(), 'holdfast-bench-ws-'));
+  const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [line] = (await once(backendProc.stdout, 'data')) as [Buffer];
+  const backend = Number(line.toString().trim());
+  const clients = fork(join(ROOT, 'bench/_ws-clients.ts'), { execPath: process.execPath, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const { available, missing } = peers();
+  const results: Result[] = [];
+  for (const name of missing) {
+    const r: Result = { bench: 'websocket', proxy: name, version: '', skipped: `${name} is not installed (apt-get install ${name})` };
+    results.push(r);
+    if (args.json) console.log(JSON.stringify(r));
+    else console.log(`skipped ${name}: not installed`);
+  }
+  try {
+    for (const peer of available) {
+      const port = await freePort();
+      debug(`starting ${peer.name}`);
+      const proc = peer.start(port, backend, dir);
+      const r: Result = { bench: 'websocket', proxy: peer.name, version: peer.version };
+      try {
+        await waitListening(port, proc);
+        debug('listening');
+        await sleep(500);
+        const pid = proc.pid!;
+        const before = rssBytes(pid);
+        await ask(clients, { cmd: 'open', port, n: idleConns });
+        debug('opened');
+        await sleep(2000);
+        r.idleConnections = idleConns;
+        r.memoryPerIdleBytes = Math.round((rssBytes(pid) - before) / idleConns);
+        const t0 = cpuTicks(pid);
+        const w0 = performance.now();
+        await sleep(cpuSeconds * 1000);
+        const ticks = cpuTicks(pid) - t0;
+        r.idleCpuPercentOfCore = Number(((ticks / 100 / ((performance.now() - w0) / 1000)) * 100).toFixed(2));
+        debug('cpu measured');
+        await ask(clients, { cmd: 'close' });
+        await sleep(500);
+        const t = await ask<{ msgsPerSec: number }>(clients, { cmd: 'throughput', port, conns: 50, seconds, size: 1024, window: 16 });
+        r.throughputMsgsPerSec = Math.round(t.msgsPerSec);
+      } catch (err) {
+        r.skipped = `failed: ${String(err)}`;
+      } finally {
+        proc.kill('SIGKILL');
+        await once(proc, 'exit').catch(() => {});
+      }
+      results.push(r);
+      if (args.json) console.log(JSON.stringify(r));
+    }
+  } finally {
+    clients.kill('SIGKILL');
+    backendProc.kill('SIGKILL');
+  }
+  if (!args.json) {
+    console.log(`\nwebsocket relay, ${idleConns} idle connections, 1 KiB messages (msgs/s are echoed round trips)\n`);
+    console.log('| proxy | version | relay msgs/s | memory per idle WS | idle CPU (% of a core) |');
+    console.log('| --- | --- | ---: | ---: | ---: |');
+    for (const r of results) {
+      if (r.skipped !== undefined && r.throughputMsgsPerSec === undefined) {
+        console.log(`| ${r.proxy} | ${r.version} | skipped: ${r.skipped} | | |`);
+        continue;
+      }
+      console.log(
+        `| ${r.proxy} | ${r.version} | ${r.throughputMsgsPerSec ?? '-'} | ${r.memoryPerIdleBytes ?? '-'} B | ${r.idleCpuPercentOfCore ?? '-'} |`,
+      );
+    }
+  }
+}
