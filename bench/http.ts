@@ -9,7 +9,15 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import type { BenchArgs } from './run.ts';
-import { NODE, type RunningPeer, startHaproxy, startHoldfast, startNginx, waitForPort, which } from './lib/peers.ts';
+import {
+  NODE,
+  type RunningPeer,
+  startHaproxy,
+  startHoldfast,
+  startNginx,
+  waitForPort,
+  which,
+} from './lib/peers.ts';
 import { freePorts } from '../test/helpers/net.ts';
 
 interface Row {
@@ -47,21 +55,32 @@ function toMs(v: string, unit: string): number {
 }
 
 function runWrk(port: number, seconds: number): Omit<Row, 'proxy' | 'load'> {
-  const r = spawnSync('wrk', ['-t1', '-c32', `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/`], { encoding: 'utf8' });
+  const r = spawnSync('wrk', ['-t1', '-c32', `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/`], {
+    encoding: 'utf8',
+  });
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.stdout)?.[1] ?? 0);
   const p99 = /\s99%\s+([\d.]+)(us|ms|s)/.exec(r.stdout);
   const errs = /Non-2xx or 3xx responses: (\d+)/.exec(r.stdout);
   const sockErr = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(r.stdout);
-  const errors = Number(errs?.[1] ?? 0) + (sockErr === null ? 0 : sockErr.slice(1).reduce((n, x) => n + Number(x), 0));
+  const errors =
+    Number(errs?.[1] ?? 0) + (sockErr === null ? 0 : sockErr.slice(1).reduce((n, x) => n + Number(x), 0));
   return { rps, latencyMs: p99 === null ? NaN : toMs(p99[1]!, p99[2]!), latencyKind: 'p99', errors };
 }
 
 function runH2load(port: number, seconds: number): Omit<Row, 'proxy' | 'load'> {
-  const r = spawnSync('h2load', ['-c8', '-m16', '-t1', `-D${seconds}`, `http://127.0.0.1:${port}/`], { encoding: 'utf8' });
+  const r = spawnSync('h2load', ['-c8', '-m16', '-t1', `-D${seconds}`, `http://127.0.0.1:${port}/`], {
+    encoding: 'utf8',
+  });
   const rps = Number(/finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(r.stdout)?.[1] ?? 0);
   const mean = /time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)/.exec(r.stdout);
-  const failed = Number(/(\d+) failed/.exec(r.stdout)?.[1] ?? 0) + Number(/(\d+) errored/.exec(r.stdout)?.[1] ?? 0);
-  return { rps, latencyMs: mean === null ? NaN : toMs(mean[1]!, mean[2]!), latencyKind: 'mean', errors: failed };
+  const failed =
+    Number(/(\d+) failed/.exec(r.stdout)?.[1] ?? 0) + Number(/(\d+) errored/.exec(r.stdout)?.[1] ?? 0);
+  return {
+    rps,
+    latencyMs: mean === null ? NaN : toMs(mean[1]!, mean[2]!),
+    latencyKind: 'mean',
+    errors: failed,
+  };
 }
 
 function child(script: string, args: number[]): RunningPeer {
@@ -79,9 +98,14 @@ function child(script: string, args: number[]): RunningPeer {
 }
 
 export async function run(args: BenchArgs): Promise<void> {
-  const { values } = parseArgs({ args: args.rest, options: { seconds: { type: 'string', default: '5' } }, strict: false });
+  const { values } = parseArgs({
+    args: args.rest,
+    options: { seconds: { type: 'string', default: '5' } },
+    strict: false,
+  });
   const seconds = Number(values.seconds);
-  const say = (msg: string): void => (args.json ? console.log(JSON.stringify({ skipped: msg })) : console.log(`# ${msg}`));
+  const say = (msg: string): void =>
+    args.json ? console.log(JSON.stringify({ skipped: msg })) : console.log(`# ${msg}`);
   const haveWrk = which('wrk') !== undefined;
   const haveH2load = which('h2load') !== undefined;
   if (!haveWrk) say('wrk not installed (apt-get install wrk): HTTP/1.1 load skipped');
@@ -99,12 +123,19 @@ export async function run(args: BenchArgs): Promise<void> {
   }
 
   const rows: Row[] = [];
-  const measure = async (name: string, start: () => Promise<RunningPeer | string>, h1Port: number | undefined, h2Port: number | undefined): Promise<void> => {
+  const measure = async (
+    name: string,
+    start: () => Promise<RunningPeer | string>,
+    h1Port: number | undefined,
+    h2Port: number | undefined,
+  ): Promise<void> => {
     const peer = await start();
     if (typeof peer === 'string') return say(`${name}: ${peer}`);
     try {
-      if (haveWrk && h1Port !== undefined) rows.push({ proxy: name, load: 'http1', ...runWrk(h1Port, seconds) });
-      if (haveH2load && h2Port !== undefined) rows.push({ proxy: name, load: 'http2', ...runH2load(h2Port, seconds) });
+      if (haveWrk && h1Port !== undefined)
+        rows.push({ proxy: name, load: 'http1', ...runWrk(h1Port, seconds) });
+      if (haveH2load && h2Port !== undefined)
+        rows.push({ proxy: name, load: 'http2', ...runH2load(h2Port, seconds) });
     } finally {
       await peer.stop();
     }
@@ -200,21 +231,27 @@ backend b
   await backend.stop();
 
   const clean = rows;
-  const ref = (proxy: string, load: string): Row | undefined => clean.find((r) => r.proxy === proxy && r.load === load && r.rps > 0);
+  const ref = (proxy: string, load: string): Row | undefined =>
+    clean.find((r) => r.proxy === proxy && r.load === load && r.rps > 0);
   if (args.json) {
     for (const r of clean) console.log(JSON.stringify({ bench: 'http', ...r }));
     return;
   }
-  console.log(`http bench: ${seconds}s per load, one proxy process, one backend (${typeof backend === 'string' ? 'node' : backend.name})`);
+  console.log(
+    `http bench: ${seconds}s per load, one proxy process, one backend (${typeof backend === 'string' ? 'node' : backend.name})`,
+  );
   console.log('| proxy | load | req/s | latency (ms) | errors | vs nginx |');
   console.log('| --- | --- | ---: | ---: | ---: | ---: |');
   for (const r of clean) {
     if (r.rps === 0 && r.errors === 0) continue;
     const n = ref('nginx', r.load);
     const ratio = n === undefined ? '' : `${(r.rps / n.rps).toFixed(2)}×`;
-    console.log(`| ${r.proxy} | ${r.load} | ${Math.round(r.rps)} | ${r.latencyMs.toFixed(2)} ${r.latencyKind} | ${r.errors} | ${ratio} |`);
+    console.log(
+      `| ${r.proxy} | ${r.load} | ${Math.round(r.rps)} | ${r.latencyMs.toFixed(2)} ${r.latencyKind} | ${r.errors} | ${ratio} |`,
+    );
   }
   const hf = ref('holdfast', 'http1');
   const plain = ref('node:http proxy', 'http1');
-  if (hf !== undefined && plain !== undefined) console.log(`holdfast / plain node proxy (HTTP/1.1): ${(hf.rps / plain.rps).toFixed(2)}×`);
+  if (hf !== undefined && plain !== undefined)
+    console.log(`holdfast / plain node proxy (HTTP/1.1): ${(hf.rps / plain.rps).toFixed(2)}×`);
 }

@@ -64,7 +64,10 @@ function iperf(port: number, seconds: number): number {
       encoding: 'utf8',
       timeout: (seconds + 15) * 1000,
     });
-    const json = JSON.parse(r.stdout || '{}') as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
+    const json = JSON.parse(r.stdout || '{}') as {
+      error?: string;
+      end?: { sum_received?: { bits_per_second: number } };
+    };
     const bps = json.end?.sum_received?.bits_per_second;
     if (r.status === 0 && bps !== undefined) return bps / 1e9;
     last = json.error ?? r.stderr;
@@ -103,7 +106,9 @@ async function throughput(names: PeerName[], seconds: number, runs: number, out:
 }
 
 async function idleMemory(names: PeerName[], count: number, out: (row: object) => void) {
-  const backend = spawn(NODE, [join(HERE, 'lib/hold.ts'), 'server', String(BACKEND)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const backend = spawn(NODE, [join(HERE, 'lib/hold.ts'), 'server', String(BACKEND)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   try {
     await waitForPort(BACKEND);
     for (const name of names) {
@@ -197,14 +202,20 @@ export async function run(args: BenchArgs): Promise<void> {
   console.log('\nsingle-connection throughput (iperf3, Gbit/s, median)');
   for (const r of rows.filter((r) => r.name === 'tcp-throughput')) {
     const v = r.gbitPerSec as number | undefined;
-    const ratio = v !== undefined && hf !== undefined && r.peer !== 'holdfast' ? `  holdfast/${String(r.peer)} = ${(hf / v).toFixed(2)}` : '';
+    const ratio =
+      v !== undefined && hf !== undefined && r.peer !== 'holdfast'
+        ? `  holdfast/${String(r.peer)} = ${(hf / v).toFixed(2)}`
+        : '';
     console.log(`  ${String(r.peer).padEnd(20)} ${v ?? `skipped: ${String(r.skipped)}`}${ratio}`);
   }
   const hm = get('tcp-idle-memory', 'holdfast', 'bytesPerConnection');
   console.log(`\nmemory per idle proxied connection (${values.idle} open, bytes)`);
   for (const r of rows.filter((r) => r.name === 'tcp-idle-memory')) {
     const v = r.bytesPerConnection as number | undefined;
-    const ratio = v !== undefined && hm !== undefined && r.peer !== 'holdfast' ? `  holdfast/${String(r.peer)} = ${(hm / v).toFixed(2)}` : '';
+    const ratio =
+      v !== undefined && hm !== undefined && r.peer !== 'holdfast'
+        ? `  holdfast/${String(r.peer)} = ${(hm / v).toFixed(2)}`
+        : '';
     console.log(`  ${String(r.peer).padEnd(20)} ${v ?? `skipped: ${String(r.skipped)}`}${ratio}`);
   }
 }

@@ -102,7 +102,9 @@ function peers(): { available: Peer[]; missing: string[] } {
           '    maxConnectionAge: off',
         ].join('\n'),
       );
-      return spawn(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'serve', '--config', file, '--json'], { stdio: 'ignore' });
+      return spawn(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'serve', '--config', file, '--json'], {
+        stdio: 'ignore',
+      });
     },
   });
   const nginx = which('nginx');
@@ -173,7 +175,9 @@ backend be
 
 function ask<T>(child: ChildProcess, msg: unknown): Promise<T> {
   return new Promise((resolve, reject) => {
-    child.once('message', (m: T & { error?: string }) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m)));
+    child.once('message', (m: T & { error?: string }) =>
+      m.error !== undefined ? reject(new Error(m.error)) : resolve(m),
+    );
     child.send(msg as never);
   });
 }
@@ -181,21 +185,35 @@ function ask<T>(child: ChildProcess, msg: unknown): Promise<T> {
 export async function run(args: BenchArgs): Promise<void> {
   const { values } = parseArgs({
     args: args.rest,
-    options: { conns: { type: 'string', default: '5000' }, seconds: { type: 'string', default: '3' }, 'cpu-seconds': { type: 'string', default: '10' } },
+    options: {
+      conns: { type: 'string', default: '5000' },
+      seconds: { type: 'string', default: '3' },
+      'cpu-seconds': { type: 'string', default: '10' },
+    },
     strict: false,
   });
   const idleConns = Number(values.conns);
   const seconds = Number(values.seconds);
   const cpuSeconds = Number(values['cpu-seconds']);
   const dir = mkdtempSync(join(tmpdir(), 'holdfast-bench-ws-'));
-  const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const [line] = (await once(backendProc.stdout, 'data')) as [Buffer];
   const backend = Number(line.toString().trim());
-  const clients = fork(join(ROOT, 'bench/_ws-clients.ts'), { execPath: process.execPath, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const clients = fork(join(ROOT, 'bench/_ws-clients.ts'), {
+    execPath: process.execPath,
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  });
   const { available, missing } = peers();
   const results: Result[] = [];
   for (const name of missing) {
-    const r: Result = { bench: 'websocket', proxy: name, version: '', skipped: `${name} is not installed (apt-get install ${name})` };
+    const r: Result = {
+      bench: 'websocket',
+      proxy: name,
+      version: '',
+      skipped: `${name} is not installed (apt-get install ${name})`,
+    };
     results.push(r);
     if (args.json) console.log(JSON.stringify(r));
     else console.log(`skipped ${name}: not installed`);
@@ -225,7 +243,14 @@ export async function run(args: BenchArgs): Promise<void> {
         debug('cpu measured');
         await ask(clients, { cmd: 'close' });
         await sleep(500);
-        const t = await ask<{ msgsPerSec: number }>(clients, { cmd: 'throughput', port, conns: 50, seconds, size: 1024, window: 16 });
+        const t = await ask<{ msgsPerSec: number }>(clients, {
+          cmd: 'throughput',
+          port,
+          conns: 50,
+          seconds,
+          size: 1024,
+          window: 16,
+        });
         r.throughputMsgsPerSec = Math.round(t.msgsPerSec);
       } catch (err) {
         r.skipped = `failed: ${String(err)}`;
@@ -241,7 +266,9 @@ export async function run(args: BenchArgs): Promise<void> {
     backendProc.kill('SIGKILL');
   }
   if (!args.json) {
-    console.log(`\nwebsocket relay, ${idleConns} idle connections, 1 KiB messages (msgs/s are echoed round trips)\n`);
+    console.log(
+      `\nwebsocket relay, ${idleConns} idle connections, 1 KiB messages (msgs/s are echoed round trips)\n`,
+    );
     console.log('| proxy | version | relay msgs/s | memory per idle WS | idle CPU (% of a core) |');
     console.log('| --- | --- | ---: | ---: | ---: |');
     for (const r of results) {

@@ -11,7 +11,8 @@ import { type Clock, systemClock } from './cluster/clock.ts';
 import { Cluster } from './cluster/cluster.ts';
 import { Membership } from './discovery/membership.ts';
 import { formatHostPort } from './config/address.ts';
-import type { Config, ServiceConfig } from './config/schema.ts';
+import { balancerOptions } from './config/balance.ts';
+import { type Config, defaultBalance, type ServiceConfig } from './config/schema.ts';
 import { ConfigError } from './errors.ts';
 import type { Logger } from './log.ts';
 import type { ProtocolHandler } from './proxy/handler.ts';
@@ -69,12 +70,13 @@ function httpParts(ctx: HttpContext): HttpParts {
 }
 
 function balancerFor(config: ServiceConfig) {
-  return createBalancer<Backend>(config.balance);
+  // Per-request HTTP defaults to p2c (least outstanding of two random picks); connections to least-connections.
+  return createBalancer<Backend>(config.balance ?? defaultBalance(config.protocol), balancerOptions(config));
 }
 
 /** What decides whether a reload must swap the policy instance. */
 function balancerKey(config: ServiceConfig): string {
-  return JSON.stringify([config.balance]);
+  return JSON.stringify([config.balance, balancerOptions(config)]);
 }
 
 export class Gateway {
@@ -93,7 +95,8 @@ export class Gateway {
     this.log = opts.log;
     this.clock = opts.clock ?? systemClock;
     this.metrics = createMetrics({
-      services: () => [...this.services.values()].map((s) => ({ ...s, stats: s.handler.stats, live: s.handler.live })),
+      services: () =>
+        [...this.services.values()].map((s) => ({ ...s, stats: s.handler.stats, live: s.handler.live })),
       draining: () => this.#draining,
     });
   }
@@ -146,13 +149,17 @@ export class Gateway {
     try {
       for (const [key, s] of wanted) {
         if (this.listeners.has(key)) continue;
-        const listener = new Listener(s.listen.find((hp) => formatHostPort(hp) === key)!, () => {});
+        const listener = new Listener(
+          s.listen.find((hp) => formatHostPort(hp) === key)!,
+          () => {},
+        );
         await listener.listen();
         fresh.push(listener);
       }
       if (config.admin !== undefined) {
         const same =
-          this.#admin !== undefined && formatHostPort(this.#admin.address) === formatHostPort(config.admin.listen);
+          this.#admin !== undefined &&
+          formatHostPort(this.#admin.address) === formatHostPort(config.admin.listen);
         if (!same) {
           const admin = new AdminServer(config.admin.listen, this.metrics, {
             draining: () => this.#draining,
@@ -197,7 +204,14 @@ export class Gateway {
         const handler = handlers[s.protocol]!(cluster, s, this.clock, this.log);
         const membership = new Membership(cluster, { clock: this.clock, log: this.log });
         membership.configure(s);
-        this.services.set(s.name, { name: s.name, protocol: s.protocol, config: s, cluster, handler, membership });
+        this.services.set(s.name, {
+          name: s.name,
+          protocol: s.protocol,
+          config: s,
+          cluster,
+          handler,
+          membership,
+        });
         if (!initial) this.log.info({ service: s.name }, 'service added');
       } else {
         runtime.cluster.configure({

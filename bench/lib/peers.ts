@@ -44,7 +44,8 @@ export async function waitForPort(port: number, timeoutMs = 10_000): Promise<voi
       s.once('error', () => resolve(false));
     });
     if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms`);
+    if (Date.now() > deadline)
+      throw new Error(`nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms`);
     await sleep(50);
   }
 }
@@ -63,7 +64,9 @@ export async function startHoldfast(yaml: string, port: number): Promise<Running
   const file = join(dir, 'holdfast.yaml');
   writeFileSync(file, yaml);
   // The same V8 flags the `holdfast` launcher uses (see src/cli/main.ts's first line).
-  const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2').split(' ').filter((f) => f !== '');
+  const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2')
+    .split(' ')
+    .filter((f) => f !== '');
   const child = spawn(NODE, [...flags, join(ROOT, 'src/cli/main.ts'), 'serve', '--config', file, '--json'], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
@@ -71,7 +74,11 @@ export async function startHoldfast(yaml: string, port: number): Promise<Running
   return { name: 'holdfast', pids: () => [child.pid!], stop: () => stopChild(child) };
 }
 
-export async function startNginx(body: string, port: number, modules: string[] = []): Promise<RunningPeer | string> {
+export async function startNginx(
+  body: string,
+  port: number,
+  modules: string[] = [],
+): Promise<RunningPeer | string> {
   const bin = which('nginx');
   if (bin === undefined) return 'nginx not installed (apt-get install nginx libnginx-mod-stream)';
   const loads: string[] = [];

@@ -171,7 +171,8 @@ export function createMetrics(source: MetricsSource): Registry {
       for (const s of source.services()) {
         const m = s.membership?.stats;
         if (m !== undefined)
-          for (const [reason, n] of Object.entries(m.errors)) this.inc({ service: s.name, source: m.source, reason }, n);
+          for (const [reason, n] of Object.entries(m.errors))
+            this.inc({ service: s.name, source: m.source, reason }, n);
       }
     },
   });
@@ -197,8 +198,10 @@ export function createMetrics(source: MetricsSource): Registry {
       this.reset();
       for (const s of source.services())
         for (const b of s.cluster.backends.values()) {
-          if (b.checksPassed > 0) this.inc({ service: s.name, backend: b.key, result: 'pass' }, b.checksPassed);
-          if (b.checksFailed > 0) this.inc({ service: s.name, backend: b.key, result: 'fail' }, b.checksFailed);
+          if (b.checksPassed > 0)
+            this.inc({ service: s.name, backend: b.key, result: 'pass' }, b.checksPassed);
+          if (b.checksFailed > 0)
+            this.inc({ service: s.name, backend: b.key, result: 'fail' }, b.checksFailed);
         }
     },
   });

@@ -200,7 +200,10 @@ export class Cluster {
     const now = this.#clock.now();
     backend.ejectedUntil = untilMs;
     backend.ejections++;
-    this.#log.warn({ service: this.name, backend: key, reason, forMs: Math.round(untilMs - now) }, 'backend ejected');
+    this.#log.warn(
+      { service: this.name, backend: key, reason, forMs: Math.round(untilMs - now) },
+      'backend ejected',
+    );
     this.#ejectTimers.get(backend)?.cancel();
     this.#ejectTimers.set(
       backend,
@@ -305,7 +308,11 @@ export class Cluster {
       if (b.state === 'draining') continue;
       const state = b.ejectedUntil > now ? 'ejected' : b.healthy ? 'active' : 'unhealthy';
       if (state === b.state) continue;
-      if (b.state === 'ejected') this.#log.info({ service: this.name, backend: b.key, reason: 'ejection time over' }, 'backend back from ejection');
+      if (b.state === 'ejected')
+        this.#log.info(
+          { service: this.name, backend: b.key, reason: 'ejection time over' },
+          'backend back from ejection',
+        );
       // Coming back counts as joining: slow start ramps it up again.
       if (state === 'active') b.since = now;
       b.state = state;

@@ -204,7 +204,12 @@ export class Rebalancer {
   }
 
   /** The oldest connection of `backend` that may move (it certainly did not just move). */
-  #candidate(backend: Backend, now: number, minAge: number, taken: Set<ProxiedConnection>): ProxiedConnection | undefined {
+  #candidate(
+    backend: Backend,
+    now: number,
+    minAge: number,
+    taken: Set<ProxiedConnection>,
+  ): ProxiedConnection | undefined {
     // Sets iterate in insertion order: registration order, oldest first.
     for (const c of backend.connections) {
       if (now - c.openedAt < minAge) return undefined;

@@ -14,7 +14,10 @@ const duration = z
   .transform((text, ctx): number => {
     const ms = parseDuration(text);
     if (ms === undefined) {
-      ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h` });
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h`,
+      });
       return z.NEVER;
     }
     return ms;

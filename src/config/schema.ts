@@ -5,12 +5,14 @@
  */
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { BALANCE_POLICIES } from '../balance/index.ts';
+import { BALANCE_POLICIES, createBalancer } from '../balance/index.ts';
+import { ConfigError, HoldfastError } from '../errors.ts';
+import { balanceFields, balancerOptions } from './balance.ts';
 import { type HostPort, parseHostPort } from './address.ts';
 import { dnsSourceSchema, fileSourceSchema, kubernetesSourceSchema } from './discovery.ts';
 import { parseDuration } from './duration.ts';
-import { httpServiceFields } from './http.ts';
 import { healthSchema, outlierSchema } from './health.ts';
+import { httpServiceFields } from './http.ts';
 import { maxConnectionAgeSchema, rebalanceSchema, websocketSchema } from './websocket.ts';
 
 const duration = z
@@ -18,7 +20,10 @@ const duration = z
   .transform((text, ctx): number => {
     const ms = parseDuration(text);
     if (ms === undefined) {
-      ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h` });
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h`,
+      });
       return z.NEVER;
     }
     return ms;
@@ -43,7 +48,11 @@ const positiveInt = z.number().int().positive();
 
 export const backendEntry = z.union(
   [
-    hostPort.transform((address) => ({ address, weight: 1, maxConnections: undefined as number | undefined })),
+    hostPort.transform((address) => ({
+      address,
+      weight: 1,
+      maxConnections: undefined as number | undefined,
+    })),
     z.strictObject({
       address: hostPort,
       weight: z.number().int().min(0).max(1_000_000).default(1),
@@ -62,16 +71,20 @@ const backends = z.strictObject({
 });
 
 const service = z.strictObject({
-  name: z
-    .string()
-    .regex(/^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/, {
-      error: 'use letters, digits, "-", "_" or "." (at most 63), starting and ending with a letter or digit',
-    }),
+  name: z.string().regex(/^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/, {
+    error: 'use letters, digits, "-", "_" or "." (at most 63), starting and ending with a letter or digit',
+  }),
   protocol: z.enum(['tcp', 'http']).default('tcp'),
   listen: z
-    .union([hostPort.transform((hp) => [hp]), z.array(hostPort).min(1, { error: 'list at least one address' })])
+    .union([
+      hostPort.transform((hp) => [hp]),
+      z.array(hostPort).min(1, { error: 'list at least one address' }),
+    ])
     .describe('addresses to accept on; several ports form one service'),
-  balance: z.enum(BALANCE_POLICIES).default('least-connections'),
+  /** Default: p2c for protocol: http (per request), least-connections otherwise (see gateway.ts). */
+  balance: z.enum(BALANCE_POLICIES).optional(),
+  /** hashKey, tableSize, persistence, slowStart, peakEwma (src/config/balance.ts). */
+  ...balanceFields,
   backends,
   health: healthSchema.optional(),
   outlierDetection: outlierSchema.optional(),
@@ -112,6 +125,23 @@ export const configSchema = z
     const names = new Map<string, number>();
     const listens = new Map<string, string>();
     config.services.forEach((s, i) => {
+      // Options that do not fit the policy are reported here, with their line.
+      try {
+        createBalancer(s.balance ?? defaultBalance(s.protocol), balancerOptions(s));
+      } catch (err) {
+        if (!(err instanceof HoldfastError)) throw err;
+        const field =
+          err instanceof ConfigError
+            ? (err.field ?? 'balance')
+            : err.code === 'HOLDFAST_ERR_MAGLEV_TABLE_SIZE'
+              ? 'tableSize'
+              : 'balance';
+        ctx.addIssue({
+          code: 'custom',
+          path: ['services', i, ...field.split('.')],
+          message: err instanceof ConfigError ? err.message.replace(/^[^:]+: /, '') : err.message,
+        });
+      }
       const seen = names.get(s.name);
       if (seen !== undefined) {
         ctx.addIssue({
@@ -150,6 +180,11 @@ export const configSchema = z
       }
     });
   });
+
+/** The policy a service gets without `balance:`: p2c per request for HTTP, least-connections otherwise. */
+export function defaultBalance(protocol: 'tcp' | 'http'): (typeof BALANCE_POLICIES)[number] {
+  return protocol === 'http' ? 'p2c' : 'least-connections';
+}
 
 export type Config = z.output<typeof configSchema>;
 export type ServiceConfig = Config['services'][number];

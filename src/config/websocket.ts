@@ -12,7 +12,10 @@ const duration = z
   .transform((text, ctx): number => {
     const ms = parseDuration(text);
     if (ms === undefined || ms <= 0) {
-      ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration > 0: write it as 500ms, 30s, 5m or 1h` });
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${text}" is not a duration > 0: write it as 500ms, 30s, 5m or 1h`,
+      });
       return z.NEVER;
     }
     return ms;
@@ -40,7 +43,10 @@ export function parseSize(text: string): number | undefined {
 const size = z.union([z.number().int().positive(), z.string()]).transform((v, ctx): number => {
   const n = typeof v === 'number' ? v : parseSize(v);
   if (n === undefined || n <= 0 || n > Number.MAX_SAFE_INTEGER) {
-    ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a size: write bytes, or 64KiB, 16MiB, 1MB` });
+    ctx.addIssue({
+      code: 'custom',
+      message: `"${String(v)}" is not a size: write bytes, or 64KiB, 16MiB, 1MB`,
+    });
     return z.NEVER;
   }
   return n;

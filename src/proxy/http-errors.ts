@@ -31,9 +31,21 @@ export const GRPC_INTERNAL = 13;
 const FAILURES: Record<ProxyFailure, FailureInfo> = {
   'no-backend': { status: 503, grpc: GRPC_UNAVAILABLE, text: 'no backend is available for this service' },
   'connect-failed': { status: 502, grpc: GRPC_UNAVAILABLE, text: 'could not connect to a backend' },
-  'upstream-reset': { status: 502, grpc: GRPC_UNAVAILABLE, text: 'the backend closed the connection before responding' },
-  'upstream-timeout': { status: 504, grpc: GRPC_DEADLINE_EXCEEDED, text: 'the backend did not respond in time' },
-  'deadline-exceeded': { status: 504, grpc: GRPC_DEADLINE_EXCEEDED, text: 'the grpc-timeout deadline passed' },
+  'upstream-reset': {
+    status: 502,
+    grpc: GRPC_UNAVAILABLE,
+    text: 'the backend closed the connection before responding',
+  },
+  'upstream-timeout': {
+    status: 504,
+    grpc: GRPC_DEADLINE_EXCEEDED,
+    text: 'the backend did not respond in time',
+  },
+  'deadline-exceeded': {
+    status: 504,
+    grpc: GRPC_DEADLINE_EXCEEDED,
+    text: 'the grpc-timeout deadline passed',
+  },
   'retries-exhausted': { status: 502, grpc: GRPC_UNAVAILABLE, text: 'every backend tried failed' },
   'bad-response': { status: 502, grpc: GRPC_INTERNAL, text: 'the backend sent an invalid response' },
   'shutting-down': { status: 503, grpc: GRPC_UNAVAILABLE, text: 'the proxy is shutting down' },

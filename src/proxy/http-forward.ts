@@ -14,7 +14,14 @@ import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext } from './http.ts';
 import { type ProxyFailure, UpstreamError } from './http-errors.ts';
 import { type HeaderMap, isIdempotent, parseGrpcTimeout } from './http-headers.ts';
-import { Http1Upstream, Http2Upstream, type ResponseSink, type Upstream, type UpstreamCall, type UpstreamSettings } from './http-upstream.ts';
+import {
+  Http1Upstream,
+  Http2Upstream,
+  type ResponseSink,
+  type Upstream,
+  type UpstreamCall,
+  type UpstreamSettings,
+} from './http-upstream.ts';
 
 /** One client request or stream, as HTTP/1.1 and HTTP/2 both present it. */
 export interface Downstream {
@@ -208,7 +215,8 @@ class Exchange implements ProxiedConnection, ResponseSink {
     const backend = cluster.pick({ ...down.pick, now: plane.ctx.clock.now() }, this.#tried);
     if (backend === undefined) {
       const last = this.#lastFailure;
-      const kind: ProxyFailure = last === undefined ? 'no-backend' : this.#attempts > 1 ? 'retries-exhausted' : last;
+      const kind: ProxyFailure =
+        last === undefined ? 'no-backend' : this.#attempts > 1 ? 'retries-exhausted' : last;
       this.#fail(kind);
       return;
     }
@@ -221,7 +229,13 @@ class Exchange implements ProxiedConnection, ResponseSink {
     }
     this.#call = plane.upstream.request(
       backend,
-      { method: down.method, path: down.path, authority: down.authority, headers: { ...down.headers }, body: down.body },
+      {
+        method: down.method,
+        path: down.path,
+        authority: down.authority,
+        headers: { ...down.headers },
+        body: down.body,
+      },
       this,
     );
   }
@@ -256,7 +270,10 @@ class Exchange implements ProxiedConnection, ResponseSink {
     this.#backend = undefined;
     this.#call = undefined;
     if (err.kind === 'connect-failed') backend.connectFailures++;
-    plane.ctx.log.debug({ service: plane.ctx.cluster.name, backend: backend.key, err: err.message }, 'upstream request failed');
+    plane.ctx.log.debug(
+      { service: plane.ctx.cluster.name, backend: backend.key, err: err.message },
+      'upstream request failed',
+    );
     if (this.#responded) {
       this.#fail(err.kind);
       return;

@@ -28,7 +28,9 @@ export type HeaderMap = Record<string, string | string[]>;
  * `Connection` header names. `host` is dropped too: the caller sets it (or
  * `:authority`). `te: trailers` is kept, as gRPC requires it.
  */
-export function forwardableHeaders(src: IncomingHttpHeaders | Readonly<Record<string, string | string[] | undefined>>): HeaderMap {
+export function forwardableHeaders(
+  src: IncomingHttpHeaders | Readonly<Record<string, string | string[] | undefined>>,
+): HeaderMap {
   const out: HeaderMap = {};
   const connection = src.connection;
   let named: Set<string> | undefined;
@@ -86,7 +88,14 @@ export function isGrpc(contentType: string | string[] | undefined): boolean {
 
 /** Methods a retry may repeat without changing the outcome (RFC 9110 §9.2.2). */
 export function isIdempotent(method: string): boolean {
-  return method === 'GET' || method === 'HEAD' || method === 'OPTIONS' || method === 'PUT' || method === 'DELETE' || method === 'TRACE';
+  return (
+    method === 'GET' ||
+    method === 'HEAD' ||
+    method === 'OPTIONS' ||
+    method === 'PUT' ||
+    method === 'DELETE' ||
+    method === 'TRACE'
+  );
 }
 
 /** Remove headers HTTP/2 forbids in a response (connection-specific ones). */

@@ -26,7 +26,12 @@ export function jittered(ms: number, jitter: number): number {
  * caller decides how to close (it usually destroys the session). Returns a
  * function that stops the keepalive.
  */
-export function startKeepalive(session: Http2Session, opts: KeepaliveOptions, clock: Clock, onDead: () => void): () => void {
+export function startKeepalive(
+  session: Http2Session,
+  opts: KeepaliveOptions,
+  clock: Clock,
+  onDead: () => void,
+): () => void {
   if (opts.intervalMs <= 0) return () => {};
   let wait: Timer | undefined;
   let deadline: Timer | undefined;

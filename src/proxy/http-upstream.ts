@@ -3,7 +3,12 @@
  * (undici) or HTTP/2 sessions (node:http2, needed for gRPC), one pool per
  * backend. Pools of backends that left the cluster are drained, not cut.
  */
-import { connect as h2connect, constants as h2c, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import {
+  connect as h2connect,
+  constants as h2c,
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+} from 'node:http2';
 import type { IncomingHttpHeaders } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { Readable } from 'node:stream';
@@ -73,7 +78,11 @@ function classify(err: Error & { code?: string }, started: boolean): UpstreamErr
     kind = 'connect-failed';
     sent = false;
   } else if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') kind = 'upstream-timeout';
-  else if (code.startsWith('HPE_') || code === 'UND_ERR_INFO' || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') {
+  else if (
+    code.startsWith('HPE_') ||
+    code === 'UND_ERR_INFO' ||
+    code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH'
+  ) {
     kind = 'bad-response';
   }
   if (started && kind === 'connect-failed') kind = 'upstream-reset';
@@ -275,7 +284,8 @@ export class Http2Upstream implements Upstream {
       if (s.active < Math.min(max, 2 ** 31)) return s;
       if (least === undefined || s.active < least.active) least = s;
     }
-    if (least === undefined || list.length < this.#settings.sessionsPerBackend) return this.#open(backend, list);
+    if (least === undefined || list.length < this.#settings.sessionsPerBackend)
+      return this.#open(backend, list);
     return least; // every session full: nghttp2 queues the stream until one has room
   }
 
@@ -328,10 +338,19 @@ export class Http2Upstream implements Upstream {
       if (failure !== undefined && !refused) return sink.onError(classify(failure, started));
       const code = stream.rstCode;
       if (refused) {
-        const kind = failure !== undefined && CONNECT_CODES.has((failure as { code?: string }).code ?? '') ? 'connect-failed' : 'upstream-reset';
-        return sink.onError(new UpstreamError(kind, false, `stream refused (rst ${code})`, { cause: failure }));
+        const kind =
+          failure !== undefined && CONNECT_CODES.has((failure as { code?: string }).code ?? '')
+            ? 'connect-failed'
+            : 'upstream-reset';
+        return sink.onError(
+          new UpstreamError(kind, false, `stream refused (rst ${code})`, { cause: failure }),
+        );
       }
-      sink.onError(new UpstreamError('upstream-reset', true, `stream reset by the backend (rst ${code})`, { cause: failure }));
+      sink.onError(
+        new UpstreamError('upstream-reset', true, `stream reset by the backend (rst ${code})`, {
+          cause: failure,
+        }),
+      );
     });
     if (body !== undefined) {
       // Start reading the client's body only once the stream exists on the wire,
@@ -366,7 +385,11 @@ export class Http2Upstream implements Upstream {
     const all = [...this.#sessions.values()].flat();
     this.#sessions.clear();
     await Promise.all(
-      all.map((s) => (s.session.closed ? Promise.resolve() : new Promise<void>((resolve) => s.session.close(() => resolve())))),
+      all.map((s) =>
+        s.session.closed
+          ? Promise.resolve()
+          : new Promise<void>((resolve) => s.session.close(() => resolve())),
+      ),
     );
   }
 }

@@ -184,8 +184,12 @@ function secureContextOf(config: ServiceConfig): SecureContext | undefined {
   try {
     return createSecureContext({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) });
   } catch (cause) {
-    throw new ConfigError(`cannot load the TLS certificate or key (${(cause as Error).message})`, {
-      field: `services.${config.name}.tls`,
-    }, { cause });
+    throw new ConfigError(
+      `cannot load the TLS certificate or key (${(cause as Error).message})`,
+      {
+        field: `services.${config.name}.tls`,
+      },
+      { cause },
+    );
   }
 }

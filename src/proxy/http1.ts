@@ -81,7 +81,11 @@ export class Http1Handler implements RequestHandler {
     const plane = this.#plane;
     if (req.rawHeaders.length / 2 > this.#maxHeaders) {
       plane.count('too-many-headers');
-      res.writeHead(431, { 'content-type': 'text/plain', connection: 'close', 'x-holdfast-error': 'too-many-headers' });
+      res.writeHead(431, {
+        'content-type': 'text/plain',
+        connection: 'close',
+        'x-holdfast-error': 'too-many-headers',
+      });
       res.end(`431 more than ${this.#maxHeaders} request header fields (holdfast)\n`);
       return;
     }
@@ -114,7 +118,9 @@ class Http1Downstream implements Downstream {
     const proto = (socket as Socket & { encrypted?: boolean }).encrypted === true ? 'https' : 'http';
     appendForwarded(headers, { ip: socket.remoteAddress, proto, host: h.host });
     this.headers = headers;
-    const hasBody = h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
+    const hasBody =
+      h['transfer-encoding'] !== undefined ||
+      (h['content-length'] !== undefined && h['content-length'] !== '0');
     this.body = hasBody ? req : undefined;
     this.pick = {
       now: 0,

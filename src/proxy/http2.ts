@@ -62,7 +62,8 @@ export class Http2DownstreamHandler implements Http2Handler {
 
   configure(config: ServiceConfig): void {
     const listenerChanged =
-      JSON.stringify([config.http2, config.headerLimits]) !== JSON.stringify([this.#config.http2, this.#config.headerLimits]);
+      JSON.stringify([config.http2, config.headerLimits]) !==
+      JSON.stringify([this.#config.http2, this.#config.headerLimits]);
     this.#config = config;
     if (listenerChanged) {
       // New settings apply to new sessions; existing ones are asked to reconnect.
@@ -95,7 +96,11 @@ export class Http2DownstreamHandler implements Http2Handler {
     });
     const stopPing = startKeepalive(
       session,
-      { intervalMs: config.http2.ping.interval, timeoutMs: config.http2.ping.timeout, jitter: config.http2.ping.jitter },
+      {
+        intervalMs: config.http2.ping.interval,
+        timeoutMs: config.http2.ping.timeout,
+        jitter: config.http2.ping.jitter,
+      },
       plane.ctx.clock,
       () => {
         plane.count('client-ping-timeout');
@@ -103,7 +108,8 @@ export class Http2DownstreamHandler implements Http2Handler {
       },
     );
     const age = maxAge(config);
-    const ageTimer = age > 0 ? plane.ctx.clock.setTimer(() => goAway(session), jittered(age, 0.1)) : undefined;
+    const ageTimer =
+      age > 0 ? plane.ctx.clock.setTimer(() => goAway(session), jittered(age, 0.1)) : undefined;
     const idle = config.httpTimeouts.clientIdle;
     if (idle > 0) session.setTimeout(idle, () => goAway(session));
     session.once('close', () => {
@@ -175,7 +181,8 @@ class Http2Downstream implements Downstream {
     out[':status'] = String(status);
     // Trailers are only waited for where they are expected (gRPC, a declared `Trailer`):
     // other responses end with their last DATA frame.
-    this.#wantTrailers = !endStream && (this.grpc || isGrpc(headers['content-type']) || headers.trailer !== undefined);
+    this.#wantTrailers =
+      !endStream && (this.grpc || isGrpc(headers['content-type']) || headers.trailer !== undefined);
     stream.respond(out, endStream ? { endStream: true } : { waitForTrailers: this.#wantTrailers });
   }
 
@@ -227,7 +234,9 @@ class Http2Downstream implements Downstream {
   }
 
   onClose(fn: (complete: boolean) => void): void {
-    this.#stream.once('close', () => fn(this.#stream.writableFinished && this.#stream.rstCode === h2c.NGHTTP2_NO_ERROR));
+    this.#stream.once('close', () =>
+      fn(this.#stream.writableFinished && this.#stream.rstCode === h2c.NGHTTP2_NO_ERROR),
+    );
   }
 }
 

@@ -246,7 +246,9 @@ class TcpConnection implements ProxiedConnection {
       proxy.stats.refused[reason]++;
       proxy.log.warn(
         { service: proxy.cluster.name, client: client.remoteAddress, reason },
-        reason === 'no-backend' ? 'no backend can take the connection' : 'every backend tried failed to connect',
+        reason === 'no-backend'
+          ? 'no backend can take the connection'
+          : 'every backend tried failed to connect',
       );
       client.destroy();
       return;
@@ -267,7 +269,10 @@ class TcpConnection implements ProxiedConnection {
     this.upstream = upstream;
     // Our own timer rather than socket.setTimeout(): the socket would keep its
     // Timeout object for the connection's whole life after we clear it.
-    this.#connectTimer = proxy.clock.setTimer(() => upstream.destroy(new ConnectTimeoutError(s.connectTimeoutMs)), s.connectTimeoutMs);
+    this.#connectTimer = proxy.clock.setTimer(
+      () => upstream.destroy(new ConnectTimeoutError(s.connectTimeoutMs)),
+      s.connectTimeoutMs,
+    );
     upstream.on('error', onConnectError);
     upstream.once('connect', onConnect);
   }
@@ -285,7 +290,10 @@ class TcpConnection implements ProxiedConnection {
     upstream.on('error', noop);
     this.upstream = undefined;
     this.backend = undefined;
-    proxy.log.warn({ service: proxy.cluster.name, backend: backend.key, err: err.message }, 'backend connect failed');
+    proxy.log.warn(
+      { service: proxy.cluster.name, backend: backend.key, err: err.message },
+      'backend connect failed',
+    );
     if (this.#phase !== 'connecting' || this.client.destroyed) return;
     (this.#tried ??= new Set()).add(backend);
     if (this.#tried.size >= proxy.settings.maxAttempts) {

@@ -53,9 +53,7 @@ export function closeCodeFor(error: FrameError): number {
 
 /** Close codes a peer may send (RFC 6455 §7.4, plus the IANA-registered 1012–1014). */
 export function validCloseCode(code: number): boolean {
-  return (
-    (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999)
-  );
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
 }
 
 /** Token carried by the gateway's own pings, so their pongs can be told from the peers'. */
@@ -270,7 +268,8 @@ export class FrameReader {
   }
 
   #check(b0: number, opcode: number, fin: boolean, masked: boolean, plen: number): FrameError | undefined {
-    if (masked !== this.fromClient) return this.fromClient ? 'ws-unmasked-client-frame' : 'ws-masked-server-frame';
+    if (masked !== this.fromClient)
+      return this.fromClient ? 'ws-unmasked-client-frame' : 'ws-masked-server-frame';
     const rsv = b0 & 0x70;
     if (opcode >= 0x8) {
       if (opcode > OP_PONG) return 'ws-reserved-opcode';
@@ -280,7 +279,8 @@ export class FrameReader {
       return undefined;
     }
     if (opcode > OP_BINARY) return 'ws-reserved-opcode';
-    if (rsv !== 0 && !(rsv === 0x40 && this.compression && opcode !== OP_CONTINUATION)) return 'ws-reserved-bits';
+    if (rsv !== 0 && !(rsv === 0x40 && this.compression && opcode !== OP_CONTINUATION))
+      return 'ws-reserved-bits';
     if (opcode === OP_CONTINUATION) {
       if (!this.#inMessage) return 'ws-unexpected-continuation';
     } else if (this.#inMessage) {

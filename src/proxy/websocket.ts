@@ -103,7 +103,8 @@ export class WebSocketProxy implements UpgradeHandler {
       settings: ctx.config.rebalance,
       // Persistence seam: a connection whose client the policy holds on its
       // backend (LVS persistence, hashing) would come straight back; never move it.
-      isHeld: (conn, backend) => conn instanceof WsConnection && ctx.cluster.affinity(conn.pickContext(ctx.clock.now())) === backend,
+      isHeld: (conn, backend) =>
+        conn instanceof WsConnection && ctx.cluster.affinity(conn.pickContext(ctx.clock.now())) === backend,
     });
     this.#updateTick();
   }
@@ -178,7 +179,8 @@ export class WebSocketProxy implements UpgradeHandler {
       for (const b of backends.values()) {
         const mine = pass === 0 ? i >= start : i < start;
         i++;
-        if (!mine || b.state !== 'active' || b.weight <= 0 || exclude?.has(b) === true || b.full(limit)) continue;
+        if (!mine || b.state !== 'active' || b.weight <= 0 || exclude?.has(b) === true || b.full(limit))
+          continue;
         const load = b.connections.size / b.weight;
         if (load < bestLoad) {
           best = b;
@@ -382,7 +384,9 @@ class WsConnection implements ProxiedConnection {
       headers: req.headers,
     };
     const backend =
-      ctx.config.balance === undefined ? proxy.leastConnections(this.#tried) : ctx.cluster.pick(pickCtx, this.#tried);
+      ctx.config.balance === undefined
+        ? proxy.leastConnections(this.#tried)
+        : ctx.cluster.pick(pickCtx, this.#tried);
     if (backend === undefined) {
       const reason = this.#tried === undefined ? 'no-backend' : 'connect-failed';
       proxy.refuse(reason);
@@ -434,7 +438,10 @@ class WsConnection implements ProxiedConnection {
     this.#upstream?.destroy();
     this.#upstream = undefined;
     this.#backend = undefined;
-    ctx.log.warn({ service: ctx.cluster.name, backend: backend.key, err: err.message }, 'backend connect failed');
+    ctx.log.warn(
+      { service: ctx.cluster.name, backend: backend.key, err: err.message },
+      'backend connect failed',
+    );
     if (this.#phase !== 'handshake' || this.#client.destroyed) return;
     (this.#tried ??= new Set()).add(backend);
     if (this.#tried.size >= this.#proxy.settings.maxAttempts) {
@@ -500,7 +507,10 @@ class WsConnection implements ProxiedConnection {
   #badBackend(why: string): void {
     const ctx = this.#proxy.ctx;
     this.#proxy.count('ws-backend-handshake');
-    ctx.log.warn({ service: ctx.cluster.name, backend: this.#backend?.key, reason: why }, 'WebSocket handshake failed');
+    ctx.log.warn(
+      { service: ctx.cluster.name, backend: this.#backend?.key, reason: why },
+      'WebSocket handshake failed',
+    );
     this.#endHandshake();
     reject(this.#client, 502, why);
     this.#fail();
@@ -530,8 +540,13 @@ class WsConnection implements ProxiedConnection {
     }
     const lines = text.toLowerCase().split('\r\n');
     const header = (name: string): string | undefined =>
-      lines.find((l) => l.startsWith(`${name}:`))?.slice(name.length + 1).trim();
-    const accept = createHash('sha1').update(this.#key + GUID).digest('base64');
+      lines
+        .find((l) => l.startsWith(`${name}:`))
+        ?.slice(name.length + 1)
+        .trim();
+    const accept = createHash('sha1')
+      .update(this.#key + GUID)
+      .digest('base64');
     const acceptLine = text.split('\r\n').find((l) => l.toLowerCase().startsWith('sec-websocket-accept:'));
     if (header('upgrade') !== 'websocket' || acceptLine?.slice(21).trim() !== accept) {
       this.#badBackend('the backend answered 101 without a valid WebSocket accept');
@@ -553,7 +568,8 @@ class WsConnection implements ProxiedConnection {
     up.compression = down.compression = compression;
     this.#up = up;
     this.#down = down;
-    if (s.maxAgeMs !== undefined) this.#ageDeadline = this.openedAt + s.maxAgeMs * (0.9 + 0.2 * Math.random());
+    if (s.maxAgeMs !== undefined)
+      this.#ageDeadline = this.openedAt + s.maxAgeMs * (0.9 + 0.2 * Math.random());
     const now = proxy.ctx.clock.now();
     this.#clientOkAt = this.#backendOkAt = now;
     client.write(head);
@@ -654,12 +670,20 @@ class WsConnection implements ProxiedConnection {
     const proxy = this.#proxy;
     proxy.count(reason);
     proxy.ctx.log.debug(
-      { service: proxy.ctx.cluster.name, backend: this.#backend?.key, from: dir.fromClient ? 'client' : 'backend', reason },
+      {
+        service: proxy.ctx.cluster.name,
+        backend: this.#backend?.key,
+        from: dir.fromClient ? 'client' : 'backend',
+        reason,
+      },
       'WebSocket frame refused',
     );
     const other = dir.fromClient ? this.#down! : this.#up!;
     // The offender gets the code for what it did; the other peer hears that its partner is gone.
-    this.#startClosing(dir.fromClient ? closeCodeFor(reason) : CLOSE_INTERNAL_ERROR, dir.fromClient ? CLOSE_GOING_AWAY : closeCodeFor(reason));
+    this.#startClosing(
+      dir.fromClient ? closeCodeFor(reason) : CLOSE_INTERNAL_ERROR,
+      dir.fromClient ? CLOSE_GOING_AWAY : closeCodeFor(reason),
+    );
     // The offending peer is failed: its socket is ended right after our close frame.
     if (other.closeSent) dir.input.end();
     else dir.input.destroy();

@@ -250,7 +250,8 @@ services:
         (landed.get(client) ?? landed.set(client, new Set()).get(client)!).add(greeting.trim());
       }
     }
-    for (const [client, seen] of landed) assert.equal(seen.size, 1, `${client} reached ${[...seen].join(', ')}`);
+    for (const [client, seen] of landed)
+      assert.equal(seen.size, 1, `${client} reached ${[...seen].join(', ')}`);
   });
 
   test('persistence keeps a client network on its backend although least-connections would move it', async () => {
@@ -264,7 +265,14 @@ services:
     backends: { static: [127.0.0.1:${bs[0]!.port}, 127.0.0.1:${bs[1]!.port}] }
 `);
     const seen = new Set<string>();
-    for (const client of ['127.0.0.21', '127.0.0.22', '127.0.0.23', '127.0.0.24', '127.0.0.25', '127.0.0.26']) {
+    for (const client of [
+      '127.0.0.21',
+      '127.0.0.22',
+      '127.0.0.23',
+      '127.0.0.24',
+      '127.0.0.25',
+      '127.0.0.26',
+    ]) {
       const s = await dial(port, '127.0.0.1', { localAddress: client });
       cleanups.push(() => void s.destroy());
       seen.add((await readUntil(s, '\n')).trim());
@@ -272,4 +280,3 @@ services:
     assert.equal(seen.size, 1, 'one /24 network, one backend');
   });
 });
-

@@ -1,7 +1,12 @@
 /** Real HTTP/1.1, HTTP/2 and gRPC backends for the HTTP integration tests. */
 import { once } from 'node:events';
 import { createServer as createH1, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createH2, type Http2Server, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import {
+  createServer as createH2,
+  type Http2Server,
+  type ServerHttp2Stream,
+  type IncomingHttpHeaders,
+} from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 
@@ -62,9 +67,13 @@ export async function startH1Backend(route?: H1Route): Promise<HttpBackend> {
 }
 
 /** A cleartext HTTP/2 backend with the same routes as startH1Backend. */
-export async function startH2Backend(opts: { maxConcurrentStreams?: number } = {}): Promise<HttpBackend & { sessions: number }> {
+export async function startH2Backend(
+  opts: { maxConcurrentStreams?: number } = {},
+): Promise<HttpBackend & { sessions: number }> {
   const sockets = new Set<Socket>();
-  const server: Http2Server = createH2({ settings: { maxConcurrentStreams: opts.maxConcurrentStreams ?? 100 } });
+  const server: Http2Server = createH2({
+    settings: { maxConcurrentStreams: opts.maxConcurrentStreams ?? 100 },
+  });
   server.on('session', () => backend.sessions++);
   server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
     backend.served++;
@@ -166,7 +175,9 @@ export async function startGrpcBackend(): Promise<HttpBackend> {
     },
   });
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
   );
   (backend as { port: number }).port = port;
   return backend;

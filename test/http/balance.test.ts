@@ -29,7 +29,10 @@ ${extra}`;
 function assertEven(backends: readonly HttpBackend[], total: number): void {
   const shares = backends.map((b) => b.served / total);
   for (const share of shares) {
-    assert.ok(Math.abs(share - 0.2) <= 0.03, `each backend should serve 20 % ± 3 %, got ${shares.map((s) => (s * 100).toFixed(1)).join(' / ')} %`);
+    assert.ok(
+      Math.abs(share - 0.2) <= 0.03,
+      `each backend should serve 20 % ± 3 %, got ${shares.map((s) => (s * 100).toFixed(1)).join(' / ')} %`,
+    );
   }
 }
 
@@ -90,7 +93,10 @@ describe('HTTP/2: two client sessions spread their streams over five backends', 
   });
 
   it('each backend serves 20 % ± 3 % of 5,000 streams from two node:http2 sessions', async () => {
-    const sessions: ClientHttp2Session[] = [h2connect(`http://127.0.0.1:${port}`), h2connect(`http://127.0.0.1:${port}`)];
+    const sessions: ClientHttp2Session[] = [
+      h2connect(`http://127.0.0.1:${port}`),
+      h2connect(`http://127.0.0.1:${port}`),
+    ];
     try {
       await spread(TOTAL, 8, async (i) => {
         const session = sessions[i % 2]!;
@@ -128,7 +134,10 @@ describe('gRPC over HTTP/2 upstreams: two channels spread their calls over five 
   it('each backend serves 20 % ± 3 % of 5,000 unary calls from two grpc-js channels', async () => {
     // Distinct channel options keep grpc-js from sharing one subchannel between the clients.
     const clients = [0, 1].map(
-      (n) => new EchoClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { 'grpc.holdfast-test-channel': n }),
+      (n) =>
+        new EchoClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+          'grpc.holdfast-test-channel': n,
+        }),
     );
     try {
       await spread(TOTAL, 8, async (i) => {
@@ -152,7 +161,11 @@ describe('gRPC over HTTP/2 upstreams: two channels spread their calls over five 
   it('a bidirectional stream relays every message both ways and counts on its backend while open', async () => {
     const client = new EchoClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
     try {
-      const call = client.makeBidiStreamRequest('/test.Echo/Chat', (b: Buffer) => b, (b: Buffer) => b);
+      const call = client.makeBidiStreamRequest(
+        '/test.Echo/Chat',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+      );
       const got: string[] = [];
       call.on('data', (m: Buffer) => got.push(m.toString()));
       const ended = new Promise<void>((resolve, reject) => {
@@ -168,7 +181,10 @@ describe('gRPC over HTTP/2 upstreams: two channels spread their calls over five 
       await ended;
       assert.equal(got.length, 50);
       const prefix = got[0]!.split(':')[0];
-      assert.ok(got.every((m, i) => m === `${prefix}:m${i}`), 'messages arrive in order from one backend');
+      assert.ok(
+        got.every((m, i) => m === `${prefix}:m${i}`),
+        'messages arrive in order from one backend',
+      );
       assert.equal(cluster.connectionCount, 0, 'the finished stream is unregistered');
     } finally {
       client.close();

@@ -49,7 +49,9 @@ services:
           const req = session.request({ ':path': path });
           req.on('response', (h) => {
             req.resume();
-            req.on('end', () => resolve({ status: h[':status'], error: h['x-holdfast-error'], ms: Date.now() - t0 }));
+            req.on('end', () =>
+              resolve({ status: h[':status'], error: h['x-holdfast-error'], ms: Date.now() - t0 }),
+            );
           });
           req.on('error', reject);
         });
@@ -60,7 +62,10 @@ services:
       const result = await inflight;
       assert.equal(result.status, 502);
       assert.equal(result.error, 'upstream-reset');
-      assert.ok(result.ms < 4000, `the frozen backend was found by PING in ${result.ms} ms, well before its reply was due`);
+      assert.ok(
+        result.ms < 4000,
+        `the frozen backend was found by PING in ${result.ms} ms, well before its reply was due`,
+      );
       assert.ok(records.some((r) => r.msg === 'backend HTTP/2 session missed its PING ACK; closing it'));
     } finally {
       session.close();
@@ -72,10 +77,13 @@ services:
 });
 
 describe('SIGTERM drain', () => {
-  it('every request in flight completes; HTTP/2 clients get GOAWAY and HTTP/1.1 clients Connection: close', { timeout: 30_000 }, async () => {
-    const backends = await Promise.all([startH1Backend(), startH1Backend()]);
-    const port = await freePort();
-    const file = writeConfig(`
+  it(
+    'every request in flight completes; HTTP/2 clients get GOAWAY and HTTP/1.1 clients Connection: close',
+    { timeout: 30_000 },
+    async () => {
+      const backends = await Promise.all([startH1Backend(), startH1Backend()]);
+      const port = await freePort();
+      const file = writeConfig(`
 services:
   - name: web
     protocol: http
@@ -84,54 +92,62 @@ services:
     backends:
       static: [${backends.map((b) => `127.0.0.1:${b.port}`).join(', ')}]
 `);
-    const proc = runHoldfast(['serve', '--config', file, '--json']);
-    const agent = new Agent({ keepAlive: true, maxSockets: 2 });
-    await proc.waitForLog('holdfast started');
-    const sessions = [h2connect(`http://127.0.0.1:${port}`), h2connect(`http://127.0.0.1:${port}`)];
-    try {
-      const told = new Set<unknown>();
-      for (const s of sessions) {
-        s.on('goaway', () => told.add(s));
-        s.on('error', () => {});
+      const proc = runHoldfast(['serve', '--config', file, '--json']);
+      const agent = new Agent({ keepAlive: true, maxSockets: 2 });
+      await proc.waitForLog('holdfast started');
+      const sessions = [h2connect(`http://127.0.0.1:${port}`), h2connect(`http://127.0.0.1:${port}`)];
+      try {
+        const told = new Set<unknown>();
+        for (const s of sessions) {
+          s.on('goaway', () => told.add(s));
+          s.on('error', () => {});
+        }
+        const h2get = (i: number): Promise<number> =>
+          new Promise((resolve, reject) => {
+            const req = sessions[i % 2]!.request({ ':path': '/slow?ms=700' });
+            req.on('response', (h) => {
+              req.resume();
+              req.on('end', () => resolve(Number(h[':status'])));
+            });
+            req.on('error', reject);
+          });
+        const h1get = (): Promise<[number, string | undefined]> =>
+          new Promise((resolve, reject) => {
+            const req = httpRequest({ host: '127.0.0.1', port, path: '/slow?ms=700', agent }, (res) => {
+              res.resume();
+              res.on('end', () => resolve([res.statusCode ?? 0, res.headers.connection]));
+            });
+            req.on('error', reject);
+            req.end();
+          });
+        const h2 = Array.from({ length: 20 }, (_, i) => h2get(i));
+        const h1 = [h1get(), h1get()];
+        await waitFor(
+          () => backends.reduce((n, b) => n + b.served, 0) >= 22,
+          5_000,
+          'all requests at the backends',
+        );
+        proc.kill('SIGTERM');
+        const h2statuses = await Promise.all(h2);
+        const h1results = await Promise.all(h1);
+        assert.deepEqual(h2statuses, Array(20).fill(200), 'no HTTP/2 request failed');
+        assert.deepEqual(
+          h1results.map((r) => r[0]),
+          [200, 200],
+        );
+        assert.ok(
+          h1results.every((r) => r[1] === 'close'),
+          'HTTP/1.1 responses during drain carry Connection: close',
+        );
+        await waitFor(() => told.size === 2, 5_000, 'GOAWAY on both client sessions');
+        const exit = await proc.exited();
+        assert.equal(exit.code, 0);
+      } finally {
+        for (const s of sessions) s.destroy();
+        agent.destroy();
+        proc.kill('SIGKILL');
+        await Promise.all(backends.map((b) => b.close()));
       }
-      const h2get = (i: number): Promise<number> =>
-        new Promise((resolve, reject) => {
-          const req = sessions[i % 2]!.request({ ':path': '/slow?ms=700' });
-          req.on('response', (h) => {
-            req.resume();
-            req.on('end', () => resolve(Number(h[':status'])));
-          });
-          req.on('error', reject);
-        });
-      const h1get = (): Promise<[number, string | undefined]> =>
-        new Promise((resolve, reject) => {
-          const req = httpRequest({ host: '127.0.0.1', port, path: '/slow?ms=700', agent }, (res) => {
-            res.resume();
-            res.on('end', () => resolve([res.statusCode ?? 0, res.headers.connection]));
-          });
-          req.on('error', reject);
-          req.end();
-        });
-      const h2 = Array.from({ length: 20 }, (_, i) => h2get(i));
-      const h1 = [h1get(), h1get()];
-      await waitFor(() => backends.reduce((n, b) => n + b.served, 0) >= 22, 5_000, 'all requests at the backends');
-      proc.kill('SIGTERM');
-      const h2statuses = await Promise.all(h2);
-      const h1results = await Promise.all(h1);
-      assert.deepEqual(h2statuses, Array(20).fill(200), 'no HTTP/2 request failed');
-      assert.deepEqual(
-        h1results.map((r) => r[0]),
-        [200, 200],
-      );
-      assert.ok(h1results.every((r) => r[1] === 'close'), 'HTTP/1.1 responses during drain carry Connection: close');
-      await waitFor(() => told.size === 2, 5_000, 'GOAWAY on both client sessions');
-      const exit = await proc.exited();
-      assert.equal(exit.code, 0);
-    } finally {
-      for (const s of sessions) s.destroy();
-      agent.destroy();
-      proc.kill('SIGKILL');
-      await Promise.all(backends.map((b) => b.close()));
-    }
-  });
+    },
+  );
 });

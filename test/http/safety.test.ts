@@ -48,12 +48,36 @@ services:
   });
 
   const cases: [string, string, number][] = [
-    ['conflicting Content-Length headers', 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde', 400],
-    ['Content-Length together with Transfer-Encoding', 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400],
-    ['malformed chunked encoding', 'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n', 400],
-    ['an obfuscated Transfer-Encoding', 'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n', 400],
-    ['headers larger than the size limit', `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(5000)}\r\n\r\n`, 431],
-    ['more header fields than the count limit', `GET / HTTP/1.1\r\nHost: x\r\n${Array.from({ length: 30 }, (_, i) => `X-H${i}: v\r\n`).join('')}\r\n`, 431],
+    [
+      'conflicting Content-Length headers',
+      'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde',
+      400,
+    ],
+    [
+      'Content-Length together with Transfer-Encoding',
+      'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+      400,
+    ],
+    [
+      'malformed chunked encoding',
+      'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n',
+      400,
+    ],
+    [
+      'an obfuscated Transfer-Encoding',
+      'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n',
+      400,
+    ],
+    [
+      'headers larger than the size limit',
+      `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(5000)}\r\n\r\n`,
+      431,
+    ],
+    [
+      'more header fields than the count limit',
+      `GET / HTTP/1.1\r\nHost: x\r\n${Array.from({ length: 30 }, (_, i) => `X-H${i}: v\r\n`).join('')}\r\n`,
+      431,
+    ],
   ];
   for (const [what, text, status] of cases) {
     it(`answers ${status} to ${what}, without reaching a backend`, async () => {
@@ -71,7 +95,12 @@ services:
           host: '127.0.0.1',
           port,
           path: '/headers',
-          headers: { 'x-forwarded-for': '203.0.113.9', 'x-secret-hop': '1', connection: 'x-secret-hop', 'keep-alive': 'timeout=5' },
+          headers: {
+            'x-forwarded-for': '203.0.113.9',
+            'x-secret-hop': '1',
+            connection: 'x-secret-hop',
+            'keep-alive': 'timeout=5',
+          },
         },
         (res) => {
           let body = '';
@@ -91,7 +120,10 @@ services:
 
   it('streams a large body both ways without buffering it whole', async () => {
     const size = 8 * 1024 * 1024;
-    const res = await request(`http://127.0.0.1:${port}/echo`, { method: 'POST', body: Buffer.alloc(size, 7) });
+    const res = await request(`http://127.0.0.1:${port}/echo`, {
+      method: 'POST',
+      body: Buffer.alloc(size, 7),
+    });
     let n = 0;
     for await (const chunk of res.body) n += (chunk as Buffer).length;
     assert.equal(n, size);
@@ -107,7 +139,12 @@ describe('errors the proxy generates say why', () => {
   let slowBackend: HttpBackend;
   let slowPort: number;
   before(async () => {
-    [port, deadPort, grpcPort, slowPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    [port, deadPort, grpcPort, slowPort] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
     grpcBackend = await startGrpcBackend();
     slowBackend = await startH1Backend();
     ({ gateway } = await startGateway(`
@@ -172,8 +209,12 @@ services:
     try {
       for (let i = 0; i < 10; i++) {
         const reply = await new Promise<Buffer>((resolve, reject) =>
-          client.makeUnaryRequest('/test.Echo/Say', (b: Buffer) => b, (b: Buffer) => b, Buffer.from('hi'), (err, r) =>
-            err ? reject(err) : resolve(r!),
+          client.makeUnaryRequest(
+            '/test.Echo/Say',
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            Buffer.from('hi'),
+            (err, r) => (err ? reject(err) : resolve(r!)),
           ),
         );
         assert.equal(reply.toString(), String(grpcBackend.port));
@@ -224,7 +265,13 @@ services:
     const client = new EchoClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
     try {
       const err = await new Promise<grpc.ServiceError | null>((resolve) =>
-        client.makeUnaryRequest('/test.Echo/Say', (b: Buffer) => b, (b: Buffer) => b, Buffer.from('x'), (e) => resolve(e)),
+        client.makeUnaryRequest(
+          '/test.Echo/Say',
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          Buffer.from('x'),
+          (e) => resolve(e),
+        ),
       );
       assert.equal(err?.code, grpc.status.UNAVAILABLE);
       assert.match(err?.details ?? '', /holdfast/);

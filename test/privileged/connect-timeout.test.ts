@@ -21,7 +21,11 @@ describe('connect timeout', { skip }, () => {
     const blackhole = await freePort();
     const good = await startEchoBackend({ greet: true });
     cleanups.push(() => good.close());
-    run('nft', ['-f', '-'], `table inet ${table} {\n chain out {\n  type filter hook output priority 0;\n  oifname "lo" tcp dport ${blackhole} tcp flags syn drop\n }\n}\n`);
+    run(
+      'nft',
+      ['-f', '-'],
+      `table inet ${table} {\n chain out {\n  type filter hook output priority 0;\n  oifname "lo" tcp dport ${blackhole} tcp flags syn drop\n }\n}\n`,
+    );
     cleanups.push(() => void run('nft', ['delete', 'table', 'inet', table]));
     const port = await freePort();
     const { gateway } = await startGateway(`
@@ -37,11 +41,16 @@ services:
     const sockets = await Promise.all([dial(port), dial(port)]);
     for (const s of sockets) cleanups.push(() => void s.destroy());
     const greetings = await Promise.all(sockets.map((s) => readUntil(s, '\n', 5_000)));
-    assert.deepEqual(greetings.map((g) => Number(g.trim())), [good.port, good.port]);
+    assert.deepEqual(
+      greetings.map((g) => Number(g.trim())),
+      [good.port, good.port],
+    );
     assert.ok(Date.now() - started < 3_000);
     assert.match(
       await gateway.metrics.metrics(),
-      new RegExp(`holdfast_backend_connect_failures_total\\{service="timeouts",backend="127.0.0.1:${blackhole}"\\} 1`),
+      new RegExp(
+        `holdfast_backend_connect_failures_total\\{service="timeouts",backend="127.0.0.1:${blackhole}"\\} 1`,
+      ),
     );
   });
 });

@@ -14,7 +14,9 @@ export interface WsBackend {
 }
 
 /** A ws echo server that greets each client with `port` so it can tell where it landed. */
-export async function startWsBackend(opts: { port?: number; autoPong?: boolean; perMessageDeflate?: boolean } = {}): Promise<WsBackend> {
+export async function startWsBackend(
+  opts: { port?: number; autoPong?: boolean; perMessageDeflate?: boolean } = {},
+): Promise<WsBackend> {
   const server = new WebSocketServer({
     host: '127.0.0.1',
     port: opts.port ?? 0,
@@ -56,7 +58,9 @@ export async function openClient(port: number, path = '/'): Promise<{ ws: WebSoc
 
 export function closed(ws: WebSocket): Promise<{ code: number; reason: string }> {
   if (ws.readyState === WebSocket.CLOSED) return Promise.resolve({ code: -1, reason: 'already closed' });
-  return new Promise((resolve) => ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() })));
+  return new Promise((resolve) =>
+    ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() })),
+  );
 }
 
 export function serviceYaml(opts: {
@@ -73,12 +77,18 @@ export function serviceYaml(opts: {
     '    protocol: http',
     `    listen: 127.0.0.1:${opts.port}`,
     `    backends: { static: [${opts.backends.map((p) => `127.0.0.1:${p}`).join(', ')}] }`,
-    ...(opts.extra ?? '').split('\n').filter((l) => l !== '').map((l) => `    ${l}`),
+    ...(opts.extra ?? '')
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => `    ${l}`),
   ].join('\n');
 }
 
 /** A raw TCP client that performs the WebSocket handshake itself, to send frames ws would never send. */
-export async function rawClient(port: number, extraHeaders = ''): Promise<{ socket: Socket; response: string; rest: Buffer }> {
+export async function rawClient(
+  port: number,
+  extraHeaders = '',
+): Promise<{ socket: Socket; response: string; rest: Buffer }> {
   const socket = connect({ port, host: '127.0.0.1' });
   socket.on('error', () => {});
   await once(socket, 'connect');
@@ -97,7 +107,11 @@ export async function rawClient(port: number, extraHeaders = ''): Promise<{ sock
 }
 
 /** Build a client frame (masked unless told otherwise). */
-export function frame(opcode: number, payload: Buffer, opts: { fin?: boolean; mask?: boolean; rsv?: number; length?: number } = {}): Buffer {
+export function frame(
+  opcode: number,
+  payload: Buffer,
+  opts: { fin?: boolean; mask?: boolean; rsv?: number; length?: number } = {},
+): Buffer {
   const mask = opts.mask ?? true;
   const len = opts.length ?? payload.length;
   const head: number[] = [((opts.fin ?? true) ? 0x80 : 0) | ((opts.rsv ?? 0) << 4) | opcode];
@@ -115,7 +129,11 @@ export function frame(opcode: number, payload: Buffer, opts: { fin?: boolean; ma
 }
 
 /** Read server frames from `socket` (after `initial`) until a close frame; resolves with its code, or -1 on EOF. */
-export function readCloseCode(socket: Socket, initial: Buffer = Buffer.alloc(0), timeoutMs = 5_000): Promise<number> {
+export function readCloseCode(
+  socket: Socket,
+  initial: Buffer = Buffer.alloc(0),
+  timeoutMs = 5_000,
+): Promise<number> {
   return new Promise((resolve, reject) => {
     let buf = initial;
     const timer = setTimeout(() => {

@@ -9,7 +9,9 @@ import { closed, openClient, serviceYaml, startWsBackend } from './helpers.ts';
 import type { WebSocket } from 'ws';
 
 async function spawnBackend(): Promise<{ port: number; pid: number; kill: () => void }> {
-  const child = spawn(NODE, [new URL('./backend-process.ts', import.meta.url).pathname], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(NODE, [new URL('./backend-process.ts', import.meta.url).pathname], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const [line] = (await once(child.stdout, 'data')) as [Buffer];
   return { port: Number(line.toString().trim()), pid: child.pid!, kill: () => void child.kill('SIGKILL') };
 }
@@ -20,7 +22,11 @@ describe('WebSocket connection lifecycle', () => {
     const healthy = await startWsBackend();
     const port = await freePort();
     const { gateway } = await startGateway(
-      serviceYaml({ port, backends: [frozen.port, healthy.port], extra: 'websocket: { ping: { interval: 500ms, timeout: 500ms } }\ntimeouts: { connect: 1s }' }),
+      serviceYaml({
+        port,
+        backends: [frozen.port, healthy.port],
+        extra: 'websocket: { ping: { interval: 500ms, timeout: 500ms } }\ntimeouts: { connect: 1s }',
+      }),
     );
     try {
       const clients = await Promise.all(Array.from({ length: 6 }, () => openClient(port)));
@@ -40,7 +46,10 @@ describe('WebSocket connection lifecycle', () => {
         again.ws.terminate();
       }
       for (const c of clients.filter((c) => c.backend === healthy.port)) assert.equal(c.ws.readyState, 1);
-      assert.ok((gateway.services.get('ws')!.handler.stats.errors!['ws-backend-heartbeat-timeout'] ?? 0) >= onFrozen.length);
+      assert.ok(
+        (gateway.services.get('ws')!.handler.stats.errors!['ws-backend-heartbeat-timeout'] ?? 0) >=
+          onFrozen.length,
+      );
       for (const c of clients) c.ws.terminate();
     } finally {
       process.kill(frozen.pid, 'SIGCONT');
@@ -54,7 +63,11 @@ describe('WebSocket connection lifecycle', () => {
     const backend = await startWsBackend();
     const port = await freePort();
     const { gateway } = await startGateway(
-      serviceYaml({ port, backends: [backend.port], extra: 'websocket: { ping: { interval: 300ms, timeout: 300ms } }' }),
+      serviceYaml({
+        port,
+        backends: [backend.port],
+        extra: 'websocket: { ping: { interval: 300ms, timeout: 300ms } }',
+      }),
     );
     try {
       const { ws } = await openClient(port);
@@ -73,7 +86,9 @@ describe('WebSocket connection lifecycle', () => {
   it('asks connections older than maxConnectionAge to reconnect with 1012', async () => {
     const backend = await startWsBackend();
     const port = await freePort();
-    const { gateway } = await startGateway(serviceYaml({ port, backends: [backend.port], extra: 'maxConnectionAge: 400ms' }));
+    const { gateway } = await startGateway(
+      serviceYaml({ port, backends: [backend.port], extra: 'maxConnectionAge: 400ms' }),
+    );
     try {
       const { ws } = await openClient(port);
       const t = Date.now();
@@ -89,7 +104,8 @@ describe('WebSocket connection lifecycle', () => {
     const a = await startWsBackend();
     const b = await startWsBackend();
     const port = await freePort();
-    const yaml = (backends: number[]): string => serviceYaml({ port, backends, extra: 'drain: { timeout: 2s }' });
+    const yaml = (backends: number[]): string =>
+      serviceYaml({ port, backends, extra: 'drain: { timeout: 2s }' });
     const { gateway } = await startGateway(yaml([a.port, b.port]));
     try {
       const clients = await Promise.all(Array.from({ length: 10 }, () => openClient(port)));
@@ -97,7 +113,9 @@ describe('WebSocket connection lifecycle', () => {
       const times: number[] = [];
       const start = Date.now();
       await gateway.reload(parseConfig(yaml([b.port])));
-      const codes = await Promise.all(onA.map((c) => closed(c.ws).then((r) => (times.push(Date.now() - start), r.code))));
+      const codes = await Promise.all(
+        onA.map((c) => closed(c.ws).then((r) => (times.push(Date.now() - start), r.code))),
+      );
       assert.deepEqual(new Set(codes), new Set([1001]));
       assert.ok(Math.max(...times) - Math.min(...times) >= 300, `spread: ${JSON.stringify(times)}`);
       for (const c of clients.filter((c) => c.backend === b.port)) assert.equal(c.ws.readyState, 1);
@@ -112,7 +130,12 @@ describe('WebSocket connection lifecycle', () => {
   it('SIGTERM closes clients with 1001 and the process exits once they are gone', async () => {
     const backend = await startWsBackend();
     const port = await freePort();
-    const file = writeConfig(serviceYaml({ port, backends: [backend.port], extra: 'drain: { timeout: 3s }' }).replace('log: { level: warn }', 'log: { level: info }'));
+    const file = writeConfig(
+      serviceYaml({ port, backends: [backend.port], extra: 'drain: { timeout: 3s }' }).replace(
+        'log: { level: warn }',
+        'log: { level: info }',
+      ),
+    );
     const proc = runHoldfast(['serve', '--config', file, '--json']);
     try {
       await proc.waitForLog('holdfast started');
@@ -137,7 +160,8 @@ describe('WebSocket rebalancing after scale-out', () => {
       serviceYaml({
         port,
         backends: backends.slice(0, n).map((b) => b.port),
-        extra: 'rebalance: { maxSkew: 0.1, maxPerSecond: 20, minAge: 2s }\nwebsocket: { ping: { interval: 5s, timeout: 5s } }',
+        extra:
+          'rebalance: { maxSkew: 0.1, maxPerSecond: 20, minAge: 2s }\nwebsocket: { ping: { interval: 5s, timeout: 5s } }',
       }).replace('log: { level: warn }', 'log: { level: info }');
     const file = writeConfig(yaml(2));
     const proc = runHoldfast(['serve', '--config', file, '--json']);
@@ -173,7 +197,9 @@ describe('WebSocket rebalancing after scale-out', () => {
         assert.ok(inWindow <= 20, `${inWindow} closes within one second`);
       }
       assert.ok(closes.length >= 100, `moved ${closes.length}`);
-      console.log(`rebalanced ${closes.length} connections in ${tookMs} ms: ${backends.map((b) => b.clients.size).join(', ')}`);
+      console.log(
+        `rebalanced ${closes.length} connections in ${tookMs} ms: ${backends.map((b) => b.clients.size).join(', ')}`,
+      );
     } finally {
       stopped = true;
       for (const ws of live) ws.terminate();

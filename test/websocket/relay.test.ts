@@ -6,7 +6,16 @@ import { WebSocket } from 'ws';
 import type { Gateway } from '../../src/gateway.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { freePort, waitFor } from '../helpers/net.ts';
-import { closed, frame, openClient, rawClient, readCloseCode, serviceYaml, startWsBackend, type WsBackend } from './helpers.ts';
+import {
+  closed,
+  frame,
+  openClient,
+  rawClient,
+  readCloseCode,
+  serviceYaml,
+  startWsBackend,
+  type WsBackend,
+} from './helpers.ts';
 
 describe('WebSocket relay through the gateway', () => {
   let backend: WsBackend;
@@ -68,12 +77,27 @@ describe('WebSocket relay through the gateway', () => {
   });
 
   const badFrames: [string, Buffer, number, string][] = [
-    ['an unmasked client frame', frame(0x1, Buffer.from('hi'), { mask: false }), 1002, 'ws-unmasked-client-frame'],
+    [
+      'an unmasked client frame',
+      frame(0x1, Buffer.from('hi'), { mask: false }),
+      1002,
+      'ws-unmasked-client-frame',
+    ],
     ['a reserved opcode', frame(0x3, Buffer.from('hi')), 1002, 'ws-reserved-opcode'],
     ['a reserved control opcode', frame(0xb, Buffer.from('hi')), 1002, 'ws-reserved-opcode'],
-    ['reserved bits without an extension', frame(0x1, Buffer.from('hi'), { rsv: 2 }), 1002, 'ws-reserved-bits'],
+    [
+      'reserved bits without an extension',
+      frame(0x1, Buffer.from('hi'), { rsv: 2 }),
+      1002,
+      'ws-reserved-bits',
+    ],
     ['a control frame over 125 bytes', frame(0x9, Buffer.alloc(126)), 1002, 'ws-control-frame-too-large'],
-    ['a fragmented control frame', frame(0x9, Buffer.from('p'), { fin: false }), 1002, 'ws-fragmented-control-frame'],
+    [
+      'a fragmented control frame',
+      frame(0x9, Buffer.from('p'), { fin: false }),
+      1002,
+      'ws-fragmented-control-frame',
+    ],
     ['an invalid close code', frame(0x8, Buffer.from([0x03, 0xed])), 1002, 'ws-invalid-close-code'],
     ['a close code 1005', frame(0x8, Buffer.from([0x03, 0xed + 0x18])), 1002, 'ws-invalid-close-code'],
     ['a continuation with no message', frame(0x0, Buffer.from('x')), 1002, 'ws-unexpected-continuation'],
@@ -108,7 +132,10 @@ describe('WebSocket relay through the gateway', () => {
   }
 
   it('answers handshake errors with 400 and 426', async () => {
-    const bad = await rawHttp(port, 'GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n');
+    const bad = await rawHttp(
+      port,
+      'GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    );
     assert.match(bad, /^HTTP\/1\.1 400/);
     const old = await rawHttp(
       port,
@@ -138,7 +165,11 @@ describe('WebSocket handshake failures', () => {
     const backend = await startWsBackend();
     const port2 = await freePort();
     const { gateway: g2 } = await startGateway(
-      serviceYaml({ port: port2, backends: [backend.port], extra: 'limits: { maxConnectionsPerBackend: 1 }' }),
+      serviceYaml({
+        port: port2,
+        backends: [backend.port],
+        extra: 'limits: { maxConnectionsPerBackend: 1 }',
+      }),
     );
     try {
       const first = await openClient(port2);
@@ -155,13 +186,15 @@ describe('WebSocket handshake failures', () => {
     }
   });
 
-  it("closes the client with 1011 when the backend breaks the protocol (a masked server frame)", async () => {
+  it('closes the client with 1011 when the backend breaks the protocol (a masked server frame)', async () => {
     const server = createServer((s: Socket) => {
       s.on('error', () => {});
       s.once('data', (d: Buffer) => {
         const key = /sec-websocket-key: (.*)\r\n/i.exec(d.toString())![1]!;
         const accept = createAccept(key);
-        s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+        s.write(
+          `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+        );
         s.write(frame(0x1, Buffer.from('masked!'), { mask: true }));
       });
     });
