@@ -69,6 +69,17 @@ function httpParts(ctx: HttpContext): HttpParts {
   };
 }
 
+/**
+ * An HTTP service without `balance:` picks requests with p2c but holds
+ * upgraded connections (WebSocket) by least-connections; otherwise one policy
+ * serves both.
+ */
+function connectionBalancerFor(config: ServiceConfig) {
+  return config.protocol === 'http' && config.balance === undefined
+    ? createBalancer<Backend>('least-connections', { slowStart: balancerOptions(config).slowStart })
+    : undefined;
+}
+
 function balancerFor(config: ServiceConfig) {
   // Per-request HTTP defaults to p2c (least outstanding of two random picks); connections to least-connections.
   return createBalancer<Backend>(config.balance ?? defaultBalance(config.protocol), balancerOptions(config));
@@ -196,6 +207,7 @@ export class Gateway {
         const cluster = new Cluster({
           name: s.name,
           balancer: balancerFor(s),
+          connectionBalancer: connectionBalancerFor(s),
           clock: this.clock,
           log: this.log,
           drainTimeoutMs: s.drain.timeout,
@@ -218,7 +230,8 @@ export class Gateway {
           drainTimeoutMs: s.drain.timeout,
           maxConnectionsPerBackend: s.limits.maxConnectionsPerBackend,
         });
-        if (balancerKey(s) !== balancerKey(runtime.config)) runtime.cluster.setBalancer(balancerFor(s));
+        if (balancerKey(s) !== balancerKey(runtime.config))
+          runtime.cluster.setBalancer(balancerFor(s), connectionBalancerFor(s));
         runtime.handler.configure(s);
         runtime.membership.configure(s);
         runtime.config = s;

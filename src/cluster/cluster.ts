@@ -9,6 +9,13 @@ import { Drain } from './drain.ts';
 export interface ClusterOptions {
   name: string;
   balancer: Balancer<Backend>;
+  /**
+   * Policy for connection-level picks (`pickConnection`, e.g. WebSocket
+   * upgrades) when it differs from the per-request one: an HTTP service
+   * balances requests with p2c by default but long-lived upgraded connections
+   * with least-connections. Defaults to `balancer`.
+   */
+  connectionBalancer?: Balancer<Backend> | undefined;
   clock: Clock;
   log: Logger;
   drainTimeoutMs: number;
@@ -34,6 +41,7 @@ export class Cluster {
   readonly #clock: Clock;
   readonly #log: Logger;
   #balancer: Balancer<Backend>;
+  #connectionBalancer: Balancer<Backend> | undefined;
   #drainTimeoutMs: number;
   #maxPerBackend: number | undefined;
   readonly #backends = new Map<string, Backend>();
@@ -54,6 +62,7 @@ export class Cluster {
     this.#clock = opts.clock;
     this.#log = opts.log;
     this.#balancer = opts.balancer;
+    this.#connectionBalancer = opts.connectionBalancer;
     this.#drainTimeoutMs = opts.drainTimeoutMs;
     this.#maxPerBackend = opts.maxConnectionsPerBackend;
   }
@@ -85,10 +94,12 @@ export class Cluster {
     this.#maxPerBackend = opts.maxConnectionsPerBackend;
   }
 
-  /** Swap the policy (reload changed `balance:`); live connections stay where they are. */
-  setBalancer(balancer: Balancer<Backend>): void {
+  /** Swap the policies (reload changed `balance:`); live connections stay where they are. */
+  setBalancer(balancer: Balancer<Backend>, connectionBalancer?: Balancer<Backend>): void {
     this.#balancer = balancer;
+    this.#connectionBalancer = connectionBalancer;
     balancer.setTargets(this.#eligible);
+    connectionBalancer?.setTargets(this.#eligible);
   }
 
   /**
@@ -147,10 +158,22 @@ export class Cluster {
    * (already tried) and backends at their connection limit.
    */
   pick(ctx: PickContext, exclude?: Set<Backend>): Backend | undefined {
+    return this.#pickWith(this.#balancer, ctx, exclude);
+  }
+
+  /**
+   * Choose a backend for a connection that will be held for long (a WebSocket
+   * upgrade): the connection-level policy where the service has one.
+   */
+  pickConnection(ctx: PickContext, exclude?: Set<Backend>): Backend | undefined {
+    return this.#pickWith(this.#connectionBalancer ?? this.#balancer, ctx, exclude);
+  }
+
+  #pickWith(balancer: Balancer<Backend>, ctx: PickContext, exclude?: Set<Backend>): Backend | undefined {
     if (this.#closing) return undefined;
     let skip = exclude;
     for (let tries = 0; tries <= this.#eligible.length; tries++) {
-      const backend = this.#balancer.pick(ctx, skip);
+      const backend = balancer.pick(ctx, skip);
       if (backend === undefined || !backend.full(this.#maxPerBackend)) return backend;
       skip ??= new Set();
       skip.add(backend);
@@ -319,5 +342,6 @@ export class Cluster {
     }
     this.#eligible = [...this.#backends.values()].filter((b) => b.state === 'active' && b.weight > 0);
     this.#balancer.setTargets(this.#eligible);
+    this.#connectionBalancer?.setTargets(this.#eligible);
   }
 }

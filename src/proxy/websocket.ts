@@ -92,7 +92,6 @@ export class WebSocketProxy implements UpgradeHandler {
   #tick: Timer | undefined;
   #tickMs = 1000;
   #upgrading = 0;
-  #rotate = 0;
 
   constructor(ctx: HttpContext) {
     this.ctx = ctx;
@@ -161,34 +160,6 @@ export class WebSocketProxy implements UpgradeHandler {
     }
     if (s.keepAliveMs !== undefined) socket.setKeepAlive(true, s.keepAliveMs);
     new WsConnection(this, req, socket, head, key).start();
-  }
-
-  /**
-   * WebSocket's default policy when `balance:` is not set (the HTTP default,
-   * p2c, suits requests, not connections held for hours): the active backend
-   * with the fewest live connections for its weight; ties rotate.
-   */
-  leastConnections(exclude: Set<Backend> | undefined): Backend | undefined {
-    const limit = this.ctx.config.limits.maxConnectionsPerBackend;
-    const backends = this.ctx.cluster.backends;
-    let best: Backend | undefined;
-    let bestLoad = Infinity;
-    const start = this.#rotate++ % Math.max(1, backends.size);
-    for (const pass of [0, 1]) {
-      let i = 0;
-      for (const b of backends.values()) {
-        const mine = pass === 0 ? i >= start : i < start;
-        i++;
-        if (!mine || b.state !== 'active' || b.weight <= 0 || exclude?.has(b) === true || b.full(limit))
-          continue;
-        const load = b.connections.size / b.weight;
-        if (load < bestLoad) {
-          best = b;
-          bestLoad = load;
-        }
-      }
-    }
-    return best;
   }
 
   upgradeStarted(): void {
@@ -383,10 +354,7 @@ class WsConnection implements ProxiedConnection {
       localPort: this.#client.localPort,
       headers: req.headers,
     };
-    const backend =
-      ctx.config.balance === undefined
-        ? proxy.leastConnections(this.#tried)
-        : ctx.cluster.pick(pickCtx, this.#tried);
+    const backend = ctx.cluster.pickConnection(pickCtx, this.#tried);
     if (backend === undefined) {
       const reason = this.#tried === undefined ? 'no-backend' : 'connect-failed';
       proxy.refuse(reason);
