@@ -14,8 +14,8 @@ import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext } from './http.ts';
 import { type ProxyFailure, UpstreamError } from './http-errors.ts';
 import { type HeaderMap, isIdempotent, parseGrpcTimeout } from './http-headers.ts';
+import { Http1Upstream } from './http1-upstream.ts';
 import {
-  Http1Upstream,
   Http2Upstream,
   type ResponseSink,
   type Upstream,

@@ -1,7 +1,8 @@
 /**
- * Pooled connections from holdfast to backends: HTTP/1.1 keep-alive pools
- * (undici) or HTTP/2 sessions (node:http2, needed for gRPC), one pool per
- * backend. Pools of backends that left the cluster are drained, not cut.
+ * Pooled connections from holdfast to backends: the interfaces both upstream
+ * kinds share, and HTTP/2 sessions (node:http2, needed for gRPC), a few per
+ * backend. HTTP/1.1 pools are in http1-upstream.ts. Pools of backends that
+ * left the cluster are drained, not cut.
  */
 import {
   connect as h2connect,
@@ -11,9 +12,8 @@ import {
 } from 'node:http2';
 import type { IncomingHttpHeaders } from 'node:http';
 import { connect as netConnect } from 'node:net';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { Pool, type Dispatcher } from 'undici';
 import type { Backend } from '../cluster/backend.ts';
 import type { Clock } from '../cluster/clock.ts';
 import type { KeepaliveOptions } from './http-keepalive.ts';
@@ -87,124 +87,6 @@ function classify(err: Error & { code?: string }, started: boolean): UpstreamErr
   }
   if (started && kind === 'connect-failed') kind = 'upstream-reset';
   return new UpstreamError(kind, sent, `${code} ${err.message}`.trim(), { cause: err });
-}
-
-/**
- * A stream undici may consume (and destroy when done) without touching the
- * client's own stream, which only starts flowing when undici first reads, so
- * a request whose connection failed can still be retried with its body.
- */
-function lazyBody(src: Readable): Readable {
-  let started = false;
-  const out = new Readable({
-    read() {
-      if (started) {
-        src.resume();
-        return;
-      }
-      started = true;
-      src.on('data', (chunk: Buffer) => {
-        if (!out.push(chunk)) src.pause();
-      });
-      src.once('end', () => out.push(null));
-      src.once('error', (err) => out.destroy(err));
-      src.once('close', () => {
-        if (!src.readableEnded) out.destroy(new Error('the client went away while sending its body'));
-      });
-    },
-  });
-  return out;
-}
-
-/** HTTP/1.1 keep-alive pools, one undici Pool per backend. */
-export class Http1Upstream implements Upstream {
-  readonly #pools = new Map<Backend, Pool>();
-  readonly #settings: UpstreamSettings;
-
-  constructor(settings: UpstreamSettings) {
-    this.#settings = settings;
-  }
-
-  #pool(backend: Backend): Pool {
-    let pool = this.#pools.get(backend);
-    if (pool === undefined) {
-      const { host, port } = backend.address;
-      pool = new Pool(`http://${host.includes(':') ? `[${host}]` : host}:${port}`, {
-        connections: this.#settings.connectionsPerBackend,
-        pipelining: 1,
-        keepAliveTimeout: 30_000,
-        keepAliveMaxTimeout: 300_000,
-        headersTimeout: 0, // the proxy's own request timer decides
-        bodyTimeout: 0, // long streams are legitimate
-        connectTimeout: this.#settings.connectTimeoutMs,
-        maxHeaderSize: 65_536,
-      });
-      pool.on('connectionError', () => {});
-      this.#pools.set(backend, pool);
-    }
-    return pool;
-  }
-
-  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall {
-    let controller: Dispatcher.DispatchController | undefined;
-    let aborted = false;
-    let started = false;
-    const headers: HeaderMap = req.headers;
-    if (req.authority !== undefined) headers.host = req.authority;
-    const handler: Dispatcher.DispatchHandler = {
-      onRequestStart(c) {
-        controller = c;
-        if (aborted) c.abort(new Error('client went away'));
-      },
-      onResponseStart(_c, status, resHeaders) {
-        if (status < 200) return;
-        started = true;
-        sink.onHeaders(status, resHeaders, false);
-      },
-      onResponseData(c, chunk) {
-        if (!sink.onData(chunk)) c.pause();
-      },
-      onResponseEnd(_c, trailers) {
-        sink.onEnd(trailers);
-      },
-      onResponseError(_c, err) {
-        if (aborted) return;
-        sink.onError(classify(err, started));
-      },
-    };
-    this.#pool(backend).dispatch(
-      {
-        origin: undefined,
-        method: req.method,
-        path: req.path,
-        headers,
-        body: req.body === undefined ? null : lazyBody(req.body),
-      },
-      handler,
-    );
-    return {
-      abort: () => {
-        if (aborted) return;
-        aborted = true;
-        controller?.abort(new Error('client went away'));
-      },
-      resume: () => controller?.resume(),
-    };
-  }
-
-  sweep(keep: ReadonlySet<Backend>): void {
-    for (const [backend, pool] of this.#pools) {
-      if (keep.has(backend)) continue;
-      this.#pools.delete(backend);
-      void pool.close().catch(() => {}); // in-flight requests finish, then the sockets close
-    }
-  }
-
-  async close(): Promise<void> {
-    const pools = [...this.#pools.values()];
-    this.#pools.clear();
-    await Promise.all(pools.map((p) => p.close().catch(() => {})));
-  }
 }
 
 interface Session {

@@ -39,7 +39,12 @@ export interface UpgradeHandler extends HttpPart {
 }
 
 export interface RequestHandler extends HttpPart {
-  handleRequest(req: IncomingMessage, res: ServerResponse): void;
+  /**
+   * Take an HTTP/1.1 connection (its first bytes already unshifted back). A
+   * request asking to upgrade is given, with its bytes unshifted, to
+   * `toUpgrade`, which runs it through node:http to the UpgradeHandler.
+   */
+  handleConnection(socket: Socket, toUpgrade: (socket: Socket) => void): void;
 }
 
 export interface Http2Handler extends HttpPart {
@@ -48,17 +53,14 @@ export interface Http2Handler extends HttpPart {
 }
 
 /** Until a data plane exists for a kind of traffic, it is answered with 501. */
+const NOT_IMPLEMENTED =
+  'HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 32\r\n\r\nnot implemented by holdfast yet\n';
 const notImplemented: RequestHandler & UpgradeHandler & Http2Handler = {
-  handleRequest(_req, res) {
-    res
-      .writeHead(501, { 'content-type': 'text/plain', connection: 'close' })
-      .end('not implemented by holdfast yet\n');
+  handleConnection(socket) {
+    socket.end(NOT_IMPLEMENTED);
   },
   handleUpgrade(_req, socket) {
     socket.end('HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-  },
-  handleConnection(socket) {
-    socket.destroy();
   },
 };
 
@@ -102,9 +104,13 @@ export class HttpProxy implements ProtocolHandler {
       maxHeaderSize: config.headerLimits.maxSize,
     });
     this.#secure = secureContextOf(config);
-    this.#server.on('request', (req: IncomingMessage, res: ServerResponse) =>
-      this.#http1.handleRequest(req, res),
-    );
+    // The node:http server only sees connections handed over for an upgrade (http1.ts parses the
+    // rest itself); a plain request after a refused upgrade is not served there.
+    this.#server.on('request', (_req: IncomingMessage, res: ServerResponse) => {
+      res.shouldKeepAlive = false;
+      res.writeHead(400, { 'content-type': 'text/plain', connection: 'close' });
+      res.end('expected an upgrade request (holdfast)\n');
+    });
     this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) =>
       this.#websocket.handleUpgrade(req, socket, head),
     );
@@ -138,6 +144,11 @@ export class HttpProxy implements ProtocolHandler {
     this.#server.closeIdleConnections();
   }
 
+  readonly #toUpgrade = (socket: Socket): void => {
+    this.#server.emit('connection', socket);
+    socket.resume();
+  };
+
   readonly accept = (socket: Socket): void => {
     this.stats.accepted++;
     this.live++;
@@ -157,7 +168,7 @@ export class HttpProxy implements ProtocolHandler {
       const n = Math.min(first.length, PREFACE.length);
       if (first.subarray(0, n).equals(PREFACE.subarray(0, n))) this.#http2.handleConnection(socket);
       else {
-        this.#server.emit('connection', socket);
+        this.#http1.handleConnection(socket, this.#toUpgrade);
         socket.resume();
       }
     });
@@ -172,7 +183,7 @@ export class HttpProxy implements ProtocolHandler {
     tls.once('secure', () => {
       tls.setTimeout(0);
       if (tls.alpnProtocol === 'h2') this.#http2.handleConnection(tls);
-      else this.#server.emit('connection', tls);
+      else this.#http1.handleConnection(tls, this.#toUpgrade);
     });
     socket.resume();
   }

@@ -1,196 +1,503 @@
 /**
- * HTTP/1.1 downstream: requests from the listener's node:http server, each
- * balanced on its own over the service's upstream pools (http-forward.ts).
- * Keep-alive client connections are asked to go with `Connection: close`
- * (drain, shutdown, `maxConnectionAge`), never cut between requests.
+ * HTTP/1.1 downstream on raw sockets: the request head is parsed from the
+ * client's bytes (http1-parser.ts), each request balanced on its own over the
+ * service's upstream pools (http-forward.ts), and the response written back
+ * as one buffer where it fits. Requests on a connection are served in order
+ * (pipelined ones wait in the buffer). Keep-alive client connections are asked
+ * to go with `Connection: close` (drain, shutdown, `maxConnectionAge`), never
+ * cut between requests. WebSocket upgrades are handed, bytes untouched, to
+ * the listener's node:http server (and from there to websocket.ts).
  */
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
+import { Readable } from 'node:stream';
+import type { PickContext } from '../balance/types.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler } from './http.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
-import { appendForwarded, forwardableHeaders, maxAge } from './http-headers.ts';
+import { appendForwarded, forwardableHeaders, type HeaderMap, maxAge } from './http-headers.ts';
 import { jittered } from './http-keepalive.ts';
+import {
+  ChunkedDecoder,
+  type ChunkSink,
+  type HeadLimits,
+  hasToken,
+  HttpParseError,
+  type MessageHead,
+  parseHead,
+} from './http1-parser.ts';
 
-/** Per client connection: requests in flight and whether it was asked to go. */
-interface ClientConn {
-  readonly socket: Socket;
-  active: number;
-  leaving: boolean;
-  ageTimer: Timer | undefined;
-}
+/** Response headers never forwarded to the client (the proxy writes its own framing). */
+const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'trailer']);
+/** Bytes of pipelined requests buffered while one is served; beyond, the socket is paused. */
+const PIPELINE_BUFFER = 65_536;
+const ignore = (): void => {};
+const CONTINUE = Buffer.from('HTTP/1.1 100 Continue\r\n\r\n');
 
 export class Http1Handler implements RequestHandler {
-  readonly #plane: HttpPlane;
-  readonly #conns = new Map<Socket, ClientConn>();
-  #maxHeaders: number;
-  #maxAgeMs: number;
-  #draining = false;
+  readonly plane: HttpPlane;
+  readonly #conns = new Set<ClientConn>();
+  limits: HeadLimits;
+  maxAgeMs: number;
+  idleMs: number;
+  draining = false;
 
   constructor(plane: HttpPlane) {
-    this.#plane = plane;
-    this.#maxHeaders = plane.ctx.config.headerLimits.maxCount;
-    this.#maxAgeMs = maxAge(plane.ctx.config);
+    this.plane = plane;
+    const config = plane.ctx.config;
+    this.limits = { ...config.headerLimits };
+    this.maxAgeMs = maxAge(config);
+    this.idleMs = config.httpTimeouts.clientIdle;
   }
 
   configure(config: ServiceConfig): void {
-    this.#plane.configure(config);
-    this.#maxHeaders = config.headerLimits.maxCount;
-    this.#maxAgeMs = maxAge(config);
+    this.plane.configure(config);
+    this.limits = { ...config.headerLimits };
+    this.maxAgeMs = maxAge(config);
+    this.idleMs = config.httpTimeouts.clientIdle;
   }
 
   /** Ask every client connection to go: idle ones close now, busy ones after their response. */
   drain(): void {
-    this.#draining = true;
-    for (const c of this.#conns.values()) this.#leave(c);
-    this.#plane.drain();
+    this.draining = true;
+    for (const c of this.#conns) c.leave();
+    this.plane.drain();
   }
 
-  #conn(socket: Socket): ClientConn {
-    let c = this.#conns.get(socket);
-    if (c === undefined) {
-      c = { socket, active: 0, leaving: this.#draining, ageTimer: undefined };
-      const conn = c;
-      this.#conns.set(socket, c);
-      if (this.#maxAgeMs > 0) {
-        c.ageTimer = this.#plane.ctx.clock.setTimer(() => this.#leave(conn), jittered(this.#maxAgeMs, 0.1));
-      }
-      socket.once('close', () => {
-        conn.ageTimer?.cancel();
-        this.#conns.delete(socket);
-      });
-    }
-    return c;
+  /** The connection was handed over (an upgrade): drain no longer reaches it from here. */
+  forget(conn: ClientConn): void {
+    this.#conns.delete(conn);
   }
 
-  #leave(c: ClientConn): void {
-    c.leaving = true;
-    if (c.active === 0) c.socket.end();
-  }
-
-  handleRequest(req: IncomingMessage, res: ServerResponse): void {
-    const conn = this.#conn(req.socket);
-    conn.active++;
-    res.once('close', () => {
-      conn.active--;
-      if (conn.leaving && conn.active === 0 && !conn.socket.destroyed) conn.socket.end();
+  handleConnection(socket: Socket, toUpgrade: (socket: Socket) => void): void {
+    const conn = new ClientConn(this, socket, toUpgrade);
+    this.#conns.add(conn);
+    socket.once('close', () => {
+      this.#conns.delete(conn);
+      conn.closed();
     });
-    if (conn.leaving) res.shouldKeepAlive = false;
-    const plane = this.#plane;
-    if (req.rawHeaders.length / 2 > this.#maxHeaders) {
-      plane.count('too-many-headers');
-      res.writeHead(431, {
-        'content-type': 'text/plain',
-        connection: 'close',
-        'x-holdfast-error': 'too-many-headers',
-      });
-      res.end(`431 more than ${this.#maxHeaders} request header fields (holdfast)\n`);
-      return;
-    }
-    plane.forward(new Http1Downstream(req, res, conn));
   }
 }
 
+/** One client connection: its unparsed bytes, the request being served and its body. */
+class ClientConn implements ChunkSink {
+  readonly handler: Http1Handler;
+  readonly socket: Socket;
+  readonly #toUpgrade: (socket: Socket) => void;
+  /** Bytes received and not consumed yet. */
+  #buf: Buffer | undefined;
+  cur: Http1Downstream | undefined;
+  /** Request body being received: bytes left (Content-Length) or the chunked decoder. */
+  #bodyLeft = 0;
+  #decoder: ChunkedDecoder | undefined;
+  #processing = false;
+  leaving: boolean;
+  #ageTimer: Timer | undefined;
+  #gone = false;
+  readonly https: boolean;
+
+  constructor(handler: Http1Handler, socket: Socket, toUpgrade: (socket: Socket) => void) {
+    this.handler = handler;
+    this.socket = socket;
+    this.#toUpgrade = toUpgrade;
+    this.leaving = handler.draining;
+    this.https = (socket as Socket & { encrypted?: boolean }).encrypted === true;
+    socket.setNoDelay(true);
+    socket.on('data', this.#onData);
+    if (handler.idleMs > 0) socket.setTimeout(handler.idleMs, this.#onIdle);
+    if (handler.maxAgeMs > 0) {
+      this.#ageTimer = handler.plane.ctx.clock.setTimer(() => this.leave(), jittered(handler.maxAgeMs, 0.1));
+    }
+  }
+
+  leave(): void {
+    if (this.#gone) return;
+    this.leaving = true;
+    if (this.cur === undefined) this.socket.end();
+  }
+
+  readonly #onIdle = (): void => {
+    // A request in flight may wait for a slow backend: only idle connections time out.
+    if (this.cur === undefined) this.socket.destroy();
+    else this.socket.setTimeout(this.handler.idleMs, this.#onIdle);
+  };
+
+  closed(): void {
+    this.#gone = true;
+    this.#ageTimer?.cancel();
+    const cur = this.cur;
+    if (cur !== undefined) {
+      this.cur = undefined;
+      const body = cur.body;
+      if (body !== undefined && !body.readableEnded && !cur.bodyDone) {
+        body.destroy(new Error('the client went away while sending its body'));
+      }
+      cur.closed(false);
+    }
+  }
+
+  readonly #onData = (data: Buffer): void => {
+    const buf = this.#buf;
+    this.#buf = buf === undefined || buf.length === 0 ? data : Buffer.concat([buf, data]);
+    this.#process();
+  };
+
+  chunkData(data: Buffer): void {
+    const body = this.cur?.body;
+    if (body !== undefined && !body.push(data)) this.socket.pause();
+  }
+
+  /** Consume buffered bytes: the current request's body, then (once its response is done) the next head. */
+  #process(): void {
+    if (this.#processing) return;
+    this.#processing = true;
+    try {
+      while (!this.#gone) {
+        const buf = this.#buf;
+        const cur = this.cur;
+        if (cur !== undefined) {
+          if (!cur.bodyDone && buf !== undefined && buf.length > 0) this.#feedBody(cur, buf);
+          const rest = this.#buf;
+          if (rest !== undefined && rest.length > PIPELINE_BUFFER) this.socket.pause();
+          return;
+        }
+        if (buf === undefined || buf.length === 0) return;
+        if (this.leaving) {
+          // Asked to go: the next request is not read.
+          this.socket.end();
+          return;
+        }
+        this.#startRequest(buf);
+      }
+    } catch (err) {
+      if (!(err instanceof HttpParseError)) throw err;
+      this.#reject(err);
+    } finally {
+      this.#processing = false;
+    }
+  }
+
+  #startRequest(buf: Buffer): void {
+    const head = parseHead(buf, 0, true, this.handler.limits);
+    if (head === undefined) {
+      this.socket.setTimeout(Math.min(this.handler.idleMs || 30_000, 30_000), this.#onIdle);
+      return void (this.#buf = buf.length === 0 ? undefined : buf) as void;
+    }
+    const h = head.headers;
+    if (h.upgrade !== undefined && hasToken(String(h.connection ?? '').toLowerCase(), 'upgrade')) {
+      // WebSocket (or another upgrade): the node:http server and the WebSocket handler take it from here.
+      this.#buf = undefined;
+      this.socket.removeListener('data', this.#onData);
+      this.socket.setTimeout(0);
+      this.socket.unshift(buf);
+      this.#gone = true;
+      this.#ageTimer?.cancel();
+      this.handler.forget(this);
+      this.#toUpgrade(this.socket);
+      return;
+    }
+    const expect = h.expect;
+    if (expect !== undefined && String(expect).toLowerCase() !== '100-continue') {
+      this.#buf = undefined;
+      this.socket.end(
+        'HTTP/1.1 417 Expectation Failed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
+        'latin1',
+      );
+      this.#gone = true;
+      return;
+    }
+    if (this.handler.idleMs > 0) this.socket.setTimeout(this.handler.idleMs, this.#onIdle);
+    const hasBody = head.chunked || head.contentLength > 0;
+    const down = new Http1Downstream(this, head, hasBody, expect !== undefined);
+    this.cur = down;
+    this.#buf = buf.subarray(head.end);
+    if (hasBody) {
+      this.#decoder = head.chunked ? new ChunkedDecoder(this.handler.limits.maxSize) : undefined;
+      this.#bodyLeft = head.contentLength;
+      // Body bytes that came with the head are checked before anything reaches a backend.
+      if (this.#buf.length > 0) this.#feedBody(down, this.#buf);
+    }
+    if (this.cur === down) this.handler.plane.forward(down);
+  }
+
+  #feedBody(cur: Http1Downstream, buf: Buffer): void {
+    const decoder = this.#decoder;
+    let used: number;
+    if (decoder !== undefined) {
+      used = decoder.feed(buf, 0, buf.length, this);
+      if (decoder.done) {
+        this.#decoder = undefined;
+        cur.bodyDone = true;
+        cur.body!.push(null);
+      }
+    } else {
+      used = Math.min(this.#bodyLeft, buf.length);
+      this.#bodyLeft -= used;
+      this.chunkData(used === buf.length ? buf : buf.subarray(0, used));
+      if (this.#bodyLeft === 0) {
+        cur.bodyDone = true;
+        cur.body!.push(null);
+      }
+    }
+    this.#buf = used === buf.length ? undefined : buf.subarray(used);
+  }
+
+  /** A malformed request: answer 400/431 (if no response started) and close. */
+  #reject(err: HttpParseError): void {
+    this.handler.plane.count(err.reason === 'too-many-headers' ? 'too-many-headers' : err.reason);
+    this.#buf = undefined;
+    const cur = this.cur;
+    this.socket.removeListener('data', this.#onData);
+    if (cur !== undefined) {
+      if (cur.body !== undefined && !cur.body.destroyed) cur.body.destroy(err);
+      if (cur.headSent) {
+        this.socket.destroy();
+        return;
+      }
+      cur.abandon();
+    }
+    const status = err.status === 431 ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    const text = `${err.status} ${err.message} (holdfast)\n`;
+    this.socket.end(
+      `HTTP/1.1 ${status}\r\ncontent-type: text/plain\r\nconnection: close\r\nx-holdfast-error: ${err.reason}\r\ncontent-length: ${text.length}\r\n\r\n${text}`,
+      'latin1',
+    );
+    this.#gone = true;
+  }
+
+  /** The current response is fully written: serve the next request (or close). */
+  responseDone(down: Http1Downstream, keepAlive: boolean): void {
+    if (this.cur !== down) return;
+    this.cur = undefined;
+    if (!keepAlive || !down.bodyDone || this.leaving) {
+      this.#gone = true;
+      this.socket.end();
+      return;
+    }
+    this.socket.resume();
+    this.#process();
+  }
+
+  /** Resume reading the request body (the upstream wants more). */
+  readBody(): void {
+    this.socket.resume();
+  }
+}
+
+/** One request from a client connection, as the forwarding plane sees it. */
 class Http1Downstream implements Downstream {
   readonly method: string;
   readonly path: string;
   readonly authority: string | undefined;
-  readonly headers;
-  readonly body;
+  readonly headers: HeaderMap;
+  readonly body: Readable | undefined;
   readonly grpc = false;
-  readonly pick;
-  readonly #req: IncomingMessage;
-  readonly #res: ServerResponse;
+  readonly pick: PickContext;
   readonly #conn: ClientConn;
+  readonly #minor: number;
+  readonly #clientKeepAlive: boolean;
+  bodyDone: boolean;
+  headSent = false;
+  /** Head written with the first body bytes (one write). */
+  #pendingHead: string | undefined;
+  #chunked = false;
+  #keepAlive = false;
+  #ended = false;
+  #closeFn: ((complete: boolean) => void) | undefined;
+  #closedAlready = false;
 
-  constructor(req: IncomingMessage, res: ServerResponse, conn: ClientConn) {
-    this.#req = req;
-    this.#res = res;
+  constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, expectContinue: boolean) {
     this.#conn = conn;
-    const h = req.headers;
-    this.method = req.method ?? 'GET';
-    this.path = req.url ?? '/';
-    this.authority = h.host;
+    const h = head.headers;
+    this.method = head.method;
+    this.path = head.target;
+    const host = h.host as string | undefined;
+    this.authority = host;
+    this.#minor = head.minor;
+    this.#clientKeepAlive = head.keepAlive;
     const headers = forwardableHeaders(h);
-    const socket = req.socket;
-    const proto = (socket as Socket & { encrypted?: boolean }).encrypted === true ? 'https' : 'http';
-    appendForwarded(headers, { ip: socket.remoteAddress, proto, host: h.host });
+    delete headers.expect;
+    const socket = conn.socket;
+    appendForwarded(headers, { ip: socket.remoteAddress, proto: conn.https ? 'https' : 'http', host });
     this.headers = headers;
-    const hasBody =
-      h['transfer-encoding'] !== undefined ||
-      (h['content-length'] !== undefined && h['content-length'] !== '0');
-    this.body = hasBody ? req : undefined;
+    this.bodyDone = !hasBody;
+    if (hasBody) {
+      const body = new Readable({ read: () => conn.readBody(), highWaterMark: 65_536 });
+      body.on('error', ignore); // a client gone mid-body: the exchange sees the close
+      if (expectContinue && head.minor === 1) {
+        body.once('resume', () => {
+          if (!this.headSent && !socket.destroyed) socket.write(CONTINUE);
+        });
+      }
+      this.body = body;
+    } else this.body = undefined;
     this.pick = {
       now: 0,
       clientIp: socket.remoteAddress,
       clientPort: socket.remotePort,
       localIp: socket.localAddress,
       localPort: socket.localPort,
-      host: h.host,
+      host,
       path: this.path,
       headers: h,
     };
   }
 
   get gone(): boolean {
-    return this.#res.destroyed && !this.#res.writableFinished;
+    return this.#conn.socket.destroyed;
   }
 
   respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
-    const res = this.#res;
-    if (res.headersSent || res.destroyed) return;
-    const out = forwardableHeaders(headers);
-    if (this.#conn.leaving) out.connection = 'close';
-    res.writeHead(status, out);
-    if (endStream) res.end();
+    if (this.headSent || this.#ended || this.#conn.socket.destroyed) return;
+    this.headSent = true;
+    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;
+    let named: string | undefined;
+    const connection = headers.connection;
+    if (connection !== undefined) {
+      const c = String(connection).toLowerCase();
+      if (c !== 'keep-alive' && c !== 'close') named = c;
+    }
+    let hasLength = false;
+    for (const name in headers) {
+      const v = headers[name];
+      if (v === undefined || name.charCodeAt(0) === 58 || RESPONSE_HOP.has(name)) continue;
+      if (named !== undefined && hasToken(named, name)) continue;
+      if (name === 'content-length') hasLength = true;
+      if (typeof v === 'string') head += `${name}: ${v}\r\n`;
+      else for (const one of v) head += `${name}: ${one}\r\n`;
+    }
+    const noBody = this.method === 'HEAD' || status === 204 || status === 304 || status < 200;
+    let keepAlive = this.#clientKeepAlive && !this.#conn.leaving;
+    if (!noBody && !hasLength) {
+      if (endStream) head += 'content-length: 0\r\n';
+      else if (this.#minor === 1) {
+        head += 'transfer-encoding: chunked\r\n';
+        this.#chunked = true;
+      } else keepAlive = false; // HTTP/1.0 without a length: the body ends at close
+    }
+    if (!keepAlive) head += 'connection: close\r\n';
+    else if (this.#minor === 0) head += 'connection: keep-alive\r\n';
+    this.#keepAlive = keepAlive;
+    this.#pendingHead = `${head}\r\n`;
+    if (endStream || noBody) this.end(undefined);
   }
 
   write(chunk: Buffer): boolean {
-    return this.#res.destroyed ? true : this.#res.write(chunk);
+    const socket = this.#conn.socket;
+    if (this.#ended || socket.destroyed) return true;
+    if (this.method === 'HEAD') return true;
+    const head = this.#pendingHead;
+    this.#pendingHead = undefined;
+    const len = chunk.length;
+    if (len === 0) return true;
+    if (this.#chunked) {
+      const size = `${len.toString(16)}\r\n`;
+      if (len < 16_384) {
+        const h = head ?? '';
+        const hl = h.length;
+        const out = Buffer.allocUnsafe(hl + size.length + len + 2);
+        if (hl > 0) out.write(h, 0, 'latin1');
+        out.write(size, hl, 'latin1');
+        chunk.copy(out, hl + size.length);
+        out[out.length - 2] = 13;
+        out[out.length - 1] = 10;
+        return socket.write(out);
+      }
+      socket.cork();
+      socket.write(head === undefined ? size : head + size, 'latin1');
+      socket.write(chunk);
+      const ok = socket.write('\r\n', 'latin1');
+      socket.uncork();
+      return ok;
+    }
+    if (head === undefined) return socket.write(chunk);
+    if (len < 16_384) {
+      const out = Buffer.allocUnsafe(head.length + len);
+      out.write(head, 0, 'latin1');
+      chunk.copy(out, head.length);
+      return socket.write(out);
+    }
+    socket.cork();
+    socket.write(head, 'latin1');
+    const ok = socket.write(chunk);
+    socket.uncork();
+    return ok;
   }
 
   onDrain(fn: () => void): void {
-    this.#res.once('drain', fn);
+    this.#conn.socket.once('drain', fn);
   }
 
   end(trailers: IncomingHttpHeaders | undefined): void {
-    const res = this.#res;
-    if (res.destroyed) return;
-    if (trailers !== undefined && res.chunkedEncoding) {
-      const t = forwardableHeaders(trailers);
-      if (Object.keys(t).length > 0) res.addTrailers(t);
+    const socket = this.#conn.socket;
+    if (this.#ended || socket.destroyed) return;
+    if (!this.headSent) return;
+    this.#ended = true;
+    let tail = this.#pendingHead ?? '';
+    this.#pendingHead = undefined;
+    if (this.#chunked) {
+      tail += '0\r\n';
+      if (trailers !== undefined) {
+        const t = forwardableHeaders(trailers);
+        for (const name in t) {
+          const v = t[name]!;
+          if (typeof v === 'string') tail += `${name}: ${v}\r\n`;
+          else for (const one of v) tail += `${name}: ${one}\r\n`;
+        }
+      }
+      tail += '\r\n';
     }
-    res.end();
+    const keepAlive = this.#keepAlive;
+    const done = (err?: Error | null): void => this.closed(err == null);
+    if (tail.length > 0) socket.write(tail, 'latin1', done);
+    else if (socket.writableLength === 0) queueMicrotask(done);
+    else socket.write(Buffer.alloc(0), done);
+    this.#conn.responseDone(this, keepAlive);
   }
 
   fail(kind: ProxyFailure): void {
-    const res = this.#res;
-    if (res.destroyed) return;
-    if (res.headersSent) {
+    const socket = this.#conn.socket;
+    if (this.#ended || socket.destroyed) return;
+    if (this.headSent) {
       // The response already started: cutting the connection is the only honest signal left.
-      res.destroy();
+      socket.destroy();
       return;
     }
     const reply = errorReply(kind);
-    if (this.#conn.leaving) reply.headers.connection = 'close';
     // An unread request body would leave the connection out of step: close it.
-    if (this.body !== undefined && !this.#req.complete) reply.headers.connection = 'close';
-    res.writeHead(reply.status, reply.headers);
-    res.end(reply.body);
+    if (!this.bodyDone) this.#conn.leaving = true;
+    this.respond(reply.status, reply.headers, false);
+    this.write(Buffer.from(reply.body));
+    this.end(undefined);
+  }
+
+  /** A parse error in the body: the reply comes from the connection; this request just closes. */
+  abandon(): void {
+    this.#ended = true;
+    this.closed(false);
   }
 
   leave(): void {
     this.#conn.leaving = true;
-    if (!this.#res.headersSent) this.#res.shouldKeepAlive = false;
   }
 
   abort(): void {
-    this.#res.destroy();
+    this.#conn.socket.destroy();
   }
 
   onClose(fn: (complete: boolean) => void): void {
-    this.#res.once('close', () => fn(this.#res.writableFinished));
+    if (this.#closedAlready) return;
+    this.#closeFn = fn;
+  }
+
+  /** Runs once: the response reached the client (true) or the client went away (false). */
+  closed(complete: boolean): void {
+    if (this.#closedAlready) return;
+    this.#closedAlready = true;
+    const fn = this.#closeFn;
+    this.#closeFn = undefined;
+    fn?.(complete);
   }
 }

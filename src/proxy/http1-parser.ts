@@ -1,0 +1,373 @@
+/**
+ * A strict HTTP/1.1 message-head parser and chunked-body decoder (RFC 9112)
+ * for the raw-socket data plane: request heads from clients, response heads
+ * from backends. Works on Buffers with indexOf and latin1 slices; allocates
+ * one object and one header map per message. Anything ambiguous that could
+ * smuggle a request (conflicting Content-Length, Content-Length with
+ * Transfer-Encoding, a Transfer-Encoding other than `chunked`, obs-fold,
+ * whitespace before the colon, bare CR or LF) is rejected.
+ */
+import { HoldfastError } from '../errors.ts';
+
+/** Lowercase header name → value; repeated fields joined with `, ` (cookies with `; `, set-cookie kept as a list). */
+export type ParsedHeaders = Record<string, string | string[]>;
+
+export interface MessageHead {
+  /** Request: method; response: undefined. */
+  method: string;
+  /** Request: target; response: ''. */
+  target: string;
+  /** Response status (0 for requests). */
+  status: number;
+  /** 0 for HTTP/1.0, 1 for HTTP/1.1. */
+  minor: number;
+  headers: ParsedHeaders;
+  /** Header fields in the head (for the count limit). */
+  count: number;
+  /** Body framing: -1 none given (requests: no body; responses: until close), ≥0 Content-Length. */
+  contentLength: number;
+  chunked: boolean;
+  /** The connection may stay open after this message (HTTP/1.1 without `close`, HTTP/1.0 with `keep-alive`). */
+  keepAlive: boolean;
+  /** Offset just past the blank line ending the head. */
+  end: number;
+}
+
+/** Why a head was refused; `status` is what a client is told (400 or 431). */
+export class HttpParseError extends HoldfastError {
+  readonly status: 400 | 431;
+  readonly reason: 'bad-request' | 'header-too-large' | 'too-many-headers';
+  constructor(reason: 'bad-request' | 'header-too-large' | 'too-many-headers', message: string) {
+    super('HOLDFAST_ERR_HTTP_PARSE', message);
+    this.reason = reason;
+    this.status = reason === 'bad-request' ? 400 : 431;
+  }
+}
+
+export interface HeadLimits {
+  maxSize: number;
+  maxCount: number;
+}
+
+/** tchar (RFC 9110 §5.6.2) lookup. */
+const TCHAR = new Uint8Array(256);
+for (let c = 0; c < 256; c++) {
+  const ch = String.fromCharCode(c);
+  TCHAR[c] = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]$/.test(ch) ? 1 : 0;
+}
+/** Bytes allowed in a field value: VCHAR, obs-text, SP, HTAB. */
+const VCHAR = new Uint8Array(256);
+for (let c = 0; c < 256; c++) VCHAR[c] = c === 9 || (c >= 32 && c !== 127) ? 1 : 0;
+/** Bytes allowed in a request target: visible ASCII (no spaces or controls). */
+const TARGET = new Uint8Array(256);
+for (let c = 0; c < 256; c++) TARGET[c] = c > 32 && c < 127 ? 1 : 0;
+
+const CR = 13;
+const LF = 10;
+const CRLFCRLF = Buffer.from('\r\n\r\n');
+
+function bad(message: string): never {
+  throw new HttpParseError('bad-request', message);
+}
+
+/**
+ * Parse the head at `buf[start..]`. Returns undefined when the blank line has
+ * not arrived yet (and the bytes so far are within `limits.maxSize`); throws
+ * HttpParseError on a malformed or oversize head.
+ */
+export function parseHead(
+  buf: Buffer,
+  start: number,
+  isRequest: boolean,
+  limits: HeadLimits,
+): MessageHead | undefined {
+  const stop = buf.indexOf(CRLFCRLF, start);
+  if (stop < 0) {
+    if (buf.length - start > limits.maxSize) throw new HttpParseError('header-too-large', 'header too large');
+    return undefined;
+  }
+  if (stop + 4 - start > limits.maxSize) throw new HttpParseError('header-too-large', 'header too large');
+  // Start line.
+  let eol = buf.indexOf(LF, start);
+  if (eol < 1 || buf[eol - 1] !== CR) bad('start line does not end with CRLF');
+  const lineEnd = eol - 1;
+  let method = '';
+  let target = '';
+  let status = 0;
+  let minor: number;
+  if (isRequest) {
+    let i = start;
+    while (i < lineEnd && TCHAR[buf[i]!] === 1) i++;
+    if (i === start || buf[i] !== 32) bad('bad method');
+    method = buf.toString('latin1', start, i);
+    const t0 = ++i;
+    while (i < lineEnd && TARGET[buf[i]!] === 1) i++;
+    if (i === t0 || buf[i] !== 32) bad('bad request target');
+    target = buf.toString('latin1', t0, i);
+    i++;
+    if (
+      lineEnd - i !== 8 ||
+      buf.toString('latin1', i, i + 7) !== 'HTTP/1.' ||
+      (buf[i + 7] !== 49 /* 1 */ && buf[i + 7] !== 48) /* 0 */
+    ) {
+      bad('bad HTTP version');
+    }
+    minor = buf[i + 7]! - 48;
+  } else {
+    // HTTP/1.x SSS reason
+    if (lineEnd - start < 12 || buf.toString('latin1', start, start + 7) !== 'HTTP/1.') bad('bad status line');
+    const m = buf[start + 7]!;
+    if ((m !== 48 && m !== 49) || buf[start + 8] !== 32 || (lineEnd - start > 12 && buf[start + 12] !== 32)) {
+      bad('bad status line');
+    }
+    minor = m - 48;
+    for (let k = start + 9; k < start + 12; k++) {
+      const d = buf[k]!;
+      if (d < 48 || d > 57) bad('bad status code');
+      status = status * 10 + d - 48;
+    }
+    for (let k = start + 12; k < lineEnd; k++) if (VCHAR[buf[k]!] !== 1) bad('bad reason phrase');
+  }
+  // Header fields.
+  const headers: ParsedHeaders = {};
+  let count = 0;
+  let contentLength = -1;
+  let chunked = false;
+  let sawTe = false;
+  let connection = '';
+  let hosts = 0;
+  let pos = eol + 1;
+  const end = stop + 2; // the CRLF ending the last field line (or the start line)
+  while (pos < end) {
+    eol = buf.indexOf(LF, pos);
+    if (buf[eol - 1] !== CR) bad('field line does not end with CRLF');
+    const le = eol - 1;
+    const first = buf[pos];
+    if (first === 32 || first === 9) bad('obsolete line folding');
+    let i = pos;
+    while (i < le && TCHAR[buf[i]!] === 1) i++;
+    if (i === pos || buf[i] !== 58 /* : */) bad('bad header field name');
+    if (++count > limits.maxCount) throw new HttpParseError('too-many-headers', 'too many header fields');
+    const name = buf.toString('latin1', pos, i).toLowerCase();
+    let v0 = i + 1;
+    while (v0 < le && (buf[v0] === 32 || buf[v0] === 9)) v0++;
+    let v1 = le;
+    while (v1 > v0 && (buf[v1 - 1] === 32 || buf[v1 - 1] === 9)) v1--;
+    for (let k = v0; k < v1; k++) if (VCHAR[buf[k]!] !== 1) bad('bad character in a header value');
+    const value = buf.toString('latin1', v0, v1);
+    pos = eol + 1;
+    switch (name) {
+      case 'content-length': {
+        if (!/^\d{1,15}$/.test(value)) bad('bad Content-Length');
+        const n = Number(value);
+        if (contentLength >= 0 && contentLength !== n) bad('conflicting Content-Length');
+        contentLength = n;
+        headers[name] = value;
+        continue;
+      }
+      case 'transfer-encoding':
+        if (sawTe || value.toLowerCase() !== 'chunked') bad('unsupported Transfer-Encoding');
+        sawTe = true;
+        chunked = true;
+        break;
+      case 'connection':
+        connection = connection === '' ? value.toLowerCase() : `${connection}, ${value.toLowerCase()}`;
+        break;
+      case 'host':
+        hosts++;
+        break;
+    }
+    const prev = headers[name];
+    if (prev === undefined) headers[name] = name === 'set-cookie' ? [value] : value;
+    else if (typeof prev !== 'string') prev.push(value);
+    else headers[name] = `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
+  }
+  if (chunked && contentLength >= 0) bad('Content-Length together with Transfer-Encoding');
+  if (chunked && minor === 0) bad('Transfer-Encoding in HTTP/1.0');
+  if (isRequest && (hosts > 1 || (hosts === 0 && minor === 1))) bad('a request needs exactly one Host');
+  const keepAlive =
+    minor === 1 ? !hasToken(connection, 'close') : hasToken(connection, 'keep-alive');
+  return {
+    method,
+    target,
+    status,
+    minor,
+    headers,
+    count,
+    contentLength,
+    chunked,
+    keepAlive,
+    end: stop + 4,
+  };
+}
+
+/** Does a comma-separated, lowercased list contain `token`? */
+export function hasToken(list: string, token: string): boolean {
+  if (list === '') return false;
+  if (list === token) return true;
+  for (const part of list.split(',')) if (part.trim() === token) return true;
+  return false;
+}
+
+/** Where decoded chunked data goes. */
+export interface ChunkSink {
+  chunkData(data: Buffer): void;
+}
+
+const S_SIZE = 0;
+const S_EXT = 1;
+const S_SIZE_LF = 2;
+const S_DATA = 3;
+const S_DATA_CR = 4;
+const S_DATA_LF = 5;
+const S_TRAILER = 6;
+const S_DONE = 7;
+
+/** Hex digit value, or -1. */
+function hex(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48;
+  const l = c | 0x20;
+  if (l >= 97 && l <= 102) return l - 87;
+  return -1;
+}
+
+/**
+ * Incremental `Transfer-Encoding: chunked` decoder. Chunk extensions are
+ * skipped (validated for bare CR/LF); trailer fields are collected raw, up to
+ * `maxTrailer` bytes.
+ */
+export class ChunkedDecoder {
+  #state = S_SIZE;
+  #size = 0;
+  #digits = 0;
+  #remaining = 0;
+  #trailer: Buffer[] | undefined;
+  #trailerLen = 0;
+  #lineLen = 0;
+  #sawCr = false;
+  readonly #maxTrailer: number;
+
+  constructor(maxTrailer: number) {
+    this.#maxTrailer = maxTrailer;
+  }
+
+  get done(): boolean {
+    return this.#state === S_DONE;
+  }
+
+  /**
+   * Decode `buf[start..end)`; data goes to `sink`. Returns the offset where
+   * decoding stopped (the end of the message when `done`, else `end`).
+   * Throws HttpParseError on malformed framing.
+   */
+  feed(buf: Buffer, start: number, end: number, sink: ChunkSink): number {
+    let i = start;
+    while (i < end) {
+      switch (this.#state) {
+        case S_SIZE: {
+          const c = buf[i]!;
+          const h = hex(c);
+          if (h >= 0) {
+            if (++this.#digits > 12) bad('chunk size too large');
+            this.#size = this.#size * 16 + h;
+            i++;
+          } else if (this.#digits === 0) {
+            bad('bad chunk size');
+          } else if (c === CR) {
+            this.#state = S_SIZE_LF;
+            i++;
+          } else if (c === 59 /* ; */ || c === 32 || c === 9) {
+            this.#state = S_EXT;
+            i++;
+          } else bad('bad chunk size');
+          break;
+        }
+        case S_EXT: {
+          const c = buf[i]!;
+          if (c === CR) this.#state = S_SIZE_LF;
+          else if (c === LF || (c < 32 && c !== 9) || c === 127) bad('bad chunk extension');
+          i++;
+          break;
+        }
+        case S_SIZE_LF:
+          if (buf[i] !== LF) bad('chunk size line does not end with CRLF');
+          i++;
+          this.#digits = 0;
+          if (this.#size === 0) {
+            this.#state = S_TRAILER;
+          } else {
+            this.#remaining = this.#size;
+            this.#size = 0;
+            this.#state = S_DATA;
+          }
+          break;
+        case S_DATA: {
+          const n = Math.min(this.#remaining, end - i);
+          sink.chunkData(buf.subarray(i, i + n));
+          i += n;
+          this.#remaining -= n;
+          if (this.#remaining === 0) this.#state = S_DATA_CR;
+          break;
+        }
+        case S_DATA_CR:
+          if (buf[i] !== CR) bad('chunk data does not end with CRLF');
+          i++;
+          this.#state = S_DATA_LF;
+          break;
+        case S_DATA_LF:
+          if (buf[i] !== LF) bad('chunk data does not end with CRLF');
+          i++;
+          this.#state = S_SIZE;
+          break;
+        case S_TRAILER: {
+          // Trailer section: field lines, then an empty line (byte by byte: it may be split anywhere).
+          const from = i;
+          let finished = false;
+          while (i < end) {
+            const c = buf[i++]!;
+            if (c === LF) {
+              if (!this.#sawCr) bad('bare LF in trailers');
+              this.#sawCr = false;
+              if (this.#lineLen === 0) {
+                finished = true;
+                break;
+              }
+              this.#lineLen = 0;
+            } else if (this.#sawCr) bad('bare CR in trailers');
+            else if (c === CR) this.#sawCr = true;
+            else this.#lineLen++;
+          }
+          this.#trailerLen += i - from;
+          if (this.#trailerLen > this.#maxTrailer) bad('trailer section too large');
+          if (finished) {
+            // The final empty line is not part of the fields.
+            if (i - 2 > from) (this.#trailer ??= []).push(Buffer.from(buf.subarray(from, i - 2)));
+            this.#state = S_DONE;
+            return i;
+          }
+          (this.#trailer ??= []).push(Buffer.from(buf.subarray(from, i)));
+          break;
+        }
+        default:
+          return i;
+      }
+    }
+    return i;
+  }
+
+  /** Trailer fields (lowercase names), once done; undefined when there were none. */
+  trailers(): ParsedHeaders | undefined {
+    if (this.#trailer === undefined) return undefined;
+    const text = Buffer.concat(this.#trailer).toString('latin1');
+    const out: ParsedHeaders = {};
+    for (const line of text.split('\r\n')) {
+      if (line === '') continue;
+      const colon = line.indexOf(':');
+      if (colon <= 0 || line.includes('\n') || line.includes('\r')) bad('bad trailer field');
+      const name = line.slice(0, colon);
+      for (let k = 0; k < name.length; k++) if (TCHAR[name.charCodeAt(k)] !== 1) bad('bad trailer field');
+      out[name.toLowerCase()] = line.slice(colon + 1).trim();
+    }
+    return out;
+  }
+}

@@ -1,0 +1,433 @@
+/**
+ * HTTP/1.1 keep-alive pools to backends on raw sockets: one pool per backend,
+ * idle sockets reused last-in first-out, at most `connectionsPerBackend` open
+ * (requests beyond wait in order). Each request is written as one buffer (head)
+ * plus its streamed body; the response head is parsed here (http1-parser.ts)
+ * and the body streamed to the sink with backpressure. A pooled socket the
+ * backend closed while idle is detected on use and the request sent again on
+ * a fresh socket when it is safe (idempotent without a body, or nothing of it
+ * was answered).
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Backend } from '../cluster/backend.ts';
+import { UpstreamError } from './http-errors.ts';
+import { isIdempotent } from './http-headers.ts';
+import { ChunkedDecoder, HttpParseError, type ChunkSink, type MessageHead, parseHead } from './http1-parser.ts';
+import type { ResponseSink, Upstream, UpstreamCall, UpstreamRequest, UpstreamSettings } from './http-upstream.ts';
+
+const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
+/** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
+const IDLE_MS = 30_000;
+
+/** Serialize a request head: start line, host, forwarded headers, framing. */
+function requestHead(req: UpstreamRequest): { head: string; chunked: boolean } {
+  let head = `${req.method} ${req.path} HTTP/1.1\r\n`;
+  if (req.authority !== undefined) head += `host: ${req.authority}\r\n`;
+  const headers = req.headers;
+  let hasLength = false;
+  for (const name in headers) {
+    if (name === 'host' || name === 'expect' || name.charCodeAt(0) === 58) continue;
+    const v = headers[name]!;
+    if (name === 'content-length') hasLength = true;
+    if (typeof v === 'string') head += `${name}: ${v}\r\n`;
+    else for (const one of v) head += `${name}: ${one}\r\n`;
+  }
+  let chunked = false;
+  if (req.body !== undefined && !hasLength) {
+    head += 'transfer-encoding: chunked\r\n';
+    chunked = true;
+  }
+  return { head: `${head}\r\n`, chunked };
+}
+
+/** One request on one pooled socket. */
+class Call implements UpstreamCall, ChunkSink {
+  readonly pool: Pool;
+  readonly req: UpstreamRequest;
+  readonly sink: ResponseSink;
+  conn: Conn | undefined;
+  head: MessageHead | undefined;
+  /** Response body bytes left (Content-Length framing), -1 for chunked or until close. */
+  remaining = -1;
+  decoder: ChunkedDecoder | undefined;
+  /** The request (head and body) is fully written. */
+  sent = false;
+  /** A response byte arrived. */
+  answered = false;
+  done = false;
+  aborted = false;
+  /** Sent again once on a fresh socket after a pooled one turned out closed. */
+  resent = false;
+  chunkedBody = false;
+  bodyStarted = false;
+
+  constructor(pool: Pool, req: UpstreamRequest, sink: ResponseSink) {
+    this.pool = pool;
+    this.req = req;
+    this.sink = sink;
+  }
+
+  chunkData(data: Buffer): void {
+    if (!this.sink.onData(data)) this.conn?.socket.pause();
+  }
+
+  abort(): void {
+    if (this.done || this.aborted) return;
+    this.aborted = true;
+    const conn = this.conn;
+    if (conn !== undefined) conn.destroy();
+    else this.pool.unqueue(this);
+  }
+
+  resume(): void {
+    this.conn?.socket.resume();
+  }
+}
+
+/** A socket to a backend and the response being read on it. */
+class Conn {
+  readonly pool: Pool;
+  readonly socket: Socket;
+  call: Call | undefined;
+  /** Bytes of a response head not complete yet. */
+  pending: Buffer | undefined;
+  connected = false;
+  reused = false;
+  idleSince = 0;
+  closed = false;
+
+  constructor(pool: Pool, socket: Socket) {
+    this.pool = pool;
+    this.socket = socket;
+    socket.on('data', this.#onData);
+    socket.on('error', this.#onError);
+    socket.on('close', this.#onClose);
+    socket.on('drain', this.#onDrain);
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  readonly #onError = (): void => {};
+
+  readonly #onDrain = (): void => {
+    const body = this.call?.req.body;
+    if (body !== undefined && this.call!.bodyStarted) body.resume();
+  };
+
+  readonly #onClose = (): void => {
+    this.closed = true;
+    const call = this.call;
+    this.call = undefined;
+    this.pool.forget(this);
+    if (call === undefined || call.done) return;
+    const head = call.head;
+    if (head !== undefined && call.remaining < 0 && call.decoder === undefined && !call.aborted) {
+      // Delimited by close: the end of the body.
+      this.#finish(call, undefined, false);
+      return;
+    }
+    if (call.aborted) return;
+    this.#detach(call);
+    if (!this.connected) {
+      call.sink.onError(new UpstreamError('connect-failed', false, 'connection refused or timed out'));
+      return;
+    }
+    // A pooled socket closed under a request nobody answered: send it again on a fresh one.
+    const req = call.req;
+    if (this.reused && !call.answered && !call.resent && (!call.bodyStarted || req.body === undefined)) {
+      if (isIdempotent(req.method) || !call.sent) {
+        call.resent = true;
+        this.pool.send(call, true);
+        return;
+      }
+    }
+    call.sink.onError(
+      new UpstreamError(
+        'upstream-reset',
+        true,
+        call.answered ? 'the backend closed during its response' : 'the backend closed before responding',
+      ),
+    );
+  };
+
+  #detach(call: Call): void {
+    const body = call.req.body;
+    if (body !== undefined && call.bodyStarted) {
+      body.removeListener('data', this.#onBody);
+      body.removeListener('end', this.#onBodyEnd);
+    }
+  }
+
+  /** Write the request: head as one buffer, then the body as it comes. */
+  write(call: Call): void {
+    this.call = call;
+    call.conn = this;
+    const { head, chunked } = requestHead(call.req);
+    call.chunkedBody = chunked;
+    const body = call.req.body;
+    if (body === undefined) {
+      call.sent = true;
+      this.socket.write(head, 'latin1');
+      return;
+    }
+    this.socket.write(head, 'latin1');
+    call.bodyStarted = true;
+    body.on('data', this.#onBody);
+    body.once('end', this.#onBodyEnd);
+  }
+
+  readonly #onBody = (chunk: Buffer): void => {
+    const call = this.call;
+    if (call === undefined) return;
+    let ok: boolean;
+    if (call.chunkedBody) {
+      if (chunk.length === 0) return;
+      this.socket.cork();
+      this.socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
+      this.socket.write(chunk);
+      ok = this.socket.write('\r\n', 'latin1');
+      this.socket.uncork();
+    } else ok = this.socket.write(chunk);
+    if (!ok) call.req.body!.pause();
+  };
+
+  readonly #onBodyEnd = (): void => {
+    const call = this.call;
+    if (call === undefined) return;
+    call.req.body!.removeListener('data', this.#onBody);
+    if (call.chunkedBody) this.socket.write('0\r\n\r\n', 'latin1');
+    call.sent = true;
+    if (call.done) this.#release(call);
+  };
+
+  readonly #onData = (data: Buffer): void => {
+    const call = this.call;
+    if (call === undefined || call.done) {
+      // Bytes nobody asked for: the socket is out of step.
+      this.socket.destroy();
+      return;
+    }
+    call.answered = true;
+    let buf = data;
+    let i = 0;
+    try {
+      while (i < buf.length) {
+        if (call.head === undefined) {
+          if (this.pending !== undefined) {
+            buf = Buffer.concat([this.pending, buf.subarray(i)]);
+            i = 0;
+            this.pending = undefined;
+          }
+          const head = parseHead(buf, i, false, RESPONSE_LIMITS);
+          if (head === undefined) {
+            this.pending = buf.subarray(i);
+            return;
+          }
+          i = head.end;
+          if (head.status < 200) {
+            if (head.status === 101) throw new HttpParseError('bad-request', 'unexpected 101');
+            continue; // 100 Continue, 103 Early Hints: not forwarded
+          }
+          call.head = head;
+          const noBody =
+            call.req.method === 'HEAD' || head.status === 204 || head.status === 304 || head.contentLength === 0;
+          if (noBody) {
+            call.sink.onHeaders(head.status, head.headers as IncomingHttpHeaders, true);
+            // Extra bytes after a complete response: the socket is out of step and not reused.
+            this.#finish(call, undefined, head.keepAlive && i === buf.length);
+            return;
+          }
+          call.sink.onHeaders(head.status, head.headers as IncomingHttpHeaders, false);
+          if (call.done) return;
+          if (head.chunked) call.decoder = new ChunkedDecoder(RESPONSE_LIMITS.maxSize);
+          else call.remaining = head.contentLength; // -1: until close
+          continue;
+        }
+        if (call.decoder !== undefined) {
+          i = call.decoder.feed(buf, i, buf.length, call);
+          if (call.decoder.done) {
+            const trailers = call.decoder.trailers() as IncomingHttpHeaders | undefined;
+            this.#finish(call, trailers, call.head.keepAlive && i === buf.length);
+            return;
+          }
+          continue;
+        }
+        if (call.remaining < 0) {
+          call.chunkData(i === 0 ? buf : buf.subarray(i));
+          return;
+        }
+        const n = Math.min(call.remaining, buf.length - i);
+        call.remaining -= n;
+        call.chunkData(i === 0 && n === buf.length ? buf : buf.subarray(i, i + n));
+        i += n;
+        if (call.remaining === 0) {
+          this.#finish(call, undefined, call.head.keepAlive && i === buf.length);
+          return;
+        }
+      }
+    } catch (err) {
+      if (!(err instanceof HttpParseError)) throw err;
+      this.#detach(call);
+      this.call = undefined;
+      call.done = true;
+      this.socket.destroy();
+      call.sink.onError(new UpstreamError('bad-response', true, err.message, { cause: err }));
+    }
+  };
+
+  #finish(call: Call, trailers: IncomingHttpHeaders | undefined, keepAlive: boolean): void {
+    call.done = true;
+    if (!keepAlive) this.socket.end();
+    // The request body may still be on its way (an early answer): the socket cannot be reused then.
+    if (call.sent) this.#release(call);
+    else {
+      this.#detach(call);
+      this.call = undefined;
+      this.socket.destroy();
+    }
+    call.sink.onEnd(trailers);
+  }
+
+  #release(call: Call): void {
+    if (this.call !== call) return;
+    this.#detach(call);
+    this.call = undefined;
+    call.conn = undefined;
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
+    this.socket.resume();
+    this.pool.release(this);
+  }
+}
+
+/** The sockets to one backend. */
+class Pool {
+  readonly backend: Backend;
+  readonly #settings: UpstreamSettings;
+  readonly idle: Conn[] = [];
+  readonly queue: Call[] = [];
+  open = 0;
+  closing = false;
+  onEmpty: (() => void) | undefined;
+
+  constructor(backend: Backend, settings: UpstreamSettings) {
+    this.backend = backend;
+    this.#settings = settings;
+  }
+
+  /** Send `call` on an idle socket, a new one, or queue it. `fresh`: never on a pooled socket. */
+  send(call: Call, fresh: boolean): void {
+    if (!fresh) {
+      const conn = this.idle.pop();
+      if (conn !== undefined) {
+        conn.reused = true;
+        conn.write(call);
+        return;
+      }
+    }
+    if (this.open >= this.#settings.connectionsPerBackend && !fresh) {
+      this.queue.push(call);
+      return;
+    }
+    this.#connect().write(call);
+  }
+
+  #connect(): Conn {
+    const { host, port } = this.backend.address;
+    const socket = netConnect({ host, port, noDelay: true });
+    const conn = new Conn(this, socket);
+    this.open++;
+    const timeout = this.#settings.connectTimeoutMs;
+    if (timeout > 0) socket.setTimeout(timeout, () => socket.destroy());
+    socket.once('connect', () => {
+      conn.connected = true;
+      if (timeout > 0) socket.setTimeout(0);
+    });
+    return conn;
+  }
+
+  release(conn: Conn): void {
+    const next = this.queue.shift();
+    if (next !== undefined) {
+      conn.reused = true;
+      conn.write(next);
+      return;
+    }
+    if (this.closing) {
+      conn.socket.end();
+      return;
+    }
+    conn.idleSince = Date.now();
+    this.idle.push(conn);
+  }
+
+  unqueue(call: Call): void {
+    const i = this.queue.indexOf(call);
+    if (i >= 0) this.queue.splice(i, 1);
+  }
+
+  forget(conn: Conn): void {
+    this.open--;
+    const i = this.idle.indexOf(conn);
+    if (i >= 0) this.idle.splice(i, 1);
+    // A queued request takes the freed slot.
+    if (this.queue.length > 0 && this.open < this.#settings.connectionsPerBackend) {
+      this.#connect().write(this.queue.shift()!);
+    }
+    if (this.open === 0) this.onEmpty?.();
+  }
+
+  /** Close idle sockets older than `IDLE_MS` (all of them when closing). */
+  sweepIdle(now: number): void {
+    for (let i = this.idle.length - 1; i >= 0; i--) {
+      const conn = this.idle[i]!;
+      if (this.closing || now - conn.idleSince > IDLE_MS) conn.socket.end();
+    }
+  }
+
+  close(): Promise<void> {
+    this.closing = true;
+    this.sweepIdle(Date.now());
+    if (this.open === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.onEmpty = resolve));
+  }
+}
+
+/** HTTP/1.1 keep-alive pools on raw sockets, one per backend. */
+export class Http1Upstream implements Upstream {
+  readonly #pools = new Map<Backend, Pool>();
+  readonly #settings: UpstreamSettings;
+
+  constructor(settings: UpstreamSettings) {
+    this.#settings = settings;
+  }
+
+  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall {
+    let pool = this.#pools.get(backend);
+    if (pool === undefined) this.#pools.set(backend, (pool = new Pool(backend, this.#settings)));
+    const call = new Call(pool, req, sink);
+    pool.send(call, false);
+    return call;
+  }
+
+  sweep(keep: ReadonlySet<Backend>): void {
+    const now = Date.now();
+    for (const [backend, pool] of this.#pools) {
+      if (keep.has(backend)) {
+        pool.sweepIdle(now);
+        continue;
+      }
+      this.#pools.delete(backend);
+      void pool.close(); // in-flight requests finish, then the sockets close
+    }
+  }
+
+  async close(): Promise<void> {
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(pools.map((p) => p.close()));
+  }
+}
+
