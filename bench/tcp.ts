@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import type { BenchArgs } from './run.ts';
 import {
+  cpuMs,
   median,
   NODE,
   rssBytes,
@@ -53,11 +54,11 @@ function startPeer(name: PeerName, backend: number): Promise<RunningPeer | strin
 }
 
 /**
- * One iperf3 run through `port`; returns received Gbit/s. Retried: the probe
- * that waits for a proxy's port reaches the iperf3 server as an empty test,
- * which keeps it busy for a moment.
+ * One iperf3 run through `port`: received Gbit/s and bytes. Retried: the
+ * probe that waits for a proxy's port reaches the iperf3 server as an empty
+ * test, which keeps it busy for a moment.
  */
-function iperf(port: number, seconds: number): number {
+function iperf(port: number, seconds: number): { gbit: number; bytes: number } {
   let last = '';
   for (let attempt = 0; attempt < 4; attempt++) {
     const r = spawnSync('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-J'], {
@@ -66,41 +67,64 @@ function iperf(port: number, seconds: number): number {
     });
     const json = JSON.parse(r.stdout || '{}') as {
       error?: string;
-      end?: { sum_received?: { bits_per_second: number } };
+      end?: { sum_received?: { bits_per_second: number; bytes: number } };
     };
-    const bps = json.end?.sum_received?.bits_per_second;
-    if (r.status === 0 && bps !== undefined) return bps / 1e9;
+    const sum = json.end?.sum_received;
+    if (r.status === 0 && sum !== undefined) return { gbit: sum.bits_per_second / 1e9, bytes: sum.bytes };
     last = json.error ?? r.stderr;
     spawnSync('sleep', ['1']);
   }
   throw new Error(`iperf3 through port ${port} failed: ${last}`);
 }
 
+/**
+ * Throughput of one connection through each proxy. All proxies run at once
+ * and the runs are interleaved (holdfast, nginx, haproxy, holdfast, …) so
+ * that noise from the rest of the machine falls on all of them alike. Besides
+ * Gbit/s, the proxy's own CPU time per GB relayed is reported: on a shared
+ * 2-core machine where iperf3's two ends compete with the proxy, it is the
+ * steadier measure of efficiency.
+ */
 async function throughput(names: PeerName[], seconds: number, runs: number, out: (row: object) => void) {
   if (which('iperf3') === undefined) {
     out({ name: 'tcp-throughput', skipped: 'iperf3 not installed (apt-get install iperf3)' });
     return;
   }
   const server = spawn('iperf3', ['-s', '-p', String(BACKEND), '-B', '127.0.0.1'], { stdio: 'ignore' });
+  const peers: RunningPeer[] = [];
   try {
     await waitForPort(BACKEND);
-    const direct = median(Array.from({ length: runs }, () => iperf(BACKEND, seconds)));
-    out({ name: 'tcp-throughput', peer: 'direct (no proxy)', gbitPerSec: round(direct), runs });
     for (const name of names) {
       const peer = await startPeer(name, BACKEND);
-      if (typeof peer === 'string') {
-        out({ name: 'tcp-throughput', peer: name, skipped: peer });
-        continue;
-      }
-      try {
-        iperf(PORTS[name], 1); // warm-up
-        const gbit = median(Array.from({ length: runs }, () => iperf(PORTS[name], seconds)));
-        out({ name: 'tcp-throughput', peer: name, gbitPerSec: round(gbit), runs });
-      } finally {
-        await peer.stop();
+      if (typeof peer === 'string') out({ name: 'tcp-throughput', peer: name, skipped: peer });
+      else peers.push(peer);
+    }
+    const direct: number[] = [];
+    const gbit = new Map<string, number[]>(peers.map((p) => [p.name, []]));
+    const cpu = new Map<string, number[]>(peers.map((p) => [p.name, []]));
+    for (const p of peers) iperf(PORTS[p.name as PeerName], 1); // warm-up
+    for (let r = 0; r < runs; r++) {
+      direct.push(iperf(BACKEND, seconds).gbit);
+      for (const p of peers) {
+        const cpuBefore = p.pids().reduce((n, pid) => n + cpuMs(pid), 0);
+        const result = iperf(PORTS[p.name as PeerName], seconds);
+        const cpuAfter = p.pids().reduce((n, pid) => n + cpuMs(pid), 0);
+        gbit.get(p.name)!.push(result.gbit);
+        cpu.get(p.name)!.push((cpuAfter - cpuBefore) / (result.bytes / 1e9));
       }
     }
+    out({ name: 'tcp-throughput', peer: 'direct (no proxy)', gbitPerSec: round(median(direct)), runs });
+    for (const p of peers) {
+      out({
+        name: 'tcp-throughput',
+        peer: p.name,
+        gbitPerSec: round(median(gbit.get(p.name)!)),
+        cpuMsPerGB: round(median(cpu.get(p.name)!)),
+        runs,
+      });
+    }
   } finally {
+    for (const p of peers) await p.stop();
     server.kill('SIGKILL');
   }
 }
@@ -206,7 +230,10 @@ export async function run(args: BenchArgs): Promise<void> {
       v !== undefined && hf !== undefined && r.peer !== 'holdfast'
         ? `  holdfast/${String(r.peer)} = ${(hf / v).toFixed(2)}`
         : '';
-    console.log(`  ${String(r.peer).padEnd(20)} ${v ?? `skipped: ${String(r.skipped)}`}${ratio}`);
+    const c = r.cpuMsPerGB as number | undefined;
+    console.log(
+      `  ${String(r.peer).padEnd(20)} ${v ?? `skipped: ${String(r.skipped)}`}${c === undefined ? '' : `  (${c} ms CPU per GB)`}${ratio}`,
+    );
   }
   const hm = get('tcp-idle-memory', 'holdfast', 'bytesPerConnection');
   console.log(`\nmemory per idle proxied connection (${values.idle} open, bytes)`);

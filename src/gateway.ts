@@ -25,6 +25,11 @@ import { TcpProxy, tcpSettings } from './proxy/tcp.ts';
 export interface GatewayOptions {
   log: Logger;
   clock?: Clock;
+  /**
+   * Run as one of several worker processes (`workers:` in the config): bind
+   * listeners with SO_REUSEPORT and leave the admin listener to the primary.
+   */
+  worker?: boolean;
 }
 
 /** One configured service as it runs. */
@@ -98,6 +103,7 @@ export class Gateway {
   readonly metrics: Registry;
   config: Config;
   #admin: AdminServer | undefined;
+  readonly #worker: boolean;
   #draining = false;
   #reloading: Promise<void> = Promise.resolve();
 
@@ -105,6 +111,7 @@ export class Gateway {
     this.config = config;
     this.log = opts.log;
     this.clock = opts.clock ?? systemClock;
+    this.#worker = opts.worker ?? false;
     this.metrics = createMetrics({
       services: () =>
         [...this.services.values()].map((s) => ({ ...s, stats: s.handler.stats, live: s.handler.live })),
@@ -163,11 +170,14 @@ export class Gateway {
         const listener = new Listener(
           s.listen.find((hp) => formatHostPort(hp) === key)!,
           () => {},
+          {
+            reusePort: this.#worker,
+          },
         );
         await listener.listen();
         fresh.push(listener);
       }
-      if (config.admin !== undefined) {
+      if (config.admin !== undefined && !this.#worker) {
         const same =
           this.#admin !== undefined &&
           formatHostPort(this.#admin.address) === formatHostPort(config.admin.listen);

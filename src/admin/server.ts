@@ -1,7 +1,12 @@
 import { createServer, type Server } from 'node:http';
-import type { Registry } from 'prom-client';
 import { formatHostPort, type HostPort } from '../config/address.ts';
 import { ListenError } from '../errors.ts';
+
+/** Prometheus text for /metrics: a prom-client Registry, or an aggregate over worker processes. */
+export interface MetricsText {
+  readonly contentType: string;
+  metrics(): Promise<string>;
+}
 
 export interface AdminState {
   /** True once shutdown began: /healthz turns 503 so load balancers stop sending. */
@@ -15,7 +20,7 @@ export class AdminServer {
   readonly address: HostPort;
   readonly #server: Server;
 
-  constructor(address: HostPort, registry: Registry, state: AdminState) {
+  constructor(address: HostPort, registry: MetricsText, state: AdminState) {
     this.address = address;
     this.#server = createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];

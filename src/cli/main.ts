@@ -17,6 +17,7 @@ import { DEMO_BACKEND_PORTS, demoConfig, demoHelp, startDemoBackends } from '../
 import { HoldfastError } from '../errors.ts';
 import { Gateway } from '../gateway.ts';
 import { createLogger } from '../log.ts';
+import { isWorkerProcess, runPrimary, runWorker, workerCount } from './workers.ts';
 
 const USAGE = `holdfast — a load balancer for long-lived connections
 
@@ -62,8 +63,25 @@ async function serve(configFile: string | undefined, pretty: boolean): Promise<v
     config = await loadConfigFile(configFile).catch(fail);
   }
   const log = createLogger({ level: config.log.level, pretty });
+  if (isWorkerProcess()) {
+    await runWorker({ config, log });
+    return;
+  }
   if (configFile === undefined) {
     demoBackends = await startDemoBackends(DEMO_BACKEND_PORTS).catch(fail);
+  }
+  if (workerCount(config) > 1) {
+    await runPrimary({
+      configFile,
+      config,
+      log,
+      onExit: (code) => {
+        for (const s of demoBackends) s.close();
+        process.exit(code);
+      },
+    }).catch(fail);
+    if (configFile === undefined) process.stderr.write(demoHelp());
+    return;
   }
   const gateway = await Gateway.start(config, { log }).catch(fail);
   if (configFile === undefined) process.stderr.write(demoHelp());

@@ -119,6 +119,12 @@ export const configSchema = z
         level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
       })
       .prefault({}),
+    /**
+     * Proxy processes. One process holds about 9,900 proxied TCP connections
+     * under a 20,000 file-descriptor limit; several workers share each port
+     * (SO_REUSEPORT) and multiply that. `auto`: one per CPU.
+     */
+    workers: z.union([z.number().int().min(1).max(256), z.literal('auto')]).default(1),
     services: z.array(service).min(1, { error: 'configure at least one service' }),
   })
   .superRefine((config, ctx) => {

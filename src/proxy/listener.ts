@@ -11,9 +11,16 @@ export class Listener {
   readonly key: string;
   handler: (socket: Socket) => void;
   readonly #server: Server;
+  readonly #reusePort: boolean;
 
-  constructor(address: HostPort, handler: (socket: Socket) => void) {
+  /**
+   * `reusePort`: bind with SO_REUSEPORT, so that several worker processes
+   * each hold their own listening socket on the same port and the kernel
+   * spreads new connections over them.
+   */
+  constructor(address: HostPort, handler: (socket: Socket) => void, opts: { reusePort?: boolean } = {}) {
     this.address = address;
+    this.#reusePort = opts.reusePort ?? false;
     this.key = formatHostPort(address);
     this.handler = handler;
     this.#server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) =>
@@ -33,7 +40,9 @@ export class Listener {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(new ListenError(this.key, err));
       this.#server.once('error', onError);
-      this.#server.listen({ host: this.address.host, port: this.address.port, backlog: 4096 }, () => {
+      const options = { host: this.address.host, port: this.address.port, backlog: 4096 };
+      const reuse = this.#reusePort ? { reusePort: true, exclusive: true } : {};
+      this.#server.listen({ ...options, ...reuse }, () => {
         this.#server.off('error', onError);
         resolve();
       });
