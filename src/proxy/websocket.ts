@@ -17,16 +17,21 @@ import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler } from './http.ts';
 import { SourceAddressPool } from './source-address.ts';
 import {
+  checkClose,
   CLOSE_GOING_AWAY,
   CLOSE_INTERNAL_ERROR,
   CLOSE_SERVICE_RESTART,
   closeCodeFor,
   closeFrame,
-  FrameReader,
   type FrameError,
-  type FrameSink,
+  isOwnPong,
+  OP_BINARY,
+  OP_CLOSE,
+  OP_CONTINUATION,
+  OP_PONG,
   PING_TO_BACKEND,
   PING_TO_CLIENT,
+  TOKEN,
 } from './websocket-frames.ts';
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -103,7 +108,9 @@ export class WebSocketProxy implements UpgradeHandler {
       // Persistence seam: a connection whose client the policy holds on its
       // backend (LVS persistence, hashing) would come straight back; never move it.
       isHeld: (conn, backend) =>
-        conn instanceof WsConnection && ctx.cluster.affinity(conn.pickContext(ctx.clock.now())) === backend,
+        conn instanceof WsConnection &&
+        conn.held !== undefined &&
+        ctx.cluster.affinity({ ...conn.held, now: ctx.clock.now() }) === backend,
     });
     this.#updateTick();
   }
@@ -159,7 +166,7 @@ export class WebSocketProxy implements UpgradeHandler {
       return;
     }
     if (s.keepAliveMs !== undefined) socket.setKeepAlive(true, s.keepAliveMs);
-    new WsConnection(this, req, socket, head, key).start();
+    new WsConnection(this, socket, new Handshake(req, head, key, peerIp(socket))).start();
   }
 
   upgradeStarted(): void {
@@ -185,8 +192,9 @@ export class WebSocketProxy implements UpgradeHandler {
   #schedule(): void {
     this.#tick = this.ctx.clock.setTimer(() => {
       this.#tick = undefined;
-      const now = this.ctx.clock.now();
-      for (const conn of this.connections) conn.tick(now);
+      const now = Math.floor(this.ctx.clock.now());
+      const s = this.settings;
+      for (const conn of this.connections) conn.tick(now, s);
       if (this.connections.size > 0) this.#schedule();
     }, this.#tickMs);
   }
@@ -208,167 +216,227 @@ function forwardedFor(ip: string): string {
   return isIPv6(ip) ? `"[${ip}]"` : ip;
 }
 
+interface PeerName {
+  address?: string;
+  port?: number;
+}
+
 /**
- * One direction of the relay: reads one peer's frames and writes them to the
- * other peer. It is its own FrameSink, so a connection costs two of these
- * and no closures per frame.
+ * The client's address, asked of the socket's handle: `socket.remoteAddress`
+ * would cache an `{ address, family, port }` object on the socket for its
+ * whole life. Falls back to it where the handle has no getpeername (TLS).
  */
-class Direction extends FrameReader implements FrameSink {
-  readonly conn: WsConnection;
-  readonly input: Socket;
-  readonly output: Socket;
-  /** The gateway wants to send its ping to `output` at the next boundary. */
-  pendingPing = false;
-  /** Close code to send to `output` at the next boundary (0: none). */
-  pendingClose = 0;
-  /** A close frame went to `output`: nothing more may follow it. */
-  closeSent = false;
-  /** The input peer sent its close frame. */
-  closeSeen = false;
+function peerIp(socket: Socket): string | undefined {
+  // `_handle` is Node's internal TCP wrap; it is what `remoteAddress` reads too.
+  const handle = (socket as unknown as { _handle?: { getpeername?(out: PeerName): number } | null })._handle;
+  if (typeof handle?.getpeername !== 'function') return socket.remoteAddress;
+  const out: PeerName = {};
+  return handle.getpeername(out) === 0 ? out.address : undefined;
+}
 
-  constructor(conn: WsConnection, input: Socket, output: Socket, fromClient: boolean, s: WebSocketSettings) {
-    super(fromClient, undefined, s);
-    this.conn = conn;
-    this.input = input;
-    this.output = output;
-  }
+/**
+ * What only the handshake needs: the client's request, bytes it sent after
+ * it, the backends tried. Dropped (with the request and its headers) as soon
+ * as the connection relays, so an open connection keeps none of it.
+ */
+class Handshake {
+  req: IncomingMessage;
+  head: Buffer | undefined;
+  readonly key: string;
+  readonly ip: string | undefined;
+  tried: Set<Backend> | undefined;
+  timer: Timer | undefined;
+  /** The backend's response head so far. */
+  got: Buffer | undefined;
 
-  forward(bytes: Buffer): boolean {
-    const out = this.output;
-    return out.writableEnded ? true : out.write(bytes);
-  }
-
-  pong(): void {
-    this.conn.pongFrom(this.fromClient);
-  }
-
-  close(): void {
-    this.closeSeen = true;
-    this.conn.closeFrameFrom(this);
-  }
-
-  error(reason: FrameError): void {
-    this.conn.frameError(this, reason);
-  }
-
-  boundary(): void {
-    this.wantBoundary = false;
-    this.flush();
-  }
-
-  /** Write pending gateway frames now that `output` is between frames. */
-  flush(): void {
-    const out = this.output;
-    if (this.closeSent || out.writableEnded || out.destroyed) {
-      this.pendingPing = false;
-      return;
-    }
-    if (this.pendingPing) {
-      this.pendingPing = false;
-      out.write(this.fromClient ? PING_TO_BACKEND : PING_TO_CLIENT);
-    }
-    if (this.pendingClose !== 0) {
-      out.write(closeFrame(this.pendingClose, this.fromClient));
-      this.pendingClose = 0;
-      this.closeSent = true;
-      this.discard = true;
-    }
-  }
-
-  /** Queue a gateway frame for `output`; sent now when between frames. */
-  inject(close: number): void {
-    if (close === 0) this.pendingPing = true;
-    else if (this.pendingClose === 0) this.pendingClose = close;
-    if (this.atBoundary) this.flush();
-    else this.wantBoundary = true;
+  constructor(req: IncomingMessage, head: Buffer, key: string, ip: string | undefined) {
+    this.req = req;
+    this.head = head.length > 0 ? head : undefined;
+    this.key = key;
+    this.ip = ip;
   }
 }
 
-type Phase = 'handshake' | 'open' | 'closing' | 'closed';
+/** What an affinity policy saw when it picked; kept only when the policy holds the client. */
+interface HeldContext {
+  clientIp: string | undefined;
+  clientPort: number | undefined;
+  host: string | undefined;
+  path: string | undefined;
+}
 
-/** One proxied WebSocket: a client socket anchored to a backend socket. */
+const HANDSHAKE = 0;
+const OPEN = 1;
+const CLOSING = 2;
+const CLOSED = 3;
+
+// Per-direction flags (`uF`: client → backend, `dF`: backend → client).
+/** Inside a fragmented message. */
+const F_IN_MESSAGE = 1;
+/** Drop all input (the gateway's close went out) but still watch for a close frame. */
+const F_DISCARD = 2;
+/** Call boundary() at the next frame boundary (a gateway frame is waiting). */
+const F_WANT_BOUNDARY = 4;
+/** A frame was refused; further input is ignored. */
+const F_FAILED = 8;
+/** The gateway's ping waits for the next boundary of this direction's output. */
+const F_PENDING_PING = 16;
+/** A close frame went to the output: nothing more may follow it. */
+const F_CLOSE_SENT = 32;
+/** The input peer sent its close frame. */
+const F_CLOSE_SEEN = 64;
+/** permessage-deflate was negotiated: RSV1 is allowed on a message's first frame. */
+const F_COMPRESSION = 128;
+/** Data arrived from the input peer since the last heartbeat check. */
+const F_RX = 256;
+
+/**
+ * Listeners are module-level functions that find their connection through
+ * this property, rather than closures made per connection (see tcp.ts).
+ */
+const kConn = Symbol('holdfast.ws');
+interface Leg extends Socket {
+  [kConn]: WsConnection;
+}
+
+function noop(): void {}
+
+function onClientClose(this: Leg, hadError: boolean): void {
+  this[kConn].socketClosed(hadError);
+}
+function onUpstreamClose(this: Leg, hadError: boolean): void {
+  this[kConn].socketClosed(hadError);
+}
+function onConnectError(this: Leg, err: Error): void {
+  this[kConn].connectFailed(this, err);
+}
+function onConnect(this: Leg): void {
+  this[kConn].connected(this);
+}
+function onHandshakeError(this: Leg, err: Error): void {
+  this[kConn].handshakeError(this, err);
+}
+function onHandshakeData(this: Leg, chunk: Buffer): void {
+  this[kConn].handshakeData(this, chunk);
+}
+function onClientData(this: Leg, chunk: Buffer): void {
+  const conn = this[kConn];
+  conn.uF |= F_RX;
+  if (!conn.push(true, chunk)) this.pause();
+}
+function onUpstreamData(this: Leg, chunk: Buffer): void {
+  const conn = this[kConn];
+  conn.dF |= F_RX;
+  if (!conn.push(false, chunk)) this.pause();
+}
+function onClientDrain(this: Leg): void {
+  this[kConn].upstream?.resume();
+}
+function onUpstreamDrain(this: Leg): void {
+  this[kConn].client.resume();
+}
+function onClientEnd(this: Leg): void {
+  const up = this[kConn].upstream;
+  if (up !== undefined && !up.writableEnded) up.end();
+}
+function onUpstreamEnd(this: Leg): void {
+  const client = this[kConn].client;
+  if (!client.writableEnded) client.end();
+}
+
+/**
+ * One proxied WebSocket: a client socket anchored to a backend socket. Both
+ * relay directions and the heartbeat state are plain fields of this one
+ * object: `u*` is the client → backend direction, `d*` backend → client.
+ */
 class WsConnection implements ProxiedConnection {
   readonly openedAt: number;
-  readonly #proxy: WebSocketProxy;
-  readonly #client: Socket;
-  #req: IncomingMessage | undefined;
-  #head: Buffer | undefined;
-  readonly #key: string;
-  readonly clientIp: string | undefined;
-  readonly clientPort: number | undefined;
-  readonly host: string | undefined;
-  readonly path: string | undefined;
-  #upstream: Socket | undefined;
-  #backend: Backend | undefined;
-  #tried: Set<Backend> | undefined;
-  #phase: Phase = 'handshake';
-  #up: Direction | undefined;
-  #down: Direction | undefined;
-  /** Heartbeat state per peer: data seen since the last check, outstanding ping time (0: none), last proof of life. */
-  #clientRx = false;
-  #backendRx = false;
-  #clientPingAt = -1;
-  #backendPingAt = -1;
-  #clientOkAt: number;
-  #backendOkAt: number;
-  #ageDeadline = Infinity;
-  #closingSince = 0;
+  readonly proxy: WebSocketProxy;
+  readonly client: Leg;
+  upstream: Leg | undefined = undefined;
+  backend: Backend | undefined = undefined;
+  /** Only while the handshake runs. */
+  hs: Handshake | undefined;
+  /** The pick context, kept only if the policy holds this client on its backend (affinity). */
+  held: HeldContext | undefined = undefined;
+  phase = HANDSHAKE;
+  // Relay state per direction: flags, payload bytes of the current data frame
+  // still to come, bytes of the current message, a close code waiting for the
+  // next boundary (0: none), bytes of an incomplete header (rare).
+  uF = 0;
+  uRem = 0;
+  uMsg = 0;
+  uClose = 0;
+  uCarry: Buffer | undefined = undefined;
+  dF = 0;
+  dRem = 0;
+  dMsg = 0;
+  dClose = 0;
+  dCarry: Buffer | undefined = undefined;
+  // Heartbeats (integer ms): outstanding ping time (-1: none) and last proof of life, per peer.
+  clientPingAt = -1;
+  backendPingAt = -1;
+  clientOkAt: number;
+  backendOkAt: number;
+  /** Open: when max age is reached (0: never). Closing: when the close started. */
+  due = 0;
 
-  constructor(proxy: WebSocketProxy, req: IncomingMessage, client: Socket, head: Buffer, key: string) {
-    this.#proxy = proxy;
-    this.#client = client;
-    this.#req = req;
-    this.#head = head.length > 0 ? head : undefined;
-    this.#key = key;
-    this.openedAt = proxy.ctx.clock.now();
-    this.#clientOkAt = this.#backendOkAt = this.openedAt;
-    this.clientIp = client.remoteAddress;
-    this.clientPort = client.remotePort;
-    this.host = req.headers.host;
-    this.path = req.url;
-    client.on('error', () => {});
-    client.on('close', this.#onSocketClose);
+  constructor(proxy: WebSocketProxy, client: Socket, hs: Handshake) {
+    this.proxy = proxy;
+    this.client = client as Leg;
+    this.client[kConn] = this;
+    this.hs = hs;
+    this.openedAt = Math.floor(proxy.ctx.clock.now());
+    this.clientOkAt = this.backendOkAt = this.openedAt;
+    client.on('error', noop);
+    client.on('close', onClientClose);
     proxy.upgradeStarted();
   }
 
   get bytesIn(): number {
-    return this.#upstream?.bytesRead ?? 0;
+    return this.upstream?.bytesRead ?? 0;
   }
 
   get bytesOut(): number {
-    return this.#upstream?.bytesWritten ?? 0;
-  }
-
-  /** What the policy saw when it picked (for affinity checks). */
-  pickContext(now: number): PickContext {
-    return { now, clientIp: this.clientIp, clientPort: this.clientPort, host: this.host, path: this.path };
+    return this.upstream?.bytesWritten ?? 0;
   }
 
   start(): void {
-    const proxy = this.#proxy;
+    const hs = this.hs!;
+    const proxy = this.proxy;
     const ctx = proxy.ctx;
-    const req = this.#req!;
+    const req = hs.req;
+    const client = this.client;
     const pickCtx: PickContext = {
-      ...this.pickContext(ctx.clock.now()),
-      localIp: this.#client.localAddress,
-      localPort: this.#client.localPort,
+      now: this.openedAt,
+      clientIp: hs.ip,
+      clientPort: client.remotePort,
+      host: req.headers.host,
+      path: req.url,
+      localIp: client.localAddress,
+      localPort: client.localPort,
       headers: req.headers,
     };
-    const backend = ctx.cluster.pickConnection(pickCtx, this.#tried);
+    const backend = ctx.cluster.pickConnection(pickCtx, hs.tried);
     if (backend === undefined) {
-      const reason = this.#tried === undefined ? 'no-backend' : 'connect-failed';
+      const reason = hs.tried === undefined ? 'no-backend' : 'connect-failed';
       proxy.refuse(reason);
-      ctx.log.warn({ service: ctx.cluster.name, client: this.clientIp, reason }, 'WebSocket upgrade refused');
+      ctx.log.warn({ service: ctx.cluster.name, client: hs.ip, reason }, 'WebSocket upgrade refused');
       this.#endHandshake();
       reject(
-        this.#client,
+        client,
         reason === 'no-backend' ? 503 : 502,
         reason === 'no-backend' ? 'no backend can take the connection' : 'no backend could be reached',
       );
       return;
     }
-    this.#backend = backend;
+    this.backend = backend;
     ctx.cluster.register(backend, this);
+    // Keep what the policy matched on only if it binds this client to the backend.
+    this.held =
+      ctx.cluster.affinity(pickCtx) === undefined
+        ? undefined
+        : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
     const s = proxy.settings;
     const upstream = connect({
       host: backend.address.host,
@@ -378,60 +446,74 @@ class WsConnection implements ProxiedConnection {
       noDelay: true,
       keepAlive: s.keepAliveMs !== undefined,
       keepAliveInitialDelay: s.keepAliveMs ?? 0,
-      timeout: s.connectTimeoutMs,
-    });
-    this.#upstream = upstream;
-    upstream.on('timeout', this.#onHandshakeTimeout);
-    upstream.on('error', this.#onConnectError);
-    upstream.once('connect', this.#onConnect);
+    }) as Leg;
+    upstream[kConn] = this;
+    this.upstream = upstream;
+    // Our own timer rather than socket.setTimeout(), whose Timeout object would
+    // stay on the socket for its whole life. It covers connect and handshake.
+    hs.timer?.cancel();
+    hs.timer = ctx.clock.setTimer(
+      () => upstream.destroy(new Error('backend did not complete the WebSocket handshake in time')),
+      s.connectTimeoutMs,
+    );
+    upstream.on('error', onConnectError);
+    upstream.once('connect', onConnect);
   }
 
   #endHandshake(): void {
-    if (this.#req === undefined) return;
-    this.#req = undefined;
-    this.#head = undefined;
-    this.#proxy.upgradeEnded();
+    const hs = this.hs;
+    if (hs === undefined) return;
+    hs.timer?.cancel();
+    this.hs = undefined;
+    this.proxy.upgradeEnded();
   }
 
-  #onHandshakeTimeout = (): void => {
-    this.#upstream?.destroy(new Error('backend did not complete the WebSocket handshake in time'));
-  };
-
-  #onConnectError = (err: Error): void => {
-    const backend = this.#backend!;
-    const ctx = this.#proxy.ctx;
+  connectFailed(upstream: Leg, err: Error): void {
+    if (upstream !== this.upstream) return;
+    const backend = this.backend!;
+    const ctx = this.proxy.ctx;
     backend.connectFailures++;
     ctx.cluster.unregister(backend, this);
-    this.#upstream?.removeAllListeners();
-    this.#upstream?.destroy();
-    this.#upstream = undefined;
-    this.#backend = undefined;
+    upstream.removeAllListeners();
+    upstream.on('error', noop);
+    upstream.destroy();
+    this.upstream = undefined;
+    this.backend = undefined;
+    this.held = undefined;
     ctx.log.warn(
       { service: ctx.cluster.name, backend: backend.key, err: err.message },
       'backend connect failed',
     );
-    if (this.#phase !== 'handshake' || this.#client.destroyed) return;
-    (this.#tried ??= new Set()).add(backend);
-    if (this.#tried.size >= this.#proxy.settings.maxAttempts) {
-      this.#proxy.refuse('connect-failed');
+    const hs = this.hs;
+    if (this.phase !== HANDSHAKE || hs === undefined || this.client.destroyed) return;
+    hs.got = undefined;
+    (hs.tried ??= new Set()).add(backend);
+    if (hs.tried.size >= this.proxy.settings.maxAttempts) {
+      this.proxy.refuse('connect-failed');
       this.#endHandshake();
-      reject(this.#client, 502, 'no backend could be reached');
+      reject(this.client, 502, 'no backend could be reached');
       return;
     }
     this.start();
-  };
+  }
 
-  #onConnect = (): void => {
-    const upstream = this.#upstream!;
-    const req = this.#req!;
-    if (this.#client.destroyed) {
+  /** Connected but no valid answer in time (a frozen backend still accepts): try another backend. */
+  handshakeError(upstream: Leg, err: Error): void {
+    if (this.phase === HANDSHAKE) this.connectFailed(upstream, err);
+  }
+
+  connected(upstream: Leg): void {
+    const hs = this.hs;
+    if (upstream !== this.upstream || hs === undefined) return;
+    if (this.client.destroyed) {
       this.#fail();
       return;
     }
-    upstream.off('error', this.#onConnectError);
-    upstream.on('error', this.#onHandshakeError);
+    upstream.off('error', onConnectError);
+    upstream.on('error', onHandshakeError);
     // The handshake as the client sent it, plus who the client is.
-    const ip = this.clientIp ?? '';
+    const req = hs.req;
+    const ip = hs.ip ?? '';
     let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
     let xff: string | undefined;
     let fwd: string | undefined;
@@ -449,44 +531,44 @@ class WsConnection implements ProxiedConnection {
     head += `Forwarded: ${fwd === undefined ? me : `${fwd}, ${me}`}\r\n`;
     if (req.headers['x-forwarded-proto'] === undefined) head += 'X-Forwarded-Proto: http\r\n';
     upstream.write(`${head}\r\n`);
-    let got: Buffer | undefined;
-    const onData = (chunk: Buffer): void => {
-      got = got === undefined ? chunk : Buffer.concat([got, chunk]);
-      const end = got.indexOf('\r\n\r\n');
-      if (end < 0) {
-        if (got.length > MAX_RESPONSE_HEAD) {
-          upstream.off('data', onData);
-          this.#badBackend('the backend sent an oversized handshake response');
-        }
-        return;
-      }
-      upstream.off('data', onData);
-      upstream.pause();
-      this.#onResponse(got.subarray(0, end + 4), got.subarray(end + 4));
-    };
-    upstream.on('data', onData);
-  };
+    upstream.on('data', onHandshakeData);
+  }
 
-  /** Connected but no answer in time (a frozen backend still accepts): try another backend. */
-  #onHandshakeError = (err: Error): void => {
-    if (this.#phase === 'handshake') this.#onConnectError(err);
-  };
+  /** Bytes of the backend's response head; at its end the connection opens (or fails). */
+  handshakeData(upstream: Leg, chunk: Buffer): void {
+    const hs = this.hs;
+    if (hs === undefined || upstream !== this.upstream) return;
+    const got = hs.got === undefined ? chunk : Buffer.concat([hs.got, chunk]);
+    const end = got.indexOf('\r\n\r\n');
+    if (end < 0) {
+      hs.got = got;
+      if (got.length > MAX_RESPONSE_HEAD) {
+        upstream.off('data', onHandshakeData);
+        this.#badBackend('the backend sent an oversized handshake response');
+      }
+      return;
+    }
+    hs.got = undefined;
+    upstream.off('data', onHandshakeData);
+    upstream.pause();
+    this.#onResponse(hs, got.subarray(0, end + 4), got.subarray(end + 4));
+  }
 
   #badBackend(why: string): void {
-    const ctx = this.#proxy.ctx;
-    this.#proxy.count('ws-backend-handshake');
+    const ctx = this.proxy.ctx;
+    this.proxy.count('ws-backend-handshake');
     ctx.log.warn(
-      { service: ctx.cluster.name, backend: this.#backend?.key, reason: why },
+      { service: ctx.cluster.name, backend: this.backend?.key, reason: why },
       'WebSocket handshake failed',
     );
     this.#endHandshake();
-    reject(this.#client, 502, why);
+    reject(this.client, 502, why);
     this.#fail();
   }
 
-  #onResponse(head: Buffer, rest: Buffer): void {
-    const upstream = this.#upstream!;
-    const client = this.#client;
+  #onResponse(hs: Handshake, head: Buffer, rest: Buffer): void {
+    const upstream = this.upstream!;
+    const client = this.client;
     const text = head.toString('latin1');
     const status = /^HTTP\/1\.[01] (\d{3})/.exec(text);
     if (status === null) {
@@ -496,95 +578,64 @@ class WsConnection implements ProxiedConnection {
     if (status[1] !== '101') {
       // The backend refused the upgrade (401, 403, 404…): the client gets its answer as is.
       this.#endHandshake();
-      upstream.setTimeout(0);
       client.write(head);
       if (rest.length > 0) client.write(rest);
-      upstream.on('close', this.#onSocketClose);
+      upstream.off('error', onHandshakeError);
+      upstream.on('error', noop);
+      upstream.on('close', onUpstreamClose);
       upstream.pipe(client);
       client.resume();
-      this.#phase = 'closing';
-      this.#closingSince = this.#proxy.ctx.clock.now();
+      this.phase = CLOSING;
+      this.due = Math.floor(this.proxy.ctx.clock.now());
       return;
     }
-    const lines = text.toLowerCase().split('\r\n');
-    const header = (name: string): string | undefined =>
-      lines
-        .find((l) => l.startsWith(`${name}:`))
-        ?.slice(name.length + 1)
-        .trim();
+    const lines = text.split('\r\n');
+    const header = (name: string): string | undefined => {
+      const line = lines.find((l) => l.toLowerCase().startsWith(`${name}:`));
+      return line?.slice(name.length + 1).trim();
+    };
     const accept = createHash('sha1')
-      .update(this.#key + GUID)
+      .update(hs.key + GUID)
       .digest('base64');
-    const acceptLine = text.split('\r\n').find((l) => l.toLowerCase().startsWith('sec-websocket-accept:'));
-    if (header('upgrade') !== 'websocket' || acceptLine?.slice(21).trim() !== accept) {
+    if (header('upgrade')?.toLowerCase() !== 'websocket' || header('sec-websocket-accept') !== accept) {
       this.#badBackend('the backend answered 101 without a valid WebSocket accept');
       return;
     }
-    const compression = header('sec-websocket-extensions')?.includes('permessage-deflate') === true;
-    const proxy = this.#proxy;
+    const compression =
+      header('sec-websocket-extensions')?.toLowerCase().includes('permessage-deflate') === true;
+    const proxy = this.proxy;
     const s = proxy.settings;
-    const early = this.#head;
+    const early = hs.head;
     this.#endHandshake();
-    upstream.setTimeout(0);
-    upstream.off('timeout', this.#onHandshakeTimeout);
-    upstream.off('error', this.#onHandshakeError);
-    upstream.on('error', () => {});
-    upstream.on('close', this.#onSocketClose);
-    this.#phase = 'open';
-    const up = new Direction(this, client, upstream, true, s);
-    const down = new Direction(this, upstream, client, false, s);
-    up.compression = down.compression = compression;
-    this.#up = up;
-    this.#down = down;
+    upstream.off('error', onHandshakeError);
+    upstream.on('error', noop);
+    upstream.on('close', onUpstreamClose);
+    this.phase = OPEN;
+    if (compression) {
+      this.uF |= F_COMPRESSION;
+      this.dF |= F_COMPRESSION;
+    }
     if (s.maxAgeMs !== undefined)
-      this.#ageDeadline = this.openedAt + s.maxAgeMs * (0.9 + 0.2 * Math.random());
-    const now = proxy.ctx.clock.now();
-    this.#clientOkAt = this.#backendOkAt = now;
+      this.due = Math.floor(this.openedAt + s.maxAgeMs * (0.9 + 0.2 * Math.random()));
+    this.clientOkAt = this.backendOkAt = Math.floor(proxy.ctx.clock.now());
     client.write(head);
     proxy.opened(this);
-    client.on('data', this.#onClientData);
-    upstream.on('data', this.#onBackendData);
-    client.on('drain', this.#onClientDrain);
-    upstream.on('drain', this.#onBackendDrain);
-    client.on('end', this.#onClientEnd);
-    upstream.on('end', this.#onBackendEnd);
-    if (rest.length > 0) this.#onBackendData(rest);
-    if (early !== undefined) this.#onClientData(early);
+    client.on('data', onClientData);
+    upstream.on('data', onUpstreamData);
+    client.on('drain', onClientDrain);
+    upstream.on('drain', onUpstreamDrain);
+    client.on('end', onClientEnd);
+    upstream.on('end', onUpstreamEnd);
+    if (rest.length > 0) onUpstreamData.call(upstream, rest);
+    if (early !== undefined) onClientData.call(client, early);
     client.resume();
     upstream.resume();
   }
 
-  #onClientData = (chunk: Buffer): void => {
-    this.#clientRx = true;
-    if (!this.#up!.push(chunk)) this.#client.pause();
-  };
-
-  #onBackendData = (chunk: Buffer): void => {
-    this.#backendRx = true;
-    if (!this.#down!.push(chunk)) this.#upstream!.pause();
-  };
-
-  #onClientDrain = (): void => {
-    this.#upstream!.resume();
-  };
-
-  #onBackendDrain = (): void => {
-    this.#client.resume();
-  };
-
-  #onClientEnd = (): void => {
-    const up = this.#upstream!;
-    if (!up.writableEnded) up.end();
-  };
-
-  #onBackendEnd = (): void => {
-    if (!this.#client.writableEnded) this.#client.end();
-  };
-
-  #onSocketClose = (hadError: boolean): void => {
-    const client = this.#client;
-    const upstream = this.#upstream;
-    if (this.#phase === 'handshake') {
+  socketClosed(hadError: boolean): void {
+    const client = this.client;
+    const upstream = this.upstream;
+    if (this.phase === HANDSHAKE) {
       // The client left before the backend answered.
       this.#fail();
       return;
@@ -594,67 +645,274 @@ class WsConnection implements ProxiedConnection {
       if (upstream !== undefined && !upstream.destroyed) upstream.destroy();
     }
     if (client.destroyed && (upstream === undefined || upstream.destroyed)) this.#finish();
-  };
+  }
 
   /** Give up on a connection that never opened: free the backend slot and both sockets. */
   #fail(): void {
     this.#endHandshake();
-    this.#upstream?.destroy();
-    if (!this.#client.writableEnded) this.#client.destroy();
+    this.upstream?.destroy();
+    if (!this.client.writableEnded) this.client.destroy();
     this.#finish();
   }
 
   #finish(): void {
-    if (this.#phase === 'closed') return;
-    this.#phase = 'closed';
-    const backend = this.#backend;
+    if (this.phase === CLOSED) return;
+    this.phase = CLOSED;
+    this.uCarry = this.dCarry = undefined;
+    const backend = this.backend;
     if (backend !== undefined) {
-      backend.bytesReceivedClosed += this.#upstream?.bytesRead ?? 0;
-      backend.bytesSentClosed += this.#upstream?.bytesWritten ?? 0;
-      this.#proxy.ctx.cluster.unregister(backend, this);
+      backend.bytesReceivedClosed += this.upstream?.bytesRead ?? 0;
+      backend.bytesSentClosed += this.upstream?.bytesWritten ?? 0;
+      this.proxy.ctx.cluster.unregister(backend, this);
     }
-    this.#proxy.closed(this);
+    this.proxy.closed(this);
   }
 
-  /** A pong answering the gateway's ping: the peer is alive. */
-  pongFrom(client: boolean): void {
-    if (client) this.#clientRx = true;
-    else this.#backendRx = true;
+  // ---- relay: a state machine over frame headers, per direction ----
+
+  /**
+   * Feed one received chunk of direction `up` (client → backend) or down.
+   * Forwards views of the input (`subarray`, no copy), cut only around
+   * frames the gateway consumes or refuses. Returns false if the output asked to pause.
+   */
+  push(up: boolean, input: Buffer): boolean {
+    if (((up ? this.uF : this.dF) & F_FAILED) !== 0) return true;
+    let chunk = input;
+    const carry = up ? this.uCarry : this.dCarry;
+    if (carry !== undefined) {
+      chunk = Buffer.concat([carry, input]);
+      if (up) this.uCarry = undefined;
+      else this.dCarry = undefined;
+    }
+    const len = chunk.length;
+    let ok = true;
+    let pos = 0;
+    let seg = 0; // start of bytes not yet forwarded
+    const rem = up ? this.uRem : this.dRem;
+    if (rem > 0) {
+      const take = rem < len ? rem : len;
+      pos = take;
+      if (up) this.uRem = rem - take;
+      else this.dRem = rem - take;
+      const flags = up ? this.uF : this.dF;
+      if (rem > take) return (flags & F_DISCARD) !== 0 ? true : this.#forward(up, chunk);
+      if ((flags & F_WANT_BOUNDARY) !== 0) {
+        if ((flags & F_DISCARD) === 0) ok = this.#forward(up, chunk.subarray(0, pos)) && ok;
+        seg = pos;
+        this.#boundary(up);
+      }
+    }
+    while (pos < len) {
+      if (len - pos < 2) break;
+      const b0 = chunk[pos]!;
+      const b1 = chunk[pos + 1]!;
+      let plen = b1 & 0x7f;
+      let hlen = 2;
+      if (plen === 126) {
+        hlen = 4;
+        if (len - pos < 4) break;
+        plen = chunk.readUInt16BE(pos + 2);
+      } else if (plen === 127) {
+        hlen = 10;
+        if (len - pos < 10) break;
+        const hi = chunk.readUInt32BE(pos + 2);
+        // Beyond 2^53 cannot be represented; anything that large is over every limit anyway.
+        plen = hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * 0x100000000 + chunk.readUInt32BE(pos + 6);
+      }
+      const masked = (b1 & 0x80) !== 0;
+      if (masked) hlen += 4;
+      if (len - pos < hlen) break;
+      const opcode = b0 & 0x0f;
+      const discard = ((up ? this.uF : this.dF) & F_DISCARD) !== 0;
+      if (!discard) {
+        const err = this.#check(up, b0, opcode, masked, plen);
+        if (err !== undefined) {
+          if (pos > seg) ok = this.#forward(up, chunk.subarray(seg, pos)) && ok;
+          this.#refuse(up, err);
+          return ok;
+        }
+      }
+      if (opcode >= 0x8) {
+        // Control frame: look at it whole (≤ 125 bytes of payload).
+        const end = pos + hlen + plen;
+        if (end > len) break;
+        if (opcode === OP_PONG && plen === TOKEN.length && isOwnPong(chunk, pos + hlen, masked)) {
+          // The answer to the gateway's own ping: consumed.
+          if (!discard && pos > seg) ok = this.#forward(up, chunk.subarray(seg, pos)) && ok;
+          seg = end;
+          pos = end;
+        } else if (opcode === OP_CLOSE) {
+          if (!discard) {
+            const err = checkClose(chunk, pos + hlen, plen, masked);
+            if (err !== undefined) {
+              if (pos > seg) ok = this.#forward(up, chunk.subarray(seg, pos)) && ok;
+              this.#refuse(up, err);
+              return ok;
+            }
+            ok = this.#forward(up, chunk.subarray(seg, end)) && ok;
+          }
+          seg = end;
+          pos = end;
+          this.#closeFrameFrom(up);
+        } else {
+          pos = end;
+        }
+      } else {
+        pos += hlen;
+        const avail = len - pos;
+        if (avail < plen) {
+          pos = len;
+          if (up) this.uRem = plen - avail;
+          else this.dRem = plen - avail;
+          break;
+        }
+        pos += plen;
+      }
+      const flags = up ? this.uF : this.dF;
+      if ((flags & F_WANT_BOUNDARY) !== 0) {
+        if ((flags & F_DISCARD) === 0 && pos > seg) ok = this.#forward(up, chunk.subarray(seg, pos)) && ok;
+        seg = pos;
+        this.#boundary(up);
+      }
+      if (((up ? this.uF : this.dF) & F_FAILED) !== 0) return ok;
+    }
+    const discard = ((up ? this.uF : this.dF) & F_DISCARD) !== 0;
+    if ((up ? this.uRem : this.dRem) === 0 && pos < len) {
+      // An incomplete header or control frame: keep its bytes for the next chunk.
+      const rest = Buffer.from(chunk.subarray(pos));
+      if (up) this.uCarry = rest;
+      else this.dCarry = rest;
+      if (!discard && pos > seg) ok = this.#forward(up, chunk.subarray(seg, pos)) && ok;
+      return ok;
+    }
+    if (!discard && seg < len) ok = this.#forward(up, seg === 0 ? chunk : chunk.subarray(seg)) && ok;
+    return ok;
   }
 
-  /** A peer's close frame was read by `dir`. */
-  closeFrameFrom(dir: Direction): void {
-    if (this.#phase === 'open') {
+  /** Relay bytes to the direction's output. */
+  #forward(up: boolean, bytes: Buffer): boolean {
+    const out = up ? this.upstream! : this.client;
+    return out.writableEnded ? true : out.write(bytes);
+  }
+
+  #check(up: boolean, b0: number, opcode: number, masked: boolean, plen: number): FrameError | undefined {
+    if (masked !== up) return up ? 'ws-unmasked-client-frame' : 'ws-masked-server-frame';
+    const rsv = b0 & 0x70;
+    const fin = (b0 & 0x80) !== 0;
+    if (opcode >= 0x8) {
+      if (opcode > OP_PONG) return 'ws-reserved-opcode';
+      if (rsv !== 0) return 'ws-reserved-bits';
+      if (plen > 125) return 'ws-control-frame-too-large';
+      if (!fin) return 'ws-fragmented-control-frame';
+      return undefined;
+    }
+    const flags = up ? this.uF : this.dF;
+    if (opcode > OP_BINARY) return 'ws-reserved-opcode';
+    if (rsv !== 0 && !(rsv === 0x40 && (flags & F_COMPRESSION) !== 0 && opcode !== OP_CONTINUATION))
+      return 'ws-reserved-bits';
+    const inMessage = (flags & F_IN_MESSAGE) !== 0;
+    let msg = up ? this.uMsg : this.dMsg;
+    if (opcode === OP_CONTINUATION) {
+      if (!inMessage) return 'ws-unexpected-continuation';
+    } else if (inMessage) {
+      return 'ws-expected-continuation';
+    } else {
+      msg = 0;
+    }
+    const s = this.proxy.settings;
+    if (plen > s.maxFrameSize) return 'ws-frame-too-large';
+    msg += plen;
+    if (up) this.uMsg = msg;
+    else this.dMsg = msg;
+    if (msg > s.maxMessageSize) return 'ws-message-too-large';
+    const next = fin ? flags & ~F_IN_MESSAGE : flags | F_IN_MESSAGE;
+    if (up) this.uF = next;
+    else this.dF = next;
+    return undefined;
+  }
+
+  /** At a frame boundary of the direction's output: write the gateway frames waiting for it. */
+  #boundary(up: boolean): void {
+    if (up) this.uF &= ~F_WANT_BOUNDARY;
+    else this.dF &= ~F_WANT_BOUNDARY;
+    this.#flush(up);
+  }
+
+  #flush(up: boolean): void {
+    const out = up ? this.upstream! : this.client;
+    let flags = up ? this.uF : this.dF;
+    if ((flags & F_CLOSE_SENT) !== 0 || out.writableEnded || out.destroyed) {
+      flags &= ~F_PENDING_PING;
+    } else {
+      if ((flags & F_PENDING_PING) !== 0) {
+        flags &= ~F_PENDING_PING;
+        out.write(up ? PING_TO_BACKEND : PING_TO_CLIENT);
+      }
+      const code = up ? this.uClose : this.dClose;
+      if (code !== 0) {
+        out.write(closeFrame(code, up));
+        if (up) this.uClose = 0;
+        else this.dClose = 0;
+        flags |= F_CLOSE_SENT | F_DISCARD;
+      }
+    }
+    if (up) this.uF = flags;
+    else this.dF = flags;
+  }
+
+  /** Queue a gateway frame (ping: close = 0) for the direction's output; sent now when between frames. */
+  #inject(up: boolean, close: number): void {
+    if (close === 0) {
+      if (up) this.uF |= F_PENDING_PING;
+      else this.dF |= F_PENDING_PING;
+    } else if ((up ? this.uClose : this.dClose) === 0) {
+      if (up) this.uClose = close;
+      else this.dClose = close;
+    }
+    if ((up ? this.uRem : this.dRem) === 0) this.#flush(up);
+    else if (up) this.uF |= F_WANT_BOUNDARY;
+    else this.dF |= F_WANT_BOUNDARY;
+  }
+
+  /** A peer's close frame was read in direction `up`. */
+  #closeFrameFrom(up: boolean): void {
+    if (up) this.uF |= F_CLOSE_SEEN;
+    else this.dF |= F_CLOSE_SEEN;
+    if (this.phase === OPEN) {
       // A peer-initiated close passes through; no more gateway frames on that path.
-      this.#phase = 'closing';
-      this.#closingSince = this.#proxy.ctx.clock.now();
+      this.phase = CLOSING;
+      this.due = Math.floor(this.proxy.ctx.clock.now());
       return;
     }
     // The gateway started the close: the peer answered; end its socket once our close went out.
-    if (dir.input.writable && (dir.fromClient ? this.#down! : this.#up!).closeSent) dir.input.end();
+    const input = up ? this.client : this.upstream!;
+    if (input.writable && ((up ? this.dF : this.uF) & F_CLOSE_SENT) !== 0) input.end();
   }
 
-  frameError(dir: Direction, reason: FrameError): void {
-    const proxy = this.#proxy;
+  /** The input peer of direction `up` broke the protocol or a limit. */
+  #refuse(up: boolean, reason: FrameError): void {
+    if (up) this.uF |= F_FAILED;
+    else this.dF |= F_FAILED;
+    const proxy = this.proxy;
     proxy.count(reason);
     proxy.ctx.log.debug(
       {
         service: proxy.ctx.cluster.name,
-        backend: this.#backend?.key,
-        from: dir.fromClient ? 'client' : 'backend',
+        backend: this.backend?.key,
+        from: up ? 'client' : 'backend',
         reason,
       },
       'WebSocket frame refused',
     );
-    const other = dir.fromClient ? this.#down! : this.#up!;
     // The offender gets the code for what it did; the other peer hears that its partner is gone.
     this.#startClosing(
-      dir.fromClient ? closeCodeFor(reason) : CLOSE_INTERNAL_ERROR,
-      dir.fromClient ? CLOSE_GOING_AWAY : closeCodeFor(reason),
+      up ? closeCodeFor(reason) : CLOSE_INTERNAL_ERROR,
+      up ? CLOSE_GOING_AWAY : closeCodeFor(reason),
     );
     // The offending peer is failed: its socket is ended right after our close frame.
-    if (other.closeSent) dir.input.end();
-    else dir.input.destroy();
+    const input = up ? this.client : this.upstream!;
+    if (((up ? this.dF : this.uF) & F_CLOSE_SENT) !== 0) input.end();
+    else input.destroy();
   }
 
   /**
@@ -663,93 +921,94 @@ class WsConnection implements ProxiedConnection {
    * peer answers, or both are destroyed after the close timeout.
    */
   #startClosing(clientCode: number, backendCode: number): void {
-    if (this.#phase !== 'open' && this.#phase !== 'closing') return;
-    if (this.#phase === 'open') {
-      this.#phase = 'closing';
-      this.#closingSince = this.#proxy.ctx.clock.now();
+    if (this.phase !== OPEN && this.phase !== CLOSING) return;
+    if (this.phase === OPEN) {
+      this.phase = CLOSING;
+      this.due = Math.floor(this.proxy.ctx.clock.now());
     }
-    const down = this.#down!;
-    const up = this.#up!;
-    if (!down.closeSent && !down.closeSeen) down.inject(clientCode);
-    if (!up.closeSent && !up.closeSeen) up.inject(backendCode);
+    const sentOrSeen = F_CLOSE_SENT | F_CLOSE_SEEN;
+    if ((this.dF & sentOrSeen) === 0) this.#inject(false, clientCode);
+    if ((this.uF & sentOrSeen) === 0) this.#inject(true, backendCode);
     // A peer that already sent its close frame has nothing more to say; end it once our close is out.
-    if (up.closeSeen && down.closeSent && !this.#client.writableEnded) this.#client.end();
-    if (down.closeSeen && up.closeSent && !this.#upstream!.writableEnded) this.#upstream!.end();
+    if ((this.uF & F_CLOSE_SEEN) !== 0 && (this.dF & F_CLOSE_SENT) !== 0 && !this.client.writableEnded)
+      this.client.end();
+    const upstream = this.upstream!;
+    if ((this.dF & F_CLOSE_SEEN) !== 0 && (this.uF & F_CLOSE_SENT) !== 0 && !upstream.writableEnded)
+      upstream.end();
   }
 
-  /** Heartbeats, max age and close timeouts; called by the proxy's shared tick. */
-  tick(now: number): void {
-    const s = this.#proxy.settings;
-    if (this.#phase === 'closing') {
-      if (now - this.#closingSince >= s.closeTimeoutMs) this.destroy();
+  /** Heartbeats, max age and close timeouts; called by the proxy's shared tick (integer ms). */
+  tick(now: number, s: WebSocketSettings): void {
+    const phase = this.phase;
+    if (phase !== OPEN) {
+      if (phase === CLOSING && now - this.due >= s.closeTimeoutMs) this.destroy();
       return;
     }
-    if (this.#phase !== 'open') return;
-    if (now >= this.#ageDeadline) {
+    if (this.due !== 0 && now >= this.due) {
       this.leave('max-age');
       return;
     }
     const interval = s.pingIntervalMs;
     if (interval === undefined) return;
-    // Client leg.
-    if (this.#clientRx) {
-      this.#clientRx = false;
-      this.#clientPingAt = -1;
-      this.#clientOkAt = now;
-    } else if (this.#clientPingAt >= 0) {
-      if (now - this.#clientPingAt >= s.pingTimeoutMs) {
+    // Client leg: data from the client is its sign of life; pings go out in the down direction.
+    if ((this.uF & F_RX) !== 0) {
+      this.uF &= ~F_RX;
+      this.clientPingAt = -1;
+      this.clientOkAt = now;
+    } else if (this.clientPingAt >= 0) {
+      if (now - this.clientPingAt >= s.pingTimeoutMs) {
         this.#legDead(true);
         return;
       }
-    } else if (now - this.#clientOkAt >= interval) {
-      this.#clientPingAt = now;
-      this.#down!.inject(0);
+    } else if (now - this.clientOkAt >= interval) {
+      this.clientPingAt = now;
+      this.#inject(false, 0);
     }
     // Backend leg.
-    if (this.#backendRx) {
-      this.#backendRx = false;
-      this.#backendPingAt = -1;
-      this.#backendOkAt = now;
-    } else if (this.#backendPingAt >= 0) {
-      if (now - this.#backendPingAt >= s.pingTimeoutMs) this.#legDead(false);
-    } else if (now - this.#backendOkAt >= interval) {
-      this.#backendPingAt = now;
-      this.#up!.inject(0);
+    if ((this.dF & F_RX) !== 0) {
+      this.dF &= ~F_RX;
+      this.backendPingAt = -1;
+      this.backendOkAt = now;
+    } else if (this.backendPingAt >= 0) {
+      if (now - this.backendPingAt >= s.pingTimeoutMs) this.#legDead(false);
+    } else if (now - this.backendOkAt >= interval) {
+      this.backendPingAt = now;
+      this.#inject(true, 0);
     }
   }
 
   /** A leg missed its pong: free the other side in protocol terms, drop the dead one. */
   #legDead(client: boolean): void {
-    const proxy = this.#proxy;
+    const proxy = this.proxy;
     proxy.count(client ? 'ws-client-heartbeat-timeout' : 'ws-backend-heartbeat-timeout');
     proxy.ctx.log.info(
-      { service: proxy.ctx.cluster.name, backend: this.#backend?.key, leg: client ? 'client' : 'backend' },
+      { service: proxy.ctx.cluster.name, backend: this.backend?.key, leg: client ? 'client' : 'backend' },
       'WebSocket peer missed its heartbeat; closing',
     );
     if (client) {
-      this.#client.destroy();
+      this.client.destroy();
       this.#startClosing(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY);
     } else {
-      this.#upstream!.destroy();
+      this.upstream!.destroy();
       this.#startClosing(CLOSE_INTERNAL_ERROR, CLOSE_GOING_AWAY);
       // The client's answer ends it; if the backend was frozen mid-frame, no close can be sent.
-      if (!this.#down!.closeSent) this.#client.destroy();
+      if ((this.dF & F_CLOSE_SENT) === 0) this.client.destroy();
     }
   }
 
   leave(reason: LeaveReason): void {
-    if (this.#phase === 'open') {
+    if (this.phase === OPEN) {
       this.#startClosing(clientCodeFor(reason), CLOSE_GOING_AWAY);
-    } else if (this.#phase === 'handshake') {
+    } else if (this.phase === HANDSHAKE) {
       this.#endHandshake();
-      reject(this.#client, 503, 'the backend is going away; retry');
+      reject(this.client, 503, 'the backend is going away; retry');
       this.#fail();
     }
   }
 
   destroy(): void {
-    this.#client.destroy();
-    this.#upstream?.destroy();
-    if (this.#phase === 'handshake') this.#fail();
+    this.client.destroy();
+    this.upstream?.destroy();
+    if (this.phase === HANDSHAKE) this.#fail();
   }
 }

@@ -1,0 +1,181 @@
+/**
+ * Bench helper: what one idle proxied WebSocket retains in holdfast's heap.
+ * `node bench/_ws-heap.ts [N]`: starts the ws echo backend and holdfast (as
+ * shipped, through startHoldfast), opens 100 connections, takes a heap
+ * snapshot (SIGUSR2), opens N more (default 5000), takes another, and prints
+ * the difference grouped by constructor, in bytes per connection.
+ */
+import { fork, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cpuMs, ROOT, rssBytes, startHoldfast, tempDir } from './lib/peers.ts';
+
+const mode = process.argv[2] === 'cpu' ? 'cpu' : 'heap';
+const extra = Number(process.argv[mode === 'cpu' ? 3 : 2] ?? 5000);
+const cpuSeconds = Number(process.argv[4] ?? 30);
+
+interface Snapshot {
+  snapshot: { meta: { node_fields: string[]; node_types: [string[]] } };
+  nodes: number[];
+  strings: string[];
+}
+
+function groups(file: string): Map<string, { count: number; size: number }> {
+  const s = JSON.parse(readFileSync(file, 'utf8')) as Snapshot;
+  const f = s.snapshot.meta.node_fields;
+  const types = s.snapshot.meta.node_types[0];
+  const n = f.length;
+  const iType = f.indexOf('type');
+  const iName = f.indexOf('name');
+  const iSize = f.indexOf('self_size');
+  const out = new Map<string, { count: number; size: number }>();
+  for (let i = 0; i < s.nodes.length; i += n) {
+    const type = types[s.nodes[i + iType]!]!;
+    let name = s.strings[s.nodes[i + iName]!]!;
+    if (type === 'string' || type === 'concatenated string' || type === 'sliced string') name = '(string)';
+    else if (type === 'code') name = '(code)';
+    else if (name.length > 40) name = `${name.slice(0, 40)}…`;
+    const key = `${type}:${name}`;
+    const g = out.get(key) ?? { count: 0, size: 0 };
+    g.count++;
+    g.size += s.nodes[i + iSize]!;
+    out.set(key, g);
+  }
+  return out;
+}
+
+async function snap(pid: number, dir: string, have: number): Promise<string> {
+  process.kill(pid, 'SIGUSR2');
+  for (;;) {
+    await sleep(500);
+    const files = readdirSync(dir).filter((f) => f.endsWith('.heapsnapshot'));
+    if (files.length > have) {
+      const file = join(dir, files.sort()[files.length - 1]!);
+      // Wait until the file stops growing.
+      let size = -1;
+      for (;;) {
+        const now = readFileSync(file).length;
+        if (now === size) return file;
+        size = now;
+        await sleep(1000);
+      }
+    }
+  }
+}
+
+const dir = tempDir('ws-heap');
+process.chdir(dir);
+const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')], {
+  stdio: ['ignore', 'pipe', 'inherit'],
+});
+const [line] = (await once(backendProc.stdout, 'data')) as [Buffer];
+const backend = Number(line.toString().trim());
+const port = 20000 + Math.floor(Math.random() * 20000);
+process.env.HOLDFAST_BENCH_NODE_FLAGS = `--max-semi-space-size=2 ${mode === 'cpu' ? (process.env.NOPROF === undefined ? `--cpu-prof --cpu-prof-dir=${dir}` : '') : '--heapsnapshot-signal=SIGUSR2'}`;
+const hf = await startHoldfast(
+  [
+    'log: { level: warn }',
+    'services:',
+    '  - name: ws',
+    '    protocol: http',
+    `    listen: 127.0.0.1:${port}`,
+    `    backends: { static: [127.0.0.1:${backend}] }`,
+    `    websocket: { ping: ${process.env.WS_PING ?? '{ interval: 10s, timeout: 5s }'} }`,
+    '    maxConnectionAge: off',
+    '    drain: { timeout: 1s }',
+  ].join('\n'),
+  port,
+);
+const pid = hf.pids()[0]!;
+const clients = fork(join(ROOT, 'bench/_ws-clients.ts'), { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+function ask(msg: unknown): Promise<unknown> {
+  return new Promise((resolve) => {
+    clients.once('message', resolve);
+    clients.send(msg as never);
+  });
+}
+if (mode === 'cpu') {
+  await ask({ cmd: 'open', port, n: extra });
+  await sleep(12_000);
+  const st = (): number[] =>
+    readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(11, 13).map(Number);
+  const s0 = st();
+  const t0 = cpuMs(pid);
+  const w0 = performance.now();
+  const mark = Date.now();
+  await sleep(cpuSeconds * 1000);
+  const used = cpuMs(pid) - t0;
+  const s1 = st();
+  console.log(`utime ${(s1[0]! - s0[0]!) * 10} ms, stime ${(s1[1]! - s0[1]!) * 10} ms`);
+  console.log(`CPU ${((used / (performance.now() - w0)) * 100).toFixed(2)} % of a core over ${cpuSeconds} s`);
+  clients.kill('SIGKILL');
+  await hf.stop();
+  backendProc.kill('SIGKILL');
+  await sleep(1000);
+  if (process.env.NOPROF !== undefined) process.exit(0);
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  if (file === undefined) throw new Error('no profile');
+  interface Node {
+    id: number;
+    callFrame: { functionName: string; url: string; lineNumber: number };
+  }
+  const prof = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
+    nodes: Node[];
+    samples: number[];
+    timeDeltas: number[];
+    startTime: number;
+  };
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  // Profile clock is µs since an arbitrary origin; count only the measured window (the last samples).
+  let t = prof.startTime;
+  const times = prof.timeDeltas.map((d) => (t += d));
+  const end = times[times.length - 1]!;
+  const from = end - (Date.now() - mark) * 1000;
+  const to = from + cpuSeconds * 1e6;
+  let total = 0;
+  for (let i = 0; i < prof.samples.length; i++) {
+    if (times[i]! < from || times[i]! > to) continue;
+    const n = byId.get(prof.samples[i]!)!;
+    const f = n.callFrame;
+    if (f.functionName === '(idle)') continue;
+    const key = `${f.functionName || '(anon)'} ${f.url.replace(/.*\//, '')}:${f.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + (prof.timeDeltas[i] ?? 0));
+    total += prof.timeDeltas[i] ?? 0;
+  }
+  console.log(`sampled busy ${(total / 1000).toFixed(0)} ms`);
+  for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 30))
+    console.log(`${(v / 1000).toFixed(1).padStart(8)} ms  ${k}`);
+  process.exit(0);
+}
+try {
+  await ask({ cmd: 'open', port, n: 100 });
+  await sleep(1000);
+  const a = await snap(pid, dir, 0);
+  const rss0 = rssBytes(pid);
+  await ask({ cmd: 'open', port, n: extra });
+  await sleep(2000);
+  const rss1 = rssBytes(pid);
+  const b = await snap(pid, dir, 1);
+  const ga = groups(a);
+  const gb = groups(b);
+  const rows: [string, number, number][] = [];
+  let total = 0;
+  for (const [k, v] of gb) {
+    const o = ga.get(k) ?? { count: 0, size: 0 };
+    const d = v.size - o.size;
+    total += d;
+    if (Math.abs(d) / extra >= 8) rows.push([k, (v.count - o.count) / extra, d / extra]);
+  }
+  rows.sort((x, y) => y[2] - x[2]);
+  console.log(`RSS delta per connection: ${Math.round((rss1 - rss0) / extra)} B`);
+  console.log(`heap delta per connection: ${Math.round(total / extra)} B`);
+  console.log('| kind | objects/conn | bytes/conn |');
+  for (const [k, c, d] of rows) console.log(`| ${k} | ${c.toFixed(2)} | ${d.toFixed(0)} |`);
+} finally {
+  clients.kill('SIGKILL');
+  await hf.stop();
+  backendProc.kill('SIGKILL');
+}
