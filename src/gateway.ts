@@ -264,9 +264,9 @@ export class Gateway {
       {
         services: config.services.map((s) => s.name),
         listeners: [...this.listeners.keys()],
-        admin: config.admin === undefined ? undefined : formatHostPort(config.admin.listen),
+        admin: config.admin === undefined || this.#worker ? undefined : formatHostPort(config.admin.listen),
       },
-      initial ? 'holdfast started' : 'config reloaded',
+      initial ? (this.#worker ? 'worker started' : 'holdfast started') : 'config reloaded',
     );
   }
 

@@ -39,9 +39,13 @@ export class AdminServer {
           .writeHead(draining ? 503 : 200, { 'content-type': 'text/plain' })
           .end(draining ? 'draining\n' : 'ok\n');
       } else if (path === '/status') {
-        res
-          .writeHead(200, { 'content-type': 'application/json' })
-          .end(`${JSON.stringify(state.status(), null, 2)}\n`);
+        Promise.resolve(state.status()).then(
+          (status) =>
+            res
+              .writeHead(200, { 'content-type': 'application/json' })
+              .end(`${JSON.stringify(status, null, 2)}\n`),
+          (err: unknown) => res.writeHead(500).end(`status failed: ${String(err)}\n`),
+        );
       } else {
         res
           .writeHead(404, { 'content-type': 'text/plain' })

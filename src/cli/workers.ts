@@ -227,6 +227,8 @@ export async function runWorker(opts: { config: Config; log: Logger }): Promise<
     process.send?.({ type: 'holdfast:failed', error: err instanceof Error ? err.message : String(err) });
     process.exit(1);
   }
+  // Constructing one installs prom-client's answer to the primary's metrics requests.
+  new AggregatorRegistry();
   AggregatorRegistry.setRegistries([gateway.metrics]);
   let stopping = false;
   const shutdown = (): void => {
