@@ -42,7 +42,7 @@ test('two workers share the port, balance, reload, restart a dead worker and dra
   const [port = 0, admin = 0] = await freePorts(2);
   const file = writeConfig(yaml(port, admin, bs.slice(0, 2)));
   const proc = runHoldfast(['serve', '--config', file, '--json']);
-  cleanups.push(() => void proc.kill('SIGKILL'));
+  cleanups.push(() => proc.kill('SIGKILL'));
   await proc.waitForLog('holdfast started', 20_000);
 
   // Balance: per-worker least-connections keeps the total within a connection or two per backend.
