@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- websocket [--json] [--conns 5000] [--seconds 3] [--cpu-seconds 10]`
+ * `npm run bench -- websocket [--json] [--conns 5000] [--seconds 3] [--cpu-seconds 20] [--runs 3]`
  *
  * holdfast side by side with nginx and HAProxy (each measured in this run,
  * one worker/thread each, the same ws echo backend), every party in its own
@@ -7,7 +7,11 @@
  * flight each), memory per idle proxied WebSocket with N open (RSS delta of
  * the proxy process / N), and the proxy's CPU over an idle window with N
  * open — for holdfast that is the cost of its heartbeats (10 s interval,
- * both legs); nginx and HAProxy send none. Missing peers are reported and skipped.
+ * both legs); nginx and HAProxy send none. The CPU window starts once the
+ * connections are set up and spans whole heartbeat intervals (default 2).
+ * holdfast starts as shipped (bench/lib/peers.ts startHoldfast: the launcher's
+ * V8 flags). Runs are interleaved (holdfast, nginx, haproxy, holdfast, …) and
+ * medians reported. Missing peers are reported and skipped.
  */
 import { type ChildProcess, fork, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -16,6 +20,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { median, startHoldfast } from './lib/peers.ts';
 import type { BenchArgs } from './run.ts';
 
 const ROOT = new URL('../', import.meta.url).pathname;
@@ -75,10 +80,27 @@ async function waitListening(port: number, child: ChildProcess): Promise<void> {
   throw new Error(`nothing listening on ${port}`);
 }
 
+interface Started {
+  pid: number;
+  stop(): Promise<void>;
+}
+
 interface Peer {
   name: string;
   version: string;
-  start(port: number, backend: number, dir: string): ChildProcess;
+  start(port: number, backend: number, dir: string): Promise<Started>;
+}
+
+/** A peer spawned here: wait until it listens. */
+async function spawned(child: ChildProcess, port: number): Promise<Started> {
+  await waitListening(port, child);
+  return {
+    pid: child.pid!,
+    stop: async () => {
+      child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) await once(child, 'exit').catch(() => {});
+    },
+  };
 }
 
 function peers(): { available: Peer[]; missing: string[] } {
@@ -87,10 +109,8 @@ function peers(): { available: Peer[]; missing: string[] } {
   available.push({
     name: 'holdfast',
     version: `node ${process.versions.node}`,
-    start(port, backend, dir) {
-      const file = join(dir, 'holdfast.yaml');
-      writeFileSync(
-        file,
+    async start(port, backend) {
+      const hf = await startHoldfast(
         [
           'log: { level: warn }',
           'services:',
@@ -101,10 +121,9 @@ function peers(): { available: Peer[]; missing: string[] } {
           '    websocket: { ping: { interval: 10s, timeout: 5s } }',
           '    maxConnectionAge: off',
         ].join('\n'),
+        port,
       );
-      return spawn(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'serve', '--config', file, '--json'], {
-        stdio: 'ignore',
-      });
+      return { pid: hf.pids()[0]!, stop: () => hf.stop() };
     },
   });
   const nginx = which('nginx');
@@ -135,7 +154,7 @@ http {
 }
 `,
         );
-        return spawn(nginx, ['-p', dir, '-c', join(dir, 'nginx.conf')], { stdio: 'ignore' });
+        return spawned(spawn(nginx, ['-p', dir, '-c', join(dir, 'nginx.conf')], { stdio: 'ignore' }), port);
       },
     });
   }
@@ -166,7 +185,7 @@ backend be
   server s1 127.0.0.1:${backend}
 `,
         );
-        return spawn(haproxy, ['-f', join(dir, 'haproxy.cfg'), '-db'], { stdio: 'ignore' });
+        return spawned(spawn(haproxy, ['-f', join(dir, 'haproxy.cfg'), '-db'], { stdio: 'ignore' }), port);
       },
     });
   }
@@ -188,13 +207,15 @@ export async function run(args: BenchArgs): Promise<void> {
     options: {
       conns: { type: 'string', default: '5000' },
       seconds: { type: 'string', default: '3' },
-      'cpu-seconds': { type: 'string', default: '10' },
+      'cpu-seconds': { type: 'string', default: '20' },
+      runs: { type: 'string', default: '3' },
     },
     strict: false,
   });
   const idleConns = Number(values.conns);
   const seconds = Number(values.seconds);
   const cpuSeconds = Number(values['cpu-seconds']);
+  const runs = Number(values.runs);
   const dir = mkdtempSync(join(tmpdir(), 'holdfast-bench-ws-'));
   const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -218,56 +239,81 @@ export async function run(args: BenchArgs): Promise<void> {
     if (args.json) console.log(JSON.stringify(r));
     else console.log(`skipped ${name}: not installed`);
   }
+  const samples = new Map<string, Result[]>(available.map((p) => [p.name, []]));
   try {
-    for (const peer of available) {
-      const port = await freePort();
-      debug(`starting ${peer.name}`);
-      const proc = peer.start(port, backend, dir);
-      const r: Result = { bench: 'websocket', proxy: peer.name, version: peer.version };
-      try {
-        await waitListening(port, proc);
-        debug('listening');
-        await sleep(500);
-        const pid = proc.pid!;
-        const before = rssBytes(pid);
-        await ask(clients, { cmd: 'open', port, n: idleConns });
-        debug('opened');
-        await sleep(2000);
-        r.idleConnections = idleConns;
-        r.memoryPerIdleBytes = Math.round((rssBytes(pid) - before) / idleConns);
-        const t0 = cpuTicks(pid);
-        const w0 = performance.now();
-        await sleep(cpuSeconds * 1000);
-        const ticks = cpuTicks(pid) - t0;
-        r.idleCpuPercentOfCore = Number(((ticks / 100 / ((performance.now() - w0) / 1000)) * 100).toFixed(2));
-        debug('cpu measured');
-        await ask(clients, { cmd: 'close' });
-        await sleep(500);
-        const t = await ask<{ msgsPerSec: number }>(clients, {
-          cmd: 'throughput',
-          port,
-          conns: 50,
-          seconds,
-          size: 1024,
-          window: 16,
-        });
-        r.throughputMsgsPerSec = Math.round(t.msgsPerSec);
-      } catch (err) {
-        r.skipped = `failed: ${String(err)}`;
-      } finally {
-        proc.kill('SIGKILL');
-        await once(proc, 'exit').catch(() => {});
+    for (let run = 0; run < runs; run++) {
+      for (const peer of available) {
+        const port = await freePort();
+        debug(`run ${run + 1}: starting ${peer.name}`);
+        const r: Result = { bench: 'websocket', proxy: peer.name, version: peer.version };
+        let started: Started | undefined;
+        try {
+          started = await peer.start(port, backend, dir);
+          debug('listening');
+          await sleep(500);
+          const pid = started.pid;
+          const before = rssBytes(pid);
+          await ask(clients, { cmd: 'open', port, n: idleConns });
+          debug('opened');
+          await sleep(2000);
+          r.idleConnections = idleConns;
+          r.memoryPerIdleBytes = Math.round((rssBytes(pid) - before) / idleConns);
+          // The connections are set up; measure over whole heartbeat intervals.
+          const t0 = cpuTicks(pid);
+          const w0 = performance.now();
+          await sleep(cpuSeconds * 1000);
+          const ticks = cpuTicks(pid) - t0;
+          r.idleCpuPercentOfCore = Number(
+            ((ticks / 100 / ((performance.now() - w0) / 1000)) * 100).toFixed(2),
+          );
+          debug('cpu measured');
+          await ask(clients, { cmd: 'close' });
+          await sleep(500);
+          const t = await ask<{ msgsPerSec: number }>(clients, {
+            cmd: 'throughput',
+            port,
+            conns: 50,
+            seconds,
+            size: 1024,
+            window: 16,
+          });
+          r.throughputMsgsPerSec = Math.round(t.msgsPerSec);
+        } catch (err) {
+          r.skipped = `failed: ${String(err)}`;
+        } finally {
+          await started?.stop();
+        }
+        samples.get(peer.name)!.push(r);
+        if (args.json) console.log(JSON.stringify({ ...r, run: run + 1 }));
+        else debug(JSON.stringify(r));
       }
-      results.push(r);
-      if (args.json) console.log(JSON.stringify(r));
     }
   } finally {
     clients.kill('SIGKILL');
     backendProc.kill('SIGKILL');
   }
+  for (const peer of available) {
+    const rs = samples.get(peer.name)!.filter((r) => r.skipped === undefined);
+    const pick = (f: (r: Result) => number | undefined): number | undefined => {
+      const xs = rs.map(f).filter((x): x is number => x !== undefined);
+      return xs.length === 0 ? undefined : median(xs);
+    };
+    const r: Result = {
+      bench: 'websocket',
+      proxy: peer.name,
+      version: peer.version,
+      idleConnections: idleConns,
+      throughputMsgsPerSec: pick((x) => x.throughputMsgsPerSec),
+      memoryPerIdleBytes: pick((x) => x.memoryPerIdleBytes),
+      idleCpuPercentOfCore: pick((x) => x.idleCpuPercentOfCore),
+    };
+    if (rs.length === 0) r.skipped = samples.get(peer.name)![0]?.skipped ?? 'no run';
+    results.push(r);
+    if (args.json) console.log(JSON.stringify({ ...r, median: true, runs }));
+  }
   if (!args.json) {
     console.log(
-      `\nwebsocket relay, ${idleConns} idle connections, 1 KiB messages (msgs/s are echoed round trips)\n`,
+      `\nwebsocket relay, ${idleConns} idle connections, 1 KiB messages (msgs/s are echoed round trips); medians of ${runs} runs, idle CPU over ${cpuSeconds} s\n`,
     );
     console.log('| proxy | version | relay msgs/s | memory per idle WS | idle CPU (% of a core) |');
     console.log('| --- | --- | ---: | ---: | ---: |');

@@ -289,6 +289,8 @@ const F_CLOSE_SEEN = 64;
 const F_COMPRESSION = 128;
 /** Data arrived from the input peer since the last heartbeat check. */
 const F_RX = 256;
+/** The output has its 'drain' listener (added at the first backpressure; idle connections never need one). */
+const F_DRAIN = 512;
 
 /**
  * Listeners are module-level functions that find their connection through
@@ -388,7 +390,8 @@ class WsConnection implements ProxiedConnection {
     this.hs = hs;
     this.openedAt = Math.floor(proxy.ctx.clock.now());
     this.clientOkAt = this.backendOkAt = this.openedAt;
-    client.on('error', noop);
+    // The HTTP listener usually has one already; a second would turn the listener slot into an array.
+    if (client.listenerCount('error') === 0) client.on('error', noop);
     client.on('close', onClientClose);
     proxy.upgradeStarted();
   }
@@ -622,8 +625,6 @@ class WsConnection implements ProxiedConnection {
     proxy.opened(this);
     client.on('data', onClientData);
     upstream.on('data', onUpstreamData);
-    client.on('drain', onClientDrain);
-    upstream.on('drain', onUpstreamDrain);
     client.on('end', onClientEnd);
     upstream.on('end', onUpstreamEnd);
     if (rest.length > 0) onUpstreamData.call(upstream, rest);
@@ -792,7 +793,19 @@ class WsConnection implements ProxiedConnection {
   /** Relay bytes to the direction's output. */
   #forward(up: boolean, bytes: Buffer): boolean {
     const out = up ? this.upstream! : this.client;
-    return out.writableEnded ? true : out.write(bytes);
+    if (out.writableEnded) return true;
+    if (out.write(bytes)) return true;
+    // Backpressure: the input pauses until the output drains; its listener is added on first need.
+    if (((up ? this.uF : this.dF) & F_DRAIN) === 0) {
+      if (up) {
+        this.uF |= F_DRAIN;
+        out.on('drain', onUpstreamDrain);
+      } else {
+        this.dF |= F_DRAIN;
+        out.on('drain', onClientDrain);
+      }
+    }
+    return false;
   }
 
   #check(up: boolean, b0: number, opcode: number, masked: boolean, plen: number): FrameError | undefined {
