@@ -212,7 +212,9 @@ class Exchange implements ProxiedConnection, ResponseSink {
     const plane = this.#plane;
     const down = this.#down;
     const cluster = plane.ctx.cluster;
-    const backend = cluster.pick({ ...down.pick, now: plane.ctx.clock.now() }, this.#tried);
+    const pick = down.pick;
+    pick.now = plane.ctx.clock.now();
+    const backend = cluster.pick(pick, this.#tried);
     if (backend === undefined) {
       const last = this.#lastFailure;
       const kind: ProxyFailure =
@@ -233,7 +235,7 @@ class Exchange implements ProxiedConnection, ResponseSink {
         method: down.method,
         path: down.path,
         authority: down.authority,
-        headers: { ...down.headers },
+        headers: down.headers, // upstreams only add what is the same on every attempt
         body: down.body,
       },
       this,

@@ -20,25 +20,23 @@ const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
 /** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
 const IDLE_MS = 30_000;
 
+/** The body goes chunked: there is one and no Content-Length says how long. */
+function chunkedBody(req: UpstreamRequest): boolean {
+  return req.body !== undefined && req.headers['content-length'] === undefined;
+}
+
 /** Serialize a request head: start line, host, forwarded headers, framing. */
-function requestHead(req: UpstreamRequest): { head: string; chunked: boolean } {
+function requestHead(req: UpstreamRequest, chunked: boolean): string {
   let head = `${req.method} ${req.path} HTTP/1.1\r\n`;
   if (req.authority !== undefined) head += `host: ${req.authority}\r\n`;
   const headers = req.headers;
-  let hasLength = false;
   for (const name in headers) {
     if (name === 'host' || name === 'expect' || name.charCodeAt(0) === 58) continue;
     const v = headers[name]!;
-    if (name === 'content-length') hasLength = true;
     if (typeof v === 'string') head += `${name}: ${v}\r\n`;
     else for (const one of v) head += `${name}: ${one}\r\n`;
   }
-  let chunked = false;
-  if (req.body !== undefined && !hasLength) {
-    head += 'transfer-encoding: chunked\r\n';
-    chunked = true;
-  }
-  return { head: `${head}\r\n`, chunked };
+  return chunked ? `${head}transfer-encoding: chunked\r\n\r\n` : `${head}\r\n`;
 }
 
 /** One request on one pooled socket. */
@@ -165,7 +163,8 @@ class Conn {
   write(call: Call): void {
     this.call = call;
     call.conn = this;
-    const { head, chunked } = requestHead(call.req);
+    const chunked = chunkedBody(call.req);
+    const head = requestHead(call.req, chunked);
     call.chunkedBody = chunked;
     const body = call.req.body;
     if (body === undefined) {

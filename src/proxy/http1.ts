@@ -33,6 +33,8 @@ import {
 const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'trailer']);
 /** Bytes of pipelined requests buffered while one is served; beyond, the socket is paused. */
 const PIPELINE_BUFFER = 65_536;
+/** A request head must arrive whole within this (node:http's headersTimeout). */
+const HEAD_TIMEOUT_MS = 30_000;
 const ignore = (): void => {};
 const CONTINUE = Buffer.from('HTTP/1.1 100 Continue\r\n\r\n');
 
@@ -95,8 +97,18 @@ class ClientConn implements ChunkSink {
   #processing = false;
   leaving: boolean;
   #ageTimer: Timer | undefined;
+  #headTimer: Timer | undefined;
   #gone = false;
   readonly https: boolean;
+  readonly proto: string;
+  readonly ip: string;
+  readonly port: number | undefined;
+  readonly localIp: string | undefined;
+  readonly localPort: number | undefined;
+  #fwdHost: string | undefined;
+  #fwd = '';
+  /** Responses written whose last byte is not flushed yet, oldest first. */
+  readonly #flushing: Http1Downstream[] = [];
 
   constructor(handler: Http1Handler, socket: Socket, toUpgrade: (socket: Socket) => void) {
     this.handler = handler;
@@ -104,13 +116,46 @@ class ClientConn implements ChunkSink {
     this.#toUpgrade = toUpgrade;
     this.leaving = handler.draining;
     this.https = (socket as Socket & { encrypted?: boolean }).encrypted === true;
+    this.proto = this.https ? 'https' : 'http';
+    this.ip = socket.remoteAddress ?? 'unknown';
+    this.port = socket.remotePort;
+    this.localIp = socket.localAddress;
+    this.localPort = socket.localPort;
     socket.setNoDelay(true);
     socket.on('data', this.#onData);
-    if (handler.idleMs > 0) socket.setTimeout(handler.idleMs, this.#onIdle);
+    // Set once: socket activity re-arms it (re-setting it per request would add a listener each time).
+    socket.on('timeout', this.#onIdle);
+    if (handler.idleMs > 0) socket.setTimeout(handler.idleMs);
     if (handler.maxAgeMs > 0) {
       this.#ageTimer = handler.plane.ctx.clock.setTimer(() => this.leave(), jittered(handler.maxAgeMs, 0.1));
     }
   }
+
+  /** This hop's `Forwarded` element (cached while the Host stays the same). */
+  forwardedFor(host: string | undefined): string {
+    if (host !== this.#fwdHost || this.#fwd === '') {
+      const node = this.ip.includes(':') ? `"[${this.ip}]"` : this.ip;
+      this.#fwdHost = host;
+      this.#fwd = `for=${node};proto=${this.proto}`;
+      if (host !== undefined) this.#fwd += `;host="${host.replace(/["\\]/g, '')}"`;
+    }
+    return this.#fwd;
+  }
+
+  /** Write a response's last bytes; the request completes once they are flushed. */
+  writeLast(down: Http1Downstream, tail: string): void {
+    const socket = this.socket;
+    if (tail.length === 0 && socket.writableLength === 0 && this.#flushing.length === 0) {
+      down.closed(true);
+      return;
+    }
+    this.#flushing.push(down);
+    socket.write(tail, 'latin1', this.#onFlushed);
+  }
+
+  readonly #onFlushed = (err?: Error | null): void => {
+    this.#flushing.shift()?.closed(err == null);
+  };
 
   leave(): void {
     if (this.#gone) return;
@@ -121,12 +166,21 @@ class ClientConn implements ChunkSink {
   readonly #onIdle = (): void => {
     // A request in flight may wait for a slow backend: only idle connections time out.
     if (this.cur === undefined) this.socket.destroy();
-    else this.socket.setTimeout(this.handler.idleMs, this.#onIdle);
   };
+
+  /** A head that does not complete within HEAD_TIMEOUT_MS (slowloris) closes the connection. */
+  #watchHead(): void {
+    if (this.#headTimer !== undefined) return;
+    this.#headTimer = this.handler.plane.ctx.clock.setTimer(() => {
+      this.#headTimer = undefined;
+      if (this.cur === undefined && this.#buf !== undefined && this.#buf.length > 0) this.socket.destroy();
+    }, HEAD_TIMEOUT_MS);
+  }
 
   closed(): void {
     this.#gone = true;
     this.#ageTimer?.cancel();
+    this.#headTimer?.cancel();
     const cur = this.cur;
     if (cur !== undefined) {
       this.cur = undefined;
@@ -182,8 +236,13 @@ class ClientConn implements ChunkSink {
   #startRequest(buf: Buffer): void {
     const head = parseHead(buf, 0, true, this.handler.limits);
     if (head === undefined) {
-      this.socket.setTimeout(Math.min(this.handler.idleMs || 30_000, 30_000), this.#onIdle);
-      return void (this.#buf = buf.length === 0 ? undefined : buf) as void;
+      this.#buf = buf;
+      this.#watchHead();
+      return;
+    }
+    if (this.#headTimer !== undefined) {
+      this.#headTimer.cancel();
+      this.#headTimer = undefined;
     }
     const h = head.headers;
     if (h.upgrade !== undefined && hasToken(String(h.connection ?? '').toLowerCase(), 'upgrade')) {
@@ -191,6 +250,7 @@ class ClientConn implements ChunkSink {
       this.#buf = undefined;
       this.socket.removeListener('data', this.#onData);
       this.socket.setTimeout(0);
+      this.socket.removeListener('timeout', this.#onIdle);
       this.socket.unshift(buf);
       this.#gone = true;
       this.#ageTimer?.cancel();
@@ -208,7 +268,6 @@ class ClientConn implements ChunkSink {
       this.#gone = true;
       return;
     }
-    if (this.handler.idleMs > 0) this.socket.setTimeout(this.handler.idleMs, this.#onIdle);
     const hasBody = head.chunked || head.contentLength > 0;
     const down = new Http1Downstream(this, head, hasBody, expect !== undefined);
     this.cur = down;
@@ -320,7 +379,12 @@ class Http1Downstream implements Downstream {
     const headers = forwardableHeaders(h);
     delete headers.expect;
     const socket = conn.socket;
-    appendForwarded(headers, { ip: socket.remoteAddress, proto: conn.https ? 'https' : 'http', host });
+    if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined) {
+      // The common case, from strings cached on the connection.
+      headers['x-forwarded-for'] = conn.ip;
+      if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = conn.proto;
+      headers.forwarded = conn.forwardedFor(host);
+    } else appendForwarded(headers, { ip: conn.ip, proto: conn.proto, host });
     this.headers = headers;
     this.bodyDone = !hasBody;
     if (hasBody) {
@@ -335,10 +399,10 @@ class Http1Downstream implements Downstream {
     } else this.body = undefined;
     this.pick = {
       now: 0,
-      clientIp: socket.remoteAddress,
-      clientPort: socket.remotePort,
-      localIp: socket.localAddress,
-      localPort: socket.localPort,
+      clientIp: conn.ip,
+      clientPort: conn.port,
+      localIp: conn.localIp,
+      localPort: conn.localPort,
       host,
       path: this.path,
       headers: h,
@@ -449,12 +513,8 @@ class Http1Downstream implements Downstream {
       }
       tail += '\r\n';
     }
-    const keepAlive = this.#keepAlive;
-    const done = (err?: Error | null): void => this.closed(err == null);
-    if (tail.length > 0) socket.write(tail, 'latin1', done);
-    else if (socket.writableLength === 0) queueMicrotask(done);
-    else socket.write(Buffer.alloc(0), done);
-    this.#conn.responseDone(this, keepAlive);
+    this.#conn.writeLast(this, tail);
+    this.#conn.responseDone(this, this.#keepAlive);
   }
 
   fail(kind: ProxyFailure): void {
