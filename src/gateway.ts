@@ -55,7 +55,7 @@ const handlers: Record<ServiceConfig['protocol'], HandlerFactory | undefined> = 
       get live() {
         return proxy.live;
       },
-      configure: (next) => void (proxy.settings = tcpSettings(next)),
+      configure: (next) => proxy.configure(tcpSettings(next)),
     };
   },
   http(cluster, config, clock, log) {

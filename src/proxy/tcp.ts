@@ -5,6 +5,7 @@ import type { Backend } from '../cluster/backend.ts';
 import type { Clock, Timer } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
+import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import { SourceAddressPool } from './source-address.ts';
 
@@ -18,6 +19,7 @@ export interface TcpSettings {
   sources: SourceAddressPool;
   /** Most backends tried for one client before giving up. */
   maxAttempts: number;
+  rebalance: RebalanceSettings | undefined;
 }
 
 export function tcpSettings(config: ServiceConfig): TcpSettings {
@@ -28,6 +30,7 @@ export function tcpSettings(config: ServiceConfig): TcpSettings {
     maxConnections: config.limits.maxConnections,
     sources: new SourceAddressPool(config.sourceAddresses),
     maxAttempts: 3,
+    rebalance: config.rebalance,
   };
 }
 
@@ -58,11 +61,34 @@ export class TcpProxy {
   readonly clock: Clock;
   readonly log: Logger;
 
+  /**
+   * Gradual rebalancing (`rebalance:`, off when absent): after scale-out, the
+   * most loaded backends ask a few connections at a time to leave (FIN both
+   * ways) so that reconnecting clients land on the least loaded ones. Never a
+   * connection that persistence or hashing holds on its backend.
+   */
+  readonly rebalancer: Rebalancer;
+
   constructor(cluster: Cluster, settings: TcpSettings, clock: Clock, log: Logger) {
     this.cluster = cluster;
     this.settings = settings;
     this.clock = clock;
     this.log = log;
+    this.rebalancer = new Rebalancer(cluster, {
+      clock,
+      log,
+      settings: settings.rebalance,
+      isHeld: (conn, backend) =>
+        conn instanceof TcpConnection &&
+        cluster.affinity(new SocketPickContext(conn.client, clock.now())) === backend,
+    });
+  }
+
+  /** Apply a reloaded config to new connections (and to rebalancing). */
+  configure(settings: TcpSettings): void {
+    this.settings = settings;
+    this.rebalancer.configure(settings.rebalance);
+    if (this.live > 0) this.rebalancer.start();
   }
 
   /** Listener callback: take a freshly accepted (paused) client socket. */
@@ -74,14 +100,14 @@ export class TcpProxy {
       return;
     }
     this.stats.accepted++;
-    this.live++;
+    if (this.live++ === 0) this.rebalancer.start();
     if (s.keepAliveMs !== undefined) client.setKeepAlive(true, s.keepAliveMs);
     new TcpConnection(this, client).start();
   };
 
   /** Called once per client connection when it is fully closed. */
   done(): void {
-    this.live--;
+    if (--this.live === 0) this.rebalancer.stop();
     this.stats.closed++;
   }
 
