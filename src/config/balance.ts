@@ -7,21 +7,7 @@
  */
 import { z } from 'zod';
 import type { BalancerOptions } from '../balance/index.ts';
-import { parseDuration } from './duration.ts';
-
-const duration = z
-  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
-  .transform((text, ctx): number => {
-    const ms = parseDuration(text);
-    if (ms === undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
+import { duration } from './fields.ts';
 
 const netmask = z.union([z.number().int().min(0).max(32), z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/)], {
   error: 'a netmask is a prefix length 0-32 (24) or a dotted mask ("255.255.255.0")',

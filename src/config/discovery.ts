@@ -6,7 +6,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { type HostPort, parseHostPort } from './address.ts';
-import { durationMs } from './health.ts';
+import { duration as durationMs } from './fields.ts';
 
 const port = z.number().int().min(1).max(65535);
 

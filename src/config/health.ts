@@ -3,22 +3,9 @@
  * (`outlierDetection:`) of a service. Documented in docs/health.md.
  */
 import { z } from 'zod';
-import { parseDuration } from './duration.ts';
+import { duration as durationMs } from './fields.ts';
 
 /** A duration written with its unit (500ms, 5s, 1m), as milliseconds. */
-export const durationMs = z
-  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
-  .transform((text, ctx): number => {
-    const ms = parseDuration(text);
-    if (ms === undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
 
 const positiveInt = z.number().int().positive();
 

@@ -3,46 +3,15 @@
  * by checks outside the repository: extend it, never rename fields.
  * Documented in docs/config.md.
  */
-import { isIP } from 'node:net';
 import { z } from 'zod';
 import { BALANCE_POLICIES, createBalancer } from '../balance/index.ts';
 import { ConfigError, HoldfastError } from '../errors.ts';
 import { balanceFields, balancerOptions } from './balance.ts';
-import { type HostPort, parseHostPort } from './address.ts';
 import { dnsSourceSchema, fileSourceSchema, kubernetesSourceSchema } from './discovery.ts';
-import { parseDuration } from './duration.ts';
+import { duration, hostPort, ipAddress } from './fields.ts';
 import { healthSchema, outlierSchema } from './health.ts';
 import { httpServiceFields } from './http.ts';
 import { maxConnectionAgeSchema, rebalanceSchema, websocketSchema } from './websocket.ts';
-
-const duration = z
-  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
-  .transform((text, ctx): number => {
-    const ms = parseDuration(text);
-    if (ms === undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
-
-const hostPort = z
-  .string({ error: 'write an address as host:port, for example 127.0.0.1:7000' })
-  .transform((text, ctx): HostPort => {
-    const parsed = parseHostPort(text);
-    if (typeof parsed === 'string') {
-      ctx.addIssue({ code: 'custom', message: parsed });
-      return z.NEVER;
-    }
-    return parsed;
-  });
-
-const ipAddress = z
-  .string()
-  .refine((s) => isIP(s) !== 0, { error: (issue) => `"${String(issue.input)}" is not an IP address` });
 
 const positiveInt = z.number().int().positive();
 
