@@ -16,6 +16,9 @@ export interface KeepaliveOptions {
   jitter: number;
 }
 
+/** Connection-level HTTP/2 flow-control window the proxy opens on every session, both sides. */
+export const SESSION_WINDOW = 16 << 20;
+
 /** Randomise `ms` by ± `jitter` (a share). */
 export function jittered(ms: number, jitter: number): number {
   return Math.max(1, Math.round(ms * (1 + jitter * (2 * Math.random() - 1))));

@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { Backend } from '../cluster/backend.ts';
 import type { Clock } from '../cluster/clock.ts';
 import type { KeepaliveOptions } from './http-keepalive.ts';
-import { startKeepalive } from './http-keepalive.ts';
+import { SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
 import type { HeaderMap } from './http-headers.ts';
 import { type ProxyFailure, UpstreamError } from './http-errors.ts';
 
@@ -136,6 +136,13 @@ export class Http2Upstream implements Upstream {
       if (i >= 0) list.splice(i, 1);
     };
     session.on('error', () => {});
+    session.once('connect', () => {
+      try {
+        session.setLocalWindowSize(SESSION_WINDOW);
+      } catch {
+        // closed meanwhile
+      }
+    });
     session.on('goaway', (_code: number, last: number) => {
       entry.goaway = last;
       remove();

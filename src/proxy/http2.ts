@@ -20,7 +20,9 @@ import type { Http2Handler } from './http.ts';
 import { errorReply, grpcErrorHeaders, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
 import { appendForwarded, forwardableHeaders, type HeaderMap, isGrpc, maxAge } from './http-headers.ts';
-import { jittered, startKeepalive } from './http-keepalive.ts';
+import { jittered, SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
+
+const ignore = (): void => {};
 
 export class Http2DownstreamHandler implements Http2Handler {
   readonly #plane: HttpPlane;
@@ -89,7 +91,13 @@ export class Http2DownstreamHandler implements Http2Handler {
       return;
     }
     this.#sessions.add(session);
-    session.on('error', () => {});
+    session.on('error', ignore);
+    // A wide connection window, so many concurrent request bodies are not throttled by it.
+    try {
+      session.setLocalWindowSize(SESSION_WINDOW);
+    } catch {
+      // not connected any more: nothing to widen
+    }
     session.on('frameError', () => plane.count('h2-frame-error'));
     session.on('goaway', (code: number) => {
       if (code === h2c.NGHTTP2_ENHANCE_YOUR_CALM) plane.count('h2-enhance-your-calm');
@@ -120,7 +128,7 @@ export class Http2DownstreamHandler implements Http2Handler {
   }
 
   #onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
-    stream.on('error', () => {});
+    stream.on('error', ignore);
     const method = headers[':method'];
     if (method === 'CONNECT') {
       stream.respond({ ':status': 405, 'x-holdfast-error': 'connect-not-supported' }, { endStream: true });
@@ -141,6 +149,8 @@ class Http2Downstream implements Downstream {
   readonly #stream: ServerHttp2Stream;
   #trailers: HeaderMap | undefined;
   #wantTrailers = false;
+  /** The first body chunk, held so that a one-chunk response goes out with its end. */
+  #first: Buffer | undefined;
 
   constructor(stream: ServerHttp2Stream, h: IncomingHttpHeaders, flags: number) {
     this.#stream = stream;
@@ -164,11 +174,11 @@ class Http2Downstream implements Downstream {
       path: this.path,
       headers: h,
     };
-    stream.on('wantTrailers', () => {
-      const t = this.#trailers;
-      stream.sendTrailers(t ?? {});
-    });
   }
+
+  readonly #sendTrailers = (): void => {
+    this.#stream.sendTrailers(this.#trailers ?? {});
+  };
 
   get gone(): boolean {
     return this.#stream.destroyed;
@@ -183,11 +193,27 @@ class Http2Downstream implements Downstream {
     // other responses end with their last DATA frame.
     this.#wantTrailers =
       !endStream && (this.grpc || isGrpc(headers['content-type']) || headers.trailer !== undefined);
+    if (this.#wantTrailers) stream.once('wantTrailers', this.#sendTrailers);
     stream.respond(out, endStream ? { endStream: true } : { waitForTrailers: this.#wantTrailers });
   }
 
   write(chunk: Buffer): boolean {
-    return this.#stream.destroyed ? true : this.#stream.write(chunk);
+    const stream = this.#stream;
+    if (stream.destroyed) return true;
+    if (!this.#wantTrailers && this.#first === undefined && stream.writableLength === 0) {
+      // Held until the next chunk or the end: a small response leaves in one call.
+      this.#first = chunk;
+      return true;
+    }
+    this.#flushFirst();
+    return stream.write(chunk);
+  }
+
+  #flushFirst(): void {
+    const first = this.#first;
+    if (first === undefined) return;
+    this.#first = undefined;
+    this.#stream.write(first);
   }
 
   onDrain(fn: () => void): void {
@@ -198,12 +224,16 @@ class Http2Downstream implements Downstream {
     const stream = this.#stream;
     if (stream.destroyed || stream.writableEnded) return;
     if (trailers !== undefined) this.#trailers = forwardableHeaders(trailers);
-    stream.end();
+    const first = this.#first;
+    this.#first = undefined;
+    if (first !== undefined) stream.end(first);
+    else stream.end();
   }
 
   fail(kind: ProxyFailure): void {
     const stream = this.#stream;
     if (stream.destroyed) return;
+    this.#flushFirst();
     if (!stream.headersSent) {
       if (this.grpc) {
         stream.respond({ ':status': 200, ...grpcErrorHeaders(kind) }, { endStream: true });
