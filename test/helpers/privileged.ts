@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 export function privilegedSkipReason(tools: readonly string[] = ['nft']): string | undefined {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces / nftables)';
   for (const tool of tools) {
-    const r = spawnSync(tool, ['--version'], { encoding: 'utf8' });
+    const r = spawnSync(tool, [tool === 'ip' ? '-V' : '--version'], { encoding: 'utf8' });
     if (r.error !== undefined || r.status !== 0) {
       return `needs ${tool} (apt-get install ${tool === 'nft' ? 'nftables' : 'iproute2'})`;
     }

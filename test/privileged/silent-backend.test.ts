@@ -1,0 +1,99 @@
+/**
+ * A backend host that vanishes without a FIN (its node is gone, a firewall
+ * drops everything) is noticed by TCP keepalive on the gateway's upstream
+ * leg, and the client's connection is closed so that it can reconnect
+ * elsewhere — in seconds, not the two hours of the kernel's default.
+ *
+ * The backend runs in a network namespace of the test's own, reached over a
+ * veth pair; nftables inside that namespace then drops every packet.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { after, describe, test } from 'node:test';
+import { startGateway } from '../helpers/gateway.ts';
+import { dial, freePort, readUntil, waitFor } from '../helpers/net.ts';
+import { privilegedSkipReason, run } from '../helpers/privileged.ts';
+
+const skip = privilegedSkipReason(['nft', 'ip']);
+const id = process.pid % 10_000;
+const ns = `hf-silent-${id}`;
+const hostSide = `hfs${id}a`;
+const nsSide = `hfs${id}b`;
+// Addresses of this test's own two hosts, inside its own veth pair.
+const hostIp = '10.213.7.1';
+const backendIp = '10.213.7.2';
+const cleanups: (() => Promise<void> | void)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) {
+    try {
+      await c();
+    } catch {
+      // Keep cleaning up the rest.
+    }
+  }
+});
+
+describe('silent backend', { skip }, () => {
+  test('TCP keepalive finds a backend host that drops everything and the client is closed', async () => {
+    run('ip', ['netns', 'add', ns]);
+    cleanups.push(() => void run('ip', ['netns', 'del', ns]));
+    run('ip', ['link', 'add', hostSide, 'type', 'veth', 'peer', 'name', nsSide]);
+    cleanups.push(() => void run('ip', ['link', 'del', hostSide]));
+    run('ip', ['link', 'set', nsSide, 'netns', ns]);
+    run('ip', ['addr', 'add', `${hostIp}/30`, 'dev', hostSide]);
+    run('ip', ['link', 'set', hostSide, 'up']);
+    run('ip', ['-n', ns, 'addr', 'add', `${backendIp}/30`, 'dev', nsSide]);
+    run('ip', ['-n', ns, 'link', 'set', nsSide, 'up']);
+    run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+
+    const backendPort = 7300 + (id % 500);
+    const backend = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        ns,
+        process.execPath,
+        '-e',
+        `require('node:net').createServer((s) => { s.on('error', () => {}); s.write('hello\\n'); s.pipe(s); })
+           .listen(${backendPort}, '${backendIp}', () => console.log('ready'));`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    cleanups.push(() => void backend.kill('SIGKILL'));
+    await once(backend.stdout, 'data');
+
+    const port = await freePort();
+    const { gateway } = await startGateway(`
+services:
+  - name: silent
+    listen: 127.0.0.1:${port}
+    tcpKeepAlive: 1s
+    backends: { static: [${backendIp}:${backendPort}] }
+`);
+    cleanups.push(() => gateway.shutdown());
+    const client = await dial(port);
+    cleanups.push(() => void client.destroy());
+    await readUntil(client, 'hello\n');
+
+    // The backend host goes silent: no FIN, no RST, nothing.
+    // (inside the test's namespace only: the table goes away with it)
+    run(
+      'ip',
+      ['netns', 'exec', ns, 'nft', '-f', '-'],
+      'table inet drop_all {\n chain in {\n  type filter hook input priority 0; policy drop;\n }\n}\n',
+    );
+    const started = Date.now();
+    // The client's connection is reset: the stream did not end cleanly, and a
+    // reset says so (a FIN could pass for a complete response).
+    await new Promise((resolve) => client.once('close', resolve));
+    const took = Date.now() - started;
+    assert.ok(took < 20_000, `closed after ${took} ms`);
+    await waitFor(
+      () => gateway.services.get('silent')!.handler.live === 0,
+      2_000,
+      'the gateway let go of it',
+    );
+  });
+});
