@@ -1,4 +1,4 @@
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
@@ -8,6 +8,7 @@ import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import { SourceAddressPool } from './source-address.ts';
+import { connectUpstream } from './upstream.ts';
 
 /** Settings of a TCP service that a reload may change; read per new connection. */
 export interface TcpSettings {
@@ -282,15 +283,7 @@ class TcpConnection implements ProxiedConnection {
     this.backend = backend;
     proxy.cluster.register(backend, this);
     const s = proxy.settings;
-    const upstream = connect({
-      host: backend.address.host,
-      port: backend.address.port,
-      localAddress: s.sources.next(backend.address.host),
-      allowHalfOpen: true,
-      noDelay: true,
-      keepAlive: s.keepAliveMs !== undefined,
-      keepAliveInitialDelay: s.keepAliveMs ?? 0,
-    }) as Leg;
+    const upstream = connectUpstream(backend, s) as Leg;
     upstream[kConn] = this;
     this.upstream = upstream;
     // Our own timer rather than socket.setTimeout(): the socket would keep its

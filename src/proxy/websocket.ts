@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { connect, isIPv6, type Socket } from 'node:net';
+import { isIPv6, type Socket } from 'node:net';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { Timer } from '../cluster/clock.ts';
@@ -16,6 +16,7 @@ import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler } from './http.ts';
 import { SourceAddressPool } from './source-address.ts';
+import { connectUpstream } from './upstream.ts';
 import {
   checkClose,
   CLOSE_GOING_AWAY,
@@ -441,15 +442,7 @@ class WsConnection implements ProxiedConnection {
         ? undefined
         : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
     const s = proxy.settings;
-    const upstream = connect({
-      host: backend.address.host,
-      port: backend.address.port,
-      localAddress: s.sources.next(backend.address.host),
-      allowHalfOpen: true,
-      noDelay: true,
-      keepAlive: s.keepAliveMs !== undefined,
-      keepAliveInitialDelay: s.keepAliveMs ?? 0,
-    }) as Leg;
+    const upstream = connectUpstream(backend, s) as Leg;
     upstream[kConn] = this;
     this.upstream = upstream;
     // Our own timer rather than socket.setTimeout(), whose Timeout object would
