@@ -161,17 +161,24 @@ export class HttpProxy implements ProtocolHandler {
       this.#acceptTls(socket, this.#secure);
       return;
     }
-    // Look at the first bytes to tell HTTP/2 prior knowledge from HTTP/1.1.
-    socket.once('data', (first: Buffer) => {
+    // Look at the first bytes to tell HTTP/2 prior knowledge from HTTP/1.1; a
+    // client may send them a few at a time, so wait while they match the preface.
+    let seen: Buffer | undefined;
+    const onFirst = (data: Buffer): void => {
+      seen = seen === undefined ? data : Buffer.concat([seen, data]);
+      const n = Math.min(seen.length, PREFACE.length);
+      const h2 = seen.subarray(0, n).equals(PREFACE.subarray(0, n));
+      if (h2 && n < PREFACE.length) return;
+      socket.removeListener('data', onFirst);
       socket.pause();
-      socket.unshift(first);
-      const n = Math.min(first.length, PREFACE.length);
-      if (first.subarray(0, n).equals(PREFACE.subarray(0, n))) this.#http2.handleConnection(socket);
+      socket.unshift(seen);
+      if (h2) this.#http2.handleConnection(socket);
       else {
         this.#http1.handleConnection(socket, this.#toUpgrade);
         socket.resume();
       }
-    });
+    };
+    socket.on('data', onFirst);
     socket.resume();
   };
 

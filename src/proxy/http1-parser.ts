@@ -115,7 +115,8 @@ export function parseHead(
     minor = buf[i + 7]! - 48;
   } else {
     // HTTP/1.x SSS reason
-    if (lineEnd - start < 12 || buf.toString('latin1', start, start + 7) !== 'HTTP/1.') bad('bad status line');
+    if (lineEnd - start < 12 || buf.toString('latin1', start, start + 7) !== 'HTTP/1.')
+      bad('bad status line');
     const m = buf[start + 7]!;
     if ((m !== 48 && m !== 49) || buf[start + 8] !== 32 || (lineEnd - start > 12 && buf[start + 12] !== 32)) {
       bad('bad status line');
@@ -185,8 +186,7 @@ export function parseHead(
   if (chunked && contentLength >= 0) bad('Content-Length together with Transfer-Encoding');
   if (chunked && minor === 0) bad('Transfer-Encoding in HTTP/1.0');
   if (isRequest && (hosts > 1 || (hosts === 0 && minor === 1))) bad('a request needs exactly one Host');
-  const keepAlive =
-    minor === 1 ? !hasToken(connection, 'close') : hasToken(connection, 'keep-alive');
+  const keepAlive = minor === 1 ? !hasToken(connection, 'close') : hasToken(connection, 'keep-alive');
   return {
     method,
     target,

@@ -13,8 +13,20 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Backend } from '../cluster/backend.ts';
 import { UpstreamError } from './http-errors.ts';
 import { isIdempotent } from './http-headers.ts';
-import { ChunkedDecoder, HttpParseError, type ChunkSink, type MessageHead, parseHead } from './http1-parser.ts';
-import type { ResponseSink, Upstream, UpstreamCall, UpstreamRequest, UpstreamSettings } from './http-upstream.ts';
+import {
+  ChunkedDecoder,
+  HttpParseError,
+  type ChunkSink,
+  type MessageHead,
+  parseHead,
+} from './http1-parser.ts';
+import type {
+  ResponseSink,
+  Upstream,
+  UpstreamCall,
+  UpstreamRequest,
+  UpstreamSettings,
+} from './http-upstream.ts';
 
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
 /** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
@@ -26,9 +38,9 @@ function chunkedBody(req: UpstreamRequest): boolean {
 }
 
 /** Serialize a request head: start line, host, forwarded headers, framing. */
-function requestHead(req: UpstreamRequest, chunked: boolean): string {
-  let head = `${req.method} ${req.path} HTTP/1.1\r\n`;
-  if (req.authority !== undefined) head += `host: ${req.authority}\r\n`;
+function requestHead(req: UpstreamRequest, chunked: boolean, backendHost: string): string {
+  // HTTP/1.1 needs a Host: an HTTP/1.0 client without one gets the backend's address (as nginx does).
+  let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${req.authority ?? backendHost}\r\n`;
   const headers = req.headers;
   for (const name in headers) {
     if (name === 'host' || name === 'expect' || name.charCodeAt(0) === 58) continue;
@@ -164,7 +176,7 @@ class Conn {
     this.call = call;
     call.conn = this;
     const chunked = chunkedBody(call.req);
-    const head = requestHead(call.req, chunked);
+    const head = requestHead(call.req, chunked, this.pool.hostHeader);
     call.chunkedBody = chunked;
     const body = call.req.body;
     if (body === undefined) {
@@ -232,14 +244,17 @@ class Conn {
           }
           call.head = head;
           const noBody =
-            call.req.method === 'HEAD' || head.status === 204 || head.status === 304 || head.contentLength === 0;
+            call.req.method === 'HEAD' ||
+            head.status === 204 ||
+            head.status === 304 ||
+            head.contentLength === 0;
           if (noBody) {
-            call.sink.onHeaders(head.status, head.headers as IncomingHttpHeaders, true);
+            call.sink.onHeaders(head.status, head.headers, true);
             // Extra bytes after a complete response: the socket is out of step and not reused.
             this.#finish(call, undefined, head.keepAlive && i === buf.length);
             return;
           }
-          call.sink.onHeaders(head.status, head.headers as IncomingHttpHeaders, false);
+          call.sink.onHeaders(head.status, head.headers, false);
           if (call.done) return;
           if (head.chunked) call.decoder = new ChunkedDecoder(RESPONSE_LIMITS.maxSize);
           else call.remaining = head.contentLength; // -1: until close
@@ -310,10 +325,14 @@ class Pool {
   open = 0;
   closing = false;
   onEmpty: (() => void) | undefined;
+  /** `host:port` of the backend, for requests that came without a Host. */
+  readonly hostHeader: string;
 
   constructor(backend: Backend, settings: UpstreamSettings) {
     this.backend = backend;
     this.#settings = settings;
+    const { host, port } = backend.address;
+    this.hostHeader = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
   }
 
   /** Send `call` on an idle socket, a new one, or queue it. `fresh`: never on a pooled socket. */
@@ -429,4 +448,3 @@ export class Http1Upstream implements Upstream {
     await Promise.all(pools.map((p) => p.close()));
   }
 }
-

@@ -30,7 +30,14 @@ import {
 } from './http1-parser.ts';
 
 /** Response headers never forwarded to the client (the proxy writes its own framing). */
-const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'trailer']);
+const RESPONSE_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'upgrade',
+  'trailer',
+]);
 /** Bytes of pipelined requests buffered while one is served; beyond, the socket is paused. */
 const PIPELINE_BUFFER = 65_536;
 /** A request head must arrive whole within this (node:http's headersTimeout). */
@@ -223,7 +230,7 @@ class ClientConn implements ChunkSink {
           this.socket.end();
           return;
         }
-        this.#startRequest(buf);
+        if (!this.#startRequest(buf)) return; // the head is not complete yet
       }
     } catch (err) {
       if (!(err instanceof HttpParseError)) throw err;
@@ -233,12 +240,13 @@ class ClientConn implements ChunkSink {
     }
   }
 
-  #startRequest(buf: Buffer): void {
+  /** Parse the next request head and start forwarding it; false while the head is incomplete. */
+  #startRequest(buf: Buffer): boolean {
     const head = parseHead(buf, 0, true, this.handler.limits);
     if (head === undefined) {
       this.#buf = buf;
       this.#watchHead();
-      return;
+      return false;
     }
     if (this.#headTimer !== undefined) {
       this.#headTimer.cancel();
@@ -256,7 +264,7 @@ class ClientConn implements ChunkSink {
       this.#ageTimer?.cancel();
       this.handler.forget(this);
       this.#toUpgrade(this.socket);
-      return;
+      return false;
     }
     const expect = h.expect;
     if (expect !== undefined && String(expect).toLowerCase() !== '100-continue') {
@@ -266,7 +274,7 @@ class ClientConn implements ChunkSink {
         'latin1',
       );
       this.#gone = true;
-      return;
+      return false;
     }
     const hasBody = head.chunked || head.contentLength > 0;
     const down = new Http1Downstream(this, head, hasBody, expect !== undefined);
@@ -279,6 +287,7 @@ class ClientConn implements ChunkSink {
       if (this.#buf.length > 0) this.#feedBody(down, this.#buf);
     }
     if (this.cur === down) this.handler.plane.forward(down);
+    return true;
   }
 
   #feedBody(cur: Http1Downstream, buf: Buffer): void {
@@ -420,7 +429,7 @@ class Http1Downstream implements Downstream {
     let named: string | undefined;
     const connection = headers.connection;
     if (connection !== undefined) {
-      const c = String(connection).toLowerCase();
+      const c = connection.toLowerCase();
       if (c !== 'keep-alive' && c !== 'close') named = c;
     }
     let hasLength = false;
