@@ -8,7 +8,12 @@
  */
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createSecureContext, type SecureContext, TLSSocket } from 'node:tls';
+import {
+  createServer as createTlsServer,
+  type SecureContextOptions,
+  type Server as TlsServer,
+  type TLSSocket,
+} from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../cluster/clock.ts';
@@ -81,8 +86,12 @@ export class HttpProxy implements ProtocolHandler {
   readonly #websocket: UpgradeHandler;
   readonly #http1: RequestHandler;
   readonly #http2: Http2Handler;
-  /** Set when the service terminates TLS (`tls: { cert, key }`); ALPN picks h2 or http/1.1. */
-  #secure: SecureContext | undefined;
+  /**
+   * Set when the service terminates TLS (`tls: { cert, key }`): a tls.Server that never
+   * listens, fed the accepted sockets; ALPN picks h2 or http/1.1. (A hand-made server-side
+   * TLSSocket never leaves `secureConnecting`, so node:http2 would wait on it for ever.)
+   */
+  #tls: TlsServer | undefined;
 
   constructor(
     cluster: Cluster,
@@ -103,7 +112,7 @@ export class HttpProxy implements ProtocolHandler {
       keepAliveTimeout: 60_000,
       maxHeaderSize: config.headerLimits.maxSize,
     });
-    this.#secure = secureContextOf(config);
+    this.#configureTls(config);
     // The node:http server only sees connections handed over for an upgrade (http1.ts parses the
     // rest itself); a plain request after a refused upgrade is not served there.
     this.#server.on('request', (_req: IncomingMessage, res: ServerResponse) => {
@@ -133,7 +142,31 @@ export class HttpProxy implements ProtocolHandler {
     this.#websocket.configure?.(config);
     this.#http1.configure?.(config);
     this.#http2.configure?.(config);
-    this.#secure = secureContextOf(config);
+    this.#configureTls(config);
+  }
+
+  #configureTls(config: ServiceConfig): void {
+    const options = tlsOptionsOf(config);
+    if (options === undefined) {
+      this.#tls = undefined;
+      return;
+    }
+    if (this.#tls !== undefined) {
+      this.#tls.setSecureContext(options);
+      return;
+    }
+    const server = createTlsServer({
+      ...options,
+      ALPNProtocols: ['h2', 'http/1.1'],
+      handshakeTimeout: 10_000,
+    });
+    server.on('tlsClientError', () => {});
+    server.on('secureConnection', (tls: TLSSocket) => {
+      tls.on('error', () => {});
+      if (tls.alpnProtocol === 'h2') this.#http2.handleConnection(tls);
+      else this.#http1.handleConnection(tls, this.#toUpgrade);
+    });
+    this.#tls = server;
   }
 
   /** Shutdown: every part asks its clients to go; idle HTTP/1.1 connections close now. */
@@ -157,8 +190,8 @@ export class HttpProxy implements ProtocolHandler {
       this.stats.closed++;
     });
     socket.on('error', () => {});
-    if (this.#secure !== undefined) {
-      this.#acceptTls(socket, this.#secure);
+    if (this.#tls !== undefined) {
+      this.#tls.emit('connection', socket);
       return;
     }
     // Look at the first bytes to tell HTTP/2 prior knowledge from HTTP/1.1; a
@@ -181,26 +214,13 @@ export class HttpProxy implements ProtocolHandler {
     socket.on('data', onFirst);
     socket.resume();
   };
-
-  #acceptTls(socket: Socket, secureContext: SecureContext): void {
-    const tls = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['h2', 'http/1.1'] });
-    tls.on('error', () => {});
-    // A client that never finishes its handshake does not hold the socket for ever.
-    tls.setTimeout(10_000, () => tls.destroy());
-    tls.once('secure', () => {
-      tls.setTimeout(0);
-      if (tls.alpnProtocol === 'h2') this.#http2.handleConnection(tls);
-      else this.#http1.handleConnection(tls, this.#toUpgrade);
-    });
-    socket.resume();
-  }
 }
 
 /** Load `tls: { cert, key }` (PEM files); undefined when the service is cleartext. */
-function secureContextOf(config: ServiceConfig): SecureContext | undefined {
+function tlsOptionsOf(config: ServiceConfig): SecureContextOptions | undefined {
   if (config.tls === undefined) return undefined;
   try {
-    return createSecureContext({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) });
+    return { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) };
   } catch (cause) {
     throw new ConfigError(
       `cannot load the TLS certificate or key (${(cause as Error).message})`,

@@ -24,6 +24,38 @@ import { jittered, SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
 
 const ignore = (): void => {};
 
+/**
+ * Rapid reset (CVE-2023-44487): streams the client opens and resets at once
+ * cost the proxy (and perhaps a backend) work each. A session may reset
+ * RESET_BURST streams at once and RESET_RATE a second after that; beyond, it
+ * gets GOAWAY ENHANCE_YOUR_CALM and is closed. Tighter than nghttp2's own
+ * limit, which closes with INTERNAL_ERROR.
+ */
+const RESET_BURST = 100;
+const RESET_RATE = 50;
+interface ResetBucket {
+  tokens: number;
+  at: number;
+}
+const resetBuckets = new WeakMap<Http2Session, ResetBucket>();
+/** Counters of the service a session belongs to. */
+const sessionPlane = new WeakMap<Http2Session, HttpPlane>();
+
+/** A client reset one of its streams before the response was complete. */
+function onAborted(this: ServerHttp2Stream): void {
+  const session = this.session;
+  if (session === undefined || session.destroyed) return;
+  const now = performance.now();
+  let b = resetBuckets.get(session);
+  if (b === undefined) resetBuckets.set(session, (b = { tokens: RESET_BURST, at: now }));
+  b.tokens = Math.min(RESET_BURST, b.tokens + ((now - b.at) / 1000) * RESET_RATE);
+  b.at = now;
+  if (--b.tokens >= 0) return;
+  sessionPlane.get(session)?.count('h2-rapid-reset');
+  session.goaway(h2c.NGHTTP2_ENHANCE_YOUR_CALM);
+  session.destroy();
+}
+
 export class Http2DownstreamHandler implements Http2Handler {
   readonly #plane: HttpPlane;
   #server: Http2Server;
@@ -58,7 +90,16 @@ export class Http2DownstreamHandler implements Http2Handler {
     server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number) =>
       this.#onStream(stream, headers, flags),
     );
-    server.on('sessionError', () => this.#plane.count('h2-session-error'));
+    server.on('sessionError', (err: Error) => {
+      // nghttp2's own guards (CONTINUATION floods, its rapid-reset limit, bad frames) end here,
+      // after it sent GOAWAY: count them by kind.
+      const flood = /CONTINUATION/i.test(err.message);
+      this.#plane.count(flood ? 'h2-continuation-flood' : 'h2-session-error');
+      this.#plane.ctx.log.debug(
+        { service: this.#plane.ctx.cluster.name, err: err.message },
+        'HTTP/2 session error',
+      );
+    });
     return server;
   }
 
@@ -91,6 +132,7 @@ export class Http2DownstreamHandler implements Http2Handler {
       return;
     }
     this.#sessions.add(session);
+    sessionPlane.set(session, plane);
     session.on('error', ignore);
     // A wide connection window, so many concurrent request bodies are not throttled by it.
     try {
@@ -129,6 +171,7 @@ export class Http2DownstreamHandler implements Http2Handler {
 
   #onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
     stream.on('error', ignore);
+    stream.on('aborted', onAborted);
     const method = headers[':method'];
     if (method === 'CONNECT') {
       stream.respond({ ':status': 405, 'x-holdfast-error': 'connect-not-supported' }, { endStream: true });
