@@ -340,8 +340,9 @@ export class ChunkedDecoder {
           this.#trailerLen += i - from;
           if (this.#trailerLen > this.#maxTrailer) bad('trailer section too large');
           if (finished) {
-            // The final empty line is not part of the fields.
-            if (i - 2 > from) (this.#trailer ??= []).push(Buffer.from(buf.subarray(from, i - 2)));
+            // Kept with the final empty line (it may have been split from its CR): trailers() skips it.
+            if (this.#trailer !== undefined || i - 2 > from)
+              (this.#trailer ??= []).push(Buffer.from(buf.subarray(from, i)));
             this.#state = S_DONE;
             return i;
           }

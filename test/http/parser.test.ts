@@ -1,0 +1,155 @@
+/** The HTTP/1.1 head parser and chunked decoder on their own (http1-parser.ts). */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ChunkedDecoder, HttpParseError, parseHead } from '../../src/proxy/http1-parser.ts';
+
+const limits = { maxSize: 4096, maxCount: 20 };
+const req = (text: string): ReturnType<typeof parseHead> =>
+  parseHead(Buffer.from(text, 'latin1'), 0, true, limits);
+const res = (text: string): ReturnType<typeof parseHead> =>
+  parseHead(Buffer.from(text, 'latin1'), 0, false, limits);
+
+function decodeAll(pieces: string[]): { body: string; trailers: unknown; rest: string } {
+  const d = new ChunkedDecoder(1024);
+  let body = '';
+  let rest = '';
+  const sink = { chunkData: (b: Buffer): void => void (body += b.toString('latin1')) };
+  for (const p of pieces) {
+    const buf = Buffer.from(p, 'latin1');
+    if (d.done) {
+      rest += p;
+      continue;
+    }
+    const used = d.feed(buf, 0, buf.length, sink);
+    if (d.done) rest += buf.subarray(used).toString('latin1');
+  }
+  assert.ok(d.done, 'decoder finished');
+  return { body, trailers: d.trailers(), rest };
+}
+
+describe('parseHead', () => {
+  it('parses a request: method, target, version, headers, framing, keep-alive', () => {
+    const h = req(
+      'POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nCookie: a=1\r\nCookie: b=2\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello',
+    )!;
+    assert.equal(h.method, 'POST');
+    assert.equal(h.target, '/a?b=1');
+    assert.equal(h.minor, 1);
+    assert.equal(h.contentLength, 5);
+    assert.equal(h.chunked, false);
+    assert.equal(h.keepAlive, true);
+    assert.equal(h.headers.cookie, 'a=1; b=2');
+    assert.equal(h.headers['x-a'], '1, 2');
+    assert.equal(
+      h.end,
+      'POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nCookie: a=1\r\nCookie: b=2\r\nX-A: 1\r\nX-A: 2\r\n\r\n'
+        .length,
+    );
+  });
+
+  it('waits for more bytes when the head is incomplete', () => {
+    assert.equal(req('GET / HTTP/1.1\r\nHost: x\r\n'), undefined);
+  });
+
+  it('identical repeated Content-Length is accepted; different ones are not', () => {
+    assert.equal(
+      req('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n')!.contentLength,
+      3,
+    );
+    assert.throws(
+      () => req('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n'),
+      HttpParseError,
+    );
+    assert.throws(() => req('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n'), HttpParseError);
+    assert.throws(() => req('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n'), HttpParseError);
+  });
+
+  it('rejects what could smuggle a request', () => {
+    for (const text of [
+      'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n',
+      'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n',
+      'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n',
+      'POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n',
+      'GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n',
+      'GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n',
+      'GET  / HTTP/1.1\r\nHost: x\r\n\r\n',
+      'GET / HTTP/1.1 \r\nHost: x\r\n\r\n',
+      'G@T / HTTP/1.1\r\nHost: x\r\n\r\n',
+    ]) {
+      assert.throws(() => req(text), HttpParseError, JSON.stringify(text));
+    }
+  });
+
+  it('431 for too many fields or too large a head, even before it is complete', () => {
+    const many = `GET / HTTP/1.1\r\nHost: x\r\n${'X: 1\r\n'.repeat(25)}\r\n`;
+    assert.throws(
+      () => req(many),
+      (e: HttpParseError) => e.status === 431 && e.reason === 'too-many-headers',
+    );
+    assert.throws(
+      () => req(`GET / HTTP/1.1\r\nX: ${'a'.repeat(5000)}`),
+      (e: HttpParseError) => e.status === 431,
+    );
+  });
+
+  it('parses responses: status, close, until-close bodies, set-cookie lists', () => {
+    const h = res(
+      'HTTP/1.1 404 Not Found\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nConnection: close\r\n\r\n',
+    )!;
+    assert.equal(h.status, 404);
+    assert.equal(h.keepAlive, false);
+    assert.equal(h.contentLength, -1);
+    assert.deepEqual(h.headers['set-cookie'], ['a=1', 'b=2']);
+    assert.equal(res('HTTP/1.1 204\r\n\r\n')?.status, 204, 'an empty reason phrase is fine');
+    assert.equal(res('HTTP/1.0 200 OK\r\n\r\n')?.keepAlive, false);
+    assert.throws(() => res('HTTP/1.1 2000 OK\r\n\r\n'), HttpParseError);
+  });
+});
+
+describe('ChunkedDecoder', () => {
+  const wire =
+    '4;ext=1\r\nWiki\r\n5 ; a="b"\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\nNEXT';
+  it('decodes data, skips extensions, collects trailers and stops at the end of the message', () => {
+    const out = decodeAll([wire]);
+    assert.equal(out.body, 'Wikipedia in\r\n\r\nchunks.');
+    assert.deepEqual(out.trailers, { 'x-t': '1', 'x-u': '2' });
+    assert.equal(out.rest, 'NEXT');
+  });
+  it('gives the same result split at every byte', () => {
+    for (let i = 1; i < wire.length; i++) {
+      const out = decodeAll([wire.slice(0, i), wire.slice(i)]);
+      assert.equal(out.body, 'Wikipedia in\r\n\r\nchunks.', `split at ${i}`);
+      assert.deepEqual(out.trailers, { 'x-t': '1', 'x-u': '2' }, `split at ${i}`);
+      assert.equal(out.rest, 'NEXT', `split at ${i}`);
+    }
+    const bytes = decodeAll(Array.from({ length: wire.length }, (_, i) => wire[i]!));
+    assert.equal(bytes.body, 'Wikipedia in\r\n\r\nchunks.');
+  });
+  it('no trailers: undefined', () => {
+    assert.equal(decodeAll(['3\r\nabc\r\n0\r\n\r\n']).trailers, undefined);
+  });
+  it('rejects malformed framing', () => {
+    for (const bad of [
+      'zz\r\n',
+      '3\r\nabcX\r\n',
+      '3\nabc\r\n',
+      '\r\n',
+      '1234567890abc\r\n',
+      '0\r\nX: 1\n\r\n',
+      '3;\x01\r\n',
+    ]) {
+      const d = new ChunkedDecoder(1024);
+      const buf = Buffer.from(bad, 'latin1');
+      assert.throws(
+        () => d.feed(buf, 0, buf.length, { chunkData: () => {} }),
+        HttpParseError,
+        JSON.stringify(bad),
+      );
+    }
+  });
+  it('bounds the trailer section', () => {
+    const d = new ChunkedDecoder(64);
+    const buf = Buffer.from(`0\r\n${'X: 1\r\n'.repeat(20)}\r\n`);
+    assert.throws(() => d.feed(buf, 0, buf.length, { chunkData: () => {} }), HttpParseError);
+  });
+});
