@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- http [--json] [--seconds N]`: requests/s and latency
+ * `npm run bench -- http [--json] [--seconds N] [--runs N]`: requests/s and latency
  * through one proxy process to one backend, side by side in one run:
  * holdfast, nginx, HAProxy and a plain node:http proxy. HTTP/1.1 keep-alive
  * load from wrk (p99 from its --latency report), HTTP/2 (h2c prior
@@ -48,6 +48,23 @@ const NODE_BACKEND = `
 const http = require('node:http');
 http.createServer((req, res) => { req.resume(); res.end('ok'); }).listen(Number(process.argv[1]), '127.0.0.1');
 `;
+
+/** One row per proxy and load: the median req/s (and its latency) over the runs. */
+function medians(rows: Row[]): Row[] {
+  const groups = new Map<string, Row[]>();
+  for (const r of rows) {
+    const key = `${r.proxy}\u0000${r.load}`;
+    const g = groups.get(key);
+    if (g === undefined) groups.set(key, [r]);
+    else g.push(r);
+  }
+  return [...groups.values()].map((g) => {
+    const sorted = [...g].sort((a, b) => a.rps - b.rps);
+    const mid = sorted[Math.floor((sorted.length - 1) / 2)]!;
+    const lat = g.map((r) => r.latencyMs).sort((a, b) => a - b)[Math.floor((g.length - 1) / 2)]!;
+    return { ...mid, latencyMs: lat, errors: g.reduce((n, r) => n + r.errors, 0) };
+  });
+}
 
 function toMs(v: string, unit: string): number {
   const n = Number(v);
@@ -100,10 +117,11 @@ function child(script: string, args: number[]): RunningPeer {
 export async function run(args: BenchArgs): Promise<void> {
   const { values } = parseArgs({
     args: args.rest,
-    options: { seconds: { type: 'string', default: '5' } },
+    options: { seconds: { type: 'string', default: '5' }, runs: { type: 'string', default: '1' } },
     strict: false,
   });
   const seconds = Number(values.seconds);
+  const runs = Math.max(1, Number(values.runs));
   const say = (msg: string): void =>
     args.json ? console.log(JSON.stringify({ skipped: msg })) : console.log(`# ${msg}`);
   const haveWrk = which('wrk') !== undefined;
@@ -141,96 +159,99 @@ export async function run(args: BenchArgs): Promise<void> {
     }
   };
 
-  await measure(
-    'holdfast',
-    () =>
-      startHoldfast(
-        `log: { level: warn }
-services:
-  - name: bench
-    protocol: http
-    listen: 127.0.0.1:${hfPort}
-    backends: { static: [127.0.0.1:${backendPort}] }
-`,
-        hfPort!,
-      ),
-    hfPort,
-    hfPort,
-  );
-  await measure(
-    'nginx',
-    () =>
-      startNginx(
-        `http {
-  access_log off;
-  upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
-  server {
-    listen 127.0.0.1:${ngPort};
-    keepalive_requests 1000000;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  // Several runs interleave the proxies, so a noisy neighbour hits them alike; medians are reported.
+  for (let run = 0; run < runs; run++) {
+    await measure(
+      'holdfast',
+      () =>
+        startHoldfast(
+          `log: { level: warn }
+  services:
+    - name: bench
+      protocol: http
+      listen: 127.0.0.1:${hfPort}
+      backends: { static: [127.0.0.1:${backendPort}] }
+  `,
+          hfPort!,
+        ),
+      hfPort,
+      hfPort,
+    );
+    await measure(
+      'nginx',
+      () =>
+        startNginx(
+          `http {
+    access_log off;
+    upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
+    server {
+      listen 127.0.0.1:${ngPort};
+      keepalive_requests 1000000;
+      location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+  }`,
+          ngPort!,
+        ),
+      ngPort,
+      undefined,
+    );
+    // Debian's nginx serves h2c prior knowledge only on a port without HTTP/1.1: a second run for HTTP/2.
+    await measure(
+      'nginx',
+      () =>
+        startNginx(
+          `http {
+    access_log off;
+    upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
+    server {
+      listen 127.0.0.1:${ngPort} http2;
+      keepalive_requests 1000000;
+      http2_max_requests 1000000;
+      location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+  }`,
+          ngPort!,
+        ),
+      undefined,
+      ngPort,
+    );
+    await measure(
+      'haproxy',
+      () =>
+        startHaproxy(
+          `defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+  frontend f
+    bind 127.0.0.1:${haPort}
+    bind 127.0.0.1:${haH2Port} proto h2
+    default_backend b
+  backend b
+    http-reuse always
+    server s1 127.0.0.1:${backendPort}
+  `,
+          haPort!,
+        ),
+      haPort,
+      haH2Port,
+    );
+    await measure(
+      'node:http proxy',
+      async () => {
+        const p = child(PLAIN_PROXY, [plainPort!, backendPort!]);
+        await waitForPort(plainPort!);
+        return p;
+      },
+      plainPort,
+      undefined,
+    );
   }
-}`,
-        ngPort!,
-      ),
-    ngPort,
-    undefined,
-  );
-  // Debian's nginx serves h2c prior knowledge only on a port without HTTP/1.1: a second run for HTTP/2.
-  await measure(
-    'nginx',
-    () =>
-      startNginx(
-        `http {
-  access_log off;
-  upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
-  server {
-    listen 127.0.0.1:${ngPort} http2;
-    keepalive_requests 1000000;
-    http2_max_requests 1000000;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}`,
-        ngPort!,
-      ),
-    undefined,
-    ngPort,
-  );
-  await measure(
-    'haproxy',
-    () =>
-      startHaproxy(
-        `defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-frontend f
-  bind 127.0.0.1:${haPort}
-  bind 127.0.0.1:${haH2Port} proto h2
-  default_backend b
-backend b
-  http-reuse always
-  server s1 127.0.0.1:${backendPort}
-`,
-        haPort!,
-      ),
-    haPort,
-    haH2Port,
-  );
-  await measure(
-    'node:http proxy',
-    async () => {
-      const p = child(PLAIN_PROXY, [plainPort!, backendPort!]);
-      await waitForPort(plainPort!);
-      return p;
-    },
-    plainPort,
-    undefined,
-  );
   await backend.stop();
 
-  const clean = rows;
+  const clean = medians(rows);
   const ref = (proxy: string, load: string): Row | undefined =>
     clean.find((r) => r.proxy === proxy && r.load === load && r.rps > 0);
   if (args.json) {
@@ -238,7 +259,7 @@ backend b
     return;
   }
   console.log(
-    `http bench: ${seconds}s per load, one proxy process, one backend (${typeof backend === 'string' ? 'node' : backend.name})`,
+    `http bench: ${seconds}s per load, median of ${runs} run(s), one proxy process, one backend (${typeof backend === 'string' ? 'node' : backend.name})`,
   );
   console.log('| proxy | load | req/s | latency (ms) | errors | vs nginx |');
   console.log('| --- | --- | ---: | ---: | ---: | ---: |');
