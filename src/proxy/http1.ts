@@ -102,6 +102,7 @@ class ClientConn implements ChunkSink {
   #bodyLeft = 0;
   #decoder: ChunkedDecoder | undefined;
   #processing = false;
+  #clientEnded = false;
   leaving: boolean;
   #ageTimer: Timer | undefined;
   #headTimer: Timer | undefined;
@@ -130,6 +131,7 @@ class ClientConn implements ChunkSink {
     this.localPort = socket.localPort;
     socket.setNoDelay(true);
     socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
     // Set once: socket activity re-arms it (re-setting it per request would add a listener each time).
     socket.on('timeout', this.#onIdle);
     if (handler.idleMs > 0) socket.setTimeout(handler.idleMs);
@@ -169,6 +171,12 @@ class ClientConn implements ChunkSink {
     this.leaving = true;
     if (this.cur === undefined) this.socket.end();
   }
+
+  /** The client half-closed (listeners allow half-open): answer what it sent, then close. */
+  readonly #onEnd = (): void => {
+    this.#clientEnded = true;
+    if (this.cur === undefined && (this.#buf === undefined || this.#buf.length === 0)) this.socket.end();
+  };
 
   readonly #onIdle = (): void => {
     // A request in flight may wait for a slow backend: only idle connections time out.
@@ -257,6 +265,7 @@ class ClientConn implements ChunkSink {
       // WebSocket (or another upgrade): the node:http server and the WebSocket handler take it from here.
       this.#buf = undefined;
       this.socket.removeListener('data', this.#onData);
+      this.socket.removeListener('end', this.#onEnd);
       this.socket.setTimeout(0);
       this.socket.removeListener('timeout', this.#onIdle);
       this.socket.unshift(buf);
@@ -346,6 +355,7 @@ class ClientConn implements ChunkSink {
     }
     this.socket.resume();
     this.#process();
+    if (this.#clientEnded && this.cur === undefined) this.socket.end();
   }
 
   /** Resume reading the request body (the upstream wants more). */

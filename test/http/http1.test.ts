@@ -272,6 +272,15 @@ services:
     await r.closed();
   });
 
+  it('a client that half-closes after its requests still gets every response, then the close', async () => {
+    const s = await dial(port);
+    const r = new ResponseReader(s);
+    s.end('GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n');
+    assert.equal((await r.read()).status, 200);
+    assert.equal((await r.read()).status, 200);
+    await r.closed();
+  });
+
   it('HTTP/1.0: close by default, keep-alive when asked, never chunked', async () => {
     const s = await dial(port);
     const r = new ResponseReader(s);
