@@ -49,7 +49,7 @@ const http = require('node:http');
 http.createServer((req, res) => { req.resume(); res.end('ok'); }).listen(Number(process.argv[1]), '127.0.0.1');
 `;
 
-/** One row per proxy and load: the median req/s (and its latency) over the runs. */
+/** One row per proxy and load: the median req/s and the median latency over the runs. */
 function medians(rows: Row[]): Row[] {
   const groups = new Map<string, Row[]>();
   for (const r of rows) {
@@ -159,85 +159,52 @@ export async function run(args: BenchArgs): Promise<void> {
     }
   };
 
+  const holdfastYaml = `log: { level: warn }
+services:
+  - name: bench
+    protocol: http
+    listen: 127.0.0.1:${hfPort}
+    backends: { static: [127.0.0.1:${backendPort}] }
+`;
+  const nginxH1 = `http {
+  access_log off;
+  upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${ngPort};
+    keepalive_requests 1000000;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}`;
+  // Debian's nginx serves h2c prior knowledge only on a port without HTTP/1.1: a second run for HTTP/2.
+  const nginxH2 = `http {
+  access_log off;
+  upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${ngPort} http2;
+    keepalive_requests 1000000;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}`;
+  const haproxyCfg = `defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend f
+  bind 127.0.0.1:${haPort}
+  bind 127.0.0.1:${haH2Port} proto h2
+  default_backend b
+backend b
+  http-reuse always
+  server s1 127.0.0.1:${backendPort}
+`;
   // Several runs interleave the proxies, so a noisy neighbour hits them alike; medians are reported.
   for (let run = 0; run < runs; run++) {
-    await measure(
-      'holdfast',
-      () =>
-        startHoldfast(
-          `log: { level: warn }
-  services:
-    - name: bench
-      protocol: http
-      listen: 127.0.0.1:${hfPort}
-      backends: { static: [127.0.0.1:${backendPort}] }
-  `,
-          hfPort!,
-        ),
-      hfPort,
-      hfPort,
-    );
-    await measure(
-      'nginx',
-      () =>
-        startNginx(
-          `http {
-    access_log off;
-    upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
-    server {
-      listen 127.0.0.1:${ngPort};
-      keepalive_requests 1000000;
-      location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-  }`,
-          ngPort!,
-        ),
-      ngPort,
-      undefined,
-    );
-    // Debian's nginx serves h2c prior knowledge only on a port without HTTP/1.1: a second run for HTTP/2.
-    await measure(
-      'nginx',
-      () =>
-        startNginx(
-          `http {
-    access_log off;
-    upstream b { server 127.0.0.1:${backendPort}; keepalive 64; keepalive_requests 1000000; }
-    server {
-      listen 127.0.0.1:${ngPort} http2;
-      keepalive_requests 1000000;
-      http2_max_requests 1000000;
-      location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-  }`,
-          ngPort!,
-        ),
-      undefined,
-      ngPort,
-    );
-    await measure(
-      'haproxy',
-      () =>
-        startHaproxy(
-          `defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-  frontend f
-    bind 127.0.0.1:${haPort}
-    bind 127.0.0.1:${haH2Port} proto h2
-    default_backend b
-  backend b
-    http-reuse always
-    server s1 127.0.0.1:${backendPort}
-  `,
-          haPort!,
-        ),
-      haPort,
-      haH2Port,
-    );
+    await measure('holdfast', () => startHoldfast(holdfastYaml, hfPort!), hfPort, hfPort);
+    await measure('nginx', () => startNginx(nginxH1, ngPort!), ngPort, undefined);
+    await measure('nginx', () => startNginx(nginxH2, ngPort!), undefined, ngPort);
+    await measure('haproxy', () => startHaproxy(haproxyCfg, haPort!), haPort, haH2Port);
     await measure(
       'node:http proxy',
       async () => {
