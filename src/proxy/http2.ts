@@ -23,6 +23,47 @@ import { appendForwarded, forwardableHeaders, type HeaderMap, isGrpc, maxAge } f
 import { jittered, SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
 
 const ignore = (): void => {};
+const END_STREAM = { endStream: true };
+const WAIT_TRAILERS = { waitForTrailers: true };
+const NO_TRAILERS = { waitForTrailers: false };
+const STATUS_TEXT: Record<number, string> = {};
+for (let code = 100; code < 600; code++) STATUS_TEXT[code] = String(code);
+
+/** A client session's addresses and its `Forwarded` element, computed once per session. */
+class Peer {
+  readonly ip: string;
+  readonly port: number | undefined;
+  readonly localIp: string | undefined;
+  readonly localPort: number | undefined;
+  #host: string | undefined;
+  #fwd = '';
+  constructor(ip: string, port?: number, localIp?: string, localPort?: number) {
+    this.ip = ip;
+    this.port = port;
+    this.localIp = localIp;
+    this.localPort = localPort;
+  }
+  forwardedFor(host: string | undefined): string {
+    if (host !== this.#host || this.#fwd === '') {
+      this.#host = host;
+      const node = this.ip.includes(':') ? `"[${this.ip}]"` : this.ip;
+      this.#fwd = `for=${node};proto=http`;
+      if (host !== undefined) this.#fwd += `;host="${host.replace(/["\\]/g, '')}"`;
+    }
+    return this.#fwd;
+  }
+}
+const NO_PEER = new Peer('unknown');
+const peers = new WeakMap<Http2Session, Peer>();
+function peerOf(session: Http2Session): Peer {
+  let p = peers.get(session);
+  if (p === undefined) {
+    const socket = session.socket;
+    p = new Peer(socket.remoteAddress ?? 'unknown', socket.remotePort, socket.localAddress, socket.localPort);
+    peers.set(session, p);
+  }
+  return p;
+}
 
 /**
  * Rapid reset (CVE-2023-44487): streams the client opens and resets at once
@@ -202,17 +243,23 @@ class Http2Downstream implements Downstream {
     this.authority = h[':authority'] ?? h.host;
     this.grpc = isGrpc(h['content-type']);
     const headers = forwardableHeaders(h);
-    const socket = stream.session?.socket;
+    // Addresses come from the session, read once (session.socket is a Proxy: slow per stream).
+    const session = stream.session;
+    const peer = session === undefined ? NO_PEER : peerOf(session);
     const proto = h[':scheme'] === 'https' ? 'https' : 'http';
-    appendForwarded(headers, { ip: socket?.remoteAddress, proto, host: this.authority });
+    if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined && proto === 'http') {
+      headers['x-forwarded-for'] = peer.ip;
+      if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = proto;
+      headers.forwarded = peer.forwardedFor(this.authority);
+    } else appendForwarded(headers, { ip: peer.ip, proto, host: this.authority });
     this.headers = headers;
     this.body = (flags & h2c.NGHTTP2_FLAG_END_STREAM) !== 0 ? undefined : stream;
     this.pick = {
       now: 0,
-      clientIp: socket?.remoteAddress,
-      clientPort: socket?.remotePort,
-      localIp: socket?.localAddress,
-      localPort: socket?.localPort,
+      clientIp: peer.ip,
+      clientPort: peer.port,
+      localIp: peer.localIp,
+      localPort: peer.localPort,
       host: this.authority,
       path: this.path,
       headers: h,
@@ -231,13 +278,13 @@ class Http2Downstream implements Downstream {
     const stream = this.#stream;
     if (stream.headersSent || stream.destroyed) return;
     const out = forwardableHeaders(headers);
-    out[':status'] = String(status);
+    out[':status'] = STATUS_TEXT[status] ?? String(status);
     // Trailers are only waited for where they are expected (gRPC, a declared `Trailer`):
     // other responses end with their last DATA frame.
     this.#wantTrailers =
       !endStream && (this.grpc || isGrpc(headers['content-type']) || headers.trailer !== undefined);
     if (this.#wantTrailers) stream.once('wantTrailers', this.#sendTrailers);
-    stream.respond(out, endStream ? { endStream: true } : { waitForTrailers: this.#wantTrailers });
+    stream.respond(out, endStream ? END_STREAM : this.#wantTrailers ? WAIT_TRAILERS : NO_TRAILERS);
   }
 
   write(chunk: Buffer): boolean {
