@@ -146,10 +146,12 @@ export function parseHead(
     const first = buf[pos];
     if (first === 32 || first === 9) bad('obsolete line folding');
     let i = pos;
-    while (i < le && TCHAR[buf[i]!] === 1) i++;
+    let upper = false;
+    for (let c = buf[i]!; i < le && TCHAR[c] === 1; c = buf[++i]!) if (c >= 65 && c <= 90) upper = true;
     if (i === pos || buf[i] !== 58 /* : */) bad('bad header field name');
     if (++count > limits.maxCount) throw new HttpParseError('too-many-headers', 'too many header fields');
-    const name = buf.toString('latin1', pos, i).toLowerCase();
+    const raw = buf.toString('latin1', pos, i);
+    const name = upper ? raw.toLowerCase() : raw;
     let v0 = i + 1;
     while (v0 < le && (buf[v0] === 32 || buf[v0] === 9)) v0++;
     let v1 = le;
