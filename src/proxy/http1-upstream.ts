@@ -184,6 +184,28 @@ class Conn {
       this.socket.write(head, 'latin1');
       return;
     }
+    // A body is read only once the socket is connected: a request whose connection fails
+    // still has its whole body, and may be retried on another backend.
+    if (!this.connected) {
+      this.#waitingHead = head;
+      return;
+    }
+    this.#startBody(call, head);
+  }
+
+  #waitingHead: string | undefined;
+
+  /** Connected: send the head and body held back until now. */
+  onConnect(): void {
+    this.connected = true;
+    const head = this.#waitingHead;
+    this.#waitingHead = undefined;
+    const call = this.call;
+    if (head !== undefined && call !== undefined && !call.aborted) this.#startBody(call, head);
+  }
+
+  #startBody(call: Call, head: string): void {
+    const body = call.req.body!;
     this.socket.write(head, 'latin1');
     call.bodyStarted = true;
     body.on('data', this.#onBody);
@@ -360,8 +382,8 @@ class Pool {
     const timeout = this.#settings.connectTimeoutMs;
     if (timeout > 0) socket.setTimeout(timeout, () => socket.destroy());
     socket.once('connect', () => {
-      conn.connected = true;
       if (timeout > 0) socket.setTimeout(0);
+      conn.onConnect();
     });
     return conn;
   }

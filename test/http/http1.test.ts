@@ -416,6 +416,34 @@ services:
     }
   });
 
+  it('a request with a body whose connection failed is retried on another backend, body intact', async () => {
+    const live = await startH1Backend();
+    const [port, dead] = [await freePort(), await freePort()];
+    const { gateway } = await startGateway(`
+services:
+  - name: web
+    protocol: http
+    listen: 127.0.0.1:${port}
+    balance: round-robin
+    backends:
+      static: [127.0.0.1:${dead}, 127.0.0.1:${live.port}]
+`);
+    try {
+      for (let i = 0; i < 6; i++) {
+        const s = await dial(port);
+        const r = new ResponseReader(s);
+        s.write('POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\npayload');
+        const res = await r.read();
+        assert.equal(res.status, 200, `attempt ${i}`);
+        assert.equal(res.body, 'payload');
+        s.destroy();
+      }
+    } finally {
+      await gateway.shutdown();
+      await live.close();
+    }
+  });
+
   it('requests beyond connectionsPerBackend wait for a free socket', async () => {
     let open = 0;
     let most = 0;
