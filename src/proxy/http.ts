@@ -185,11 +185,11 @@ export class HttpProxy implements ProtocolHandler {
   readonly accept = (socket: Socket): void => {
     this.stats.accepted++;
     this.live++;
-    socket.once('close', () => {
-      this.live--;
-      this.stats.closed++;
-    });
-    socket.on('error', () => {});
+    // Module-level listeners: an upgraded WebSocket keeps its socket for
+    // hours, and a closure here would stay with it.
+    (socket as CountedSocket)[kProxy] = this;
+    socket.once('close', onAcceptedClose);
+    socket.on('error', ignore);
     if (this.#tls !== undefined) {
       this.#tls.emit('connection', socket);
       return;
@@ -215,6 +215,17 @@ export class HttpProxy implements ProtocolHandler {
     socket.resume();
   };
 }
+
+const kProxy = Symbol('holdfast.http.proxy');
+interface CountedSocket extends Socket {
+  [kProxy]: HttpProxy;
+}
+function onAcceptedClose(this: CountedSocket): void {
+  const proxy = this[kProxy];
+  proxy.live--;
+  proxy.stats.closed++;
+}
+function ignore(): void {}
 
 /** Load `tls: { cert, key }` (PEM files); undefined when the service is cleartext. */
 function tlsOptionsOf(config: ServiceConfig): SecureContextOptions | undefined {

@@ -83,10 +83,7 @@ export class Http1Handler implements RequestHandler {
   handleConnection(socket: Socket, toUpgrade: (socket: Socket) => void): void {
     const conn = new ClientConn(this, socket, toUpgrade);
     this.#conns.add(conn);
-    socket.once('close', () => {
-      this.#conns.delete(conn);
-      conn.closed();
-    });
+    socket.once('close', conn.onClose);
   }
 }
 
@@ -117,6 +114,12 @@ class ClientConn implements ChunkSink {
   #fwd = '';
   /** Responses written whose last byte is not flushed yet, oldest first. */
   readonly #flushing: Http1Downstream[] = [];
+
+  /** The socket closed: forget the connection and end what it was serving. */
+  readonly onClose = (): void => {
+    this.handler.forget(this);
+    this.closed();
+  };
 
   constructor(handler: Http1Handler, socket: Socket, toUpgrade: (socket: Socket) => void) {
     this.handler = handler;
@@ -271,6 +274,9 @@ class ClientConn implements ChunkSink {
       this.socket.unshift(buf);
       this.#gone = true;
       this.#ageTimer?.cancel();
+      // Let go of the socket entirely, so that nothing of this connection
+      // stays alive for the upgraded connection's whole life.
+      this.socket.removeListener('close', this.onClose);
       this.handler.forget(this);
       this.#toUpgrade(this.socket);
       return false;
