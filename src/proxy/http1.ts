@@ -84,6 +84,37 @@ export class Http1Handler implements RequestHandler {
     const conn = new ClientConn(this, socket, toUpgrade);
     this.#conns.add(conn);
     socket.once('close', conn.onClose);
+    this.#watchIdle();
+  }
+
+  #idleTimer: Timer | undefined;
+
+  /**
+   * Keep-alive idle timeout without a timer per connection (a socket keeps
+   * its Timeout object for life, even after setTimeout(0)): one sweep per
+   * service closes connections with no request in flight whose byte counters
+   * have not moved for `clientIdle` (between 1 and 1.25 times it).
+   */
+  #watchIdle(): void {
+    if (this.#idleTimer !== undefined || this.idleMs <= 0) return;
+    const clock = this.plane.ctx.clock;
+    this.#idleTimer = clock.setTimer(
+      () => {
+        this.#idleTimer = undefined;
+        const now = clock.now();
+        for (const c of this.#conns) {
+          const traffic = c.socket.bytesRead + c.socket.bytesWritten;
+          if (traffic !== c.idleBytes || c.cur !== undefined) {
+            c.idleBytes = traffic;
+            c.idleSince = now;
+          } else if (now - c.idleSince >= this.idleMs) {
+            c.socket.destroy();
+          }
+        }
+        if (this.#conns.size > 0) this.#watchIdle();
+      },
+      Math.max(10, Math.min(this.idleMs / 4, 60_000)),
+    );
   }
 }
 
@@ -112,6 +143,9 @@ class ClientConn implements ChunkSink {
   readonly localPort: number | undefined;
   #fwdHost: string | undefined;
   #fwd = '';
+  /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
+  idleBytes = 0;
+  idleSince = 0;
   /** Responses written whose last byte is not flushed yet, oldest first. */
   readonly #flushing: Http1Downstream[] = [];
 
@@ -135,9 +169,7 @@ class ClientConn implements ChunkSink {
     socket.setNoDelay(true);
     socket.on('data', this.#onData);
     socket.on('end', this.#onEnd);
-    // Set once: socket activity re-arms it (re-setting it per request would add a listener each time).
-    socket.on('timeout', this.#onIdle);
-    if (handler.idleMs > 0) socket.setTimeout(handler.idleMs);
+    this.idleSince = handler.plane.ctx.clock.now();
     if (handler.maxAgeMs > 0) {
       this.#ageTimer = handler.plane.ctx.clock.setTimer(() => this.leave(), jittered(handler.maxAgeMs, 0.1));
     }
@@ -179,11 +211,6 @@ class ClientConn implements ChunkSink {
   readonly #onEnd = (): void => {
     this.#clientEnded = true;
     if (this.cur === undefined && (this.#buf === undefined || this.#buf.length === 0)) this.socket.end();
-  };
-
-  readonly #onIdle = (): void => {
-    // A request in flight may wait for a slow backend: only idle connections time out.
-    if (this.cur === undefined) this.socket.destroy();
   };
 
   /** A head that does not complete within HEAD_TIMEOUT_MS (slowloris) closes the connection. */
@@ -269,8 +296,6 @@ class ClientConn implements ChunkSink {
       this.#buf = undefined;
       this.socket.removeListener('data', this.#onData);
       this.socket.removeListener('end', this.#onEnd);
-      this.socket.setTimeout(0);
-      this.socket.removeListener('timeout', this.#onIdle);
       this.socket.unshift(buf);
       this.#gone = true;
       this.#ageTimer?.cancel();

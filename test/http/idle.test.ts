@@ -1,0 +1,51 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, test } from 'node:test';
+import { startGateway } from '../helpers/gateway.ts';
+import { dial, freePort, readUntil } from '../helpers/net.ts';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+async function setup(): Promise<number> {
+  const backend = createServer((req, res) => {
+    const delay = req.url === '/slow' ? 900 : 0;
+    setTimeout(() => res.end('ok'), delay);
+  });
+  backend.listen(0, '127.0.0.1');
+  await once(backend, 'listening');
+  cleanups.push(() => void backend.close());
+  const port = await freePort();
+  const { gateway } = await startGateway(`
+services:
+  - name: idle
+    protocol: http
+    listen: 127.0.0.1:${port}
+    httpTimeouts: { clientIdle: 300ms }
+    backends: { static: [127.0.0.1:${(backend.address() as AddressInfo).port}] }
+`);
+  cleanups.push(() => gateway.shutdown());
+  return port;
+}
+
+test('an idle keep-alive client connection is closed after clientIdle; one waiting for a slow response is not', async () => {
+  const port = await setup();
+  const slow = await dial(port);
+  cleanups.push(() => void slow.destroy());
+  slow.write('GET /slow HTTP/1.1\r\nhost: x\r\n\r\n');
+  const idle = await dial(port);
+  cleanups.push(() => void idle.destroy());
+  idle.write('GET /fast HTTP/1.1\r\nhost: x\r\n\r\n');
+  await readUntil(idle, 'ok');
+  const idleSince = Date.now();
+  const closed = new Promise((resolve) => idle.once('close', resolve));
+  // The slow request outlives clientIdle and still gets its answer.
+  assert.match(await readUntil(slow, 'ok', 5_000), /200 OK/);
+  await closed;
+  const took = Date.now() - idleSince;
+  assert.ok(took >= 250 && took < 2_000, `closed after ${took} ms`);
+});
