@@ -23,6 +23,21 @@ export const duration = z
     return ms;
   });
 
+/** A duration longer than zero. */
+export const positiveDuration = z
+  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
+  .transform((text, ctx): number => {
+    const ms = parseDuration(text);
+    if (ms === undefined || ms <= 0) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${text}" is not a duration > 0: write it as 500ms, 30s, 5m or 1h`,
+      });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
 /** A duration, or `off` (0 ms). */
 export const durationOrOff = z
   .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h, or "off"' })

@@ -5,23 +5,7 @@
  * Documented in docs/http.md.
  */
 import { z } from 'zod';
-import { parseDuration } from './duration.ts';
-
-/** A duration such as `30s`; `off` (or `0s`) disables. Output in ms, 0 = off. */
-const durationOrOff = z
-  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h, or "off"' })
-  .transform((text, ctx): number => {
-    if (text === 'off') return 0;
-    const ms = parseDuration(text);
-    if (ms === undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h, or "off"`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
+import { durationOrOff } from './fields.ts';
 
 const share = z.number().min(0).max(1);
 

@@ -5,21 +5,7 @@
  * Documented in docs/websocket.md.
  */
 import { z } from 'zod';
-import { parseDuration } from './duration.ts';
-
-const duration = z
-  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
-  .transform((text, ctx): number => {
-    const ms = parseDuration(text);
-    if (ms === undefined || ms <= 0) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `"${text}" is not a duration > 0: write it as 500ms, 30s, 5m or 1h`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
+import { positiveDuration as duration } from './fields.ts';
 
 const SIZE_UNITS: Readonly<Record<string, number>> = {
   '': 1,
