@@ -245,6 +245,12 @@ class Exchange implements ProxiedConnection, ResponseSink {
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
     if (this.#finished) return;
     this.#responded = true;
+    // Passive outlier detection counts consecutive 5xx answers per backend.
+    const backend = this.#backend;
+    if (backend !== undefined) {
+      if (status >= 500) this.#plane.ctx.cluster.reportFailure(backend, 'http-5xx');
+      else this.#plane.ctx.cluster.reportSuccess(backend);
+    }
     this.#requestTimer?.cancel();
     this.#down.respond(status, headers, endStream);
   }
@@ -271,7 +277,12 @@ class Exchange implements ProxiedConnection, ResponseSink {
     plane.ctx.cluster.unregister(backend, this);
     this.#backend = undefined;
     this.#call = undefined;
-    if (err.kind === 'connect-failed') backend.connectFailures++;
+    if (err.kind === 'connect-failed') {
+      backend.connectFailures++;
+      plane.ctx.cluster.reportFailure(backend, 'connect');
+    } else if (err.kind === 'upstream-reset') {
+      plane.ctx.cluster.reportFailure(backend, 'reset');
+    }
     plane.ctx.log.debug(
       { service: plane.ctx.cluster.name, backend: backend.key, err: err.message },
       'upstream request failed',
