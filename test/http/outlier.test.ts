@@ -15,7 +15,7 @@ async function backend(status: number): Promise<number> {
   const server: Server = createServer((_req, res) => res.writeHead(status).end(String(status)));
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  cleanups.push(() => void server.closeAllConnections());
+  cleanups.push(() => server.closeAllConnections());
   cleanups.push(() => void server.close());
   return (server.address() as AddressInfo).port;
 }
