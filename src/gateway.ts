@@ -266,7 +266,13 @@ export class Gateway {
         listeners: [...this.listeners.keys()],
         admin: config.admin === undefined || this.#worker ? undefined : formatHostPort(config.admin.listen),
       },
-      initial ? (this.#worker ? 'worker started' : 'holdfast started') : 'config reloaded',
+      initial
+        ? this.#worker
+          ? 'worker started'
+          : 'holdfast started'
+        : this.#worker
+          ? 'worker reloaded'
+          : 'config reloaded',
     );
   }
 
