@@ -1,4 +1,6 @@
 import type { Logger } from 'pino';
+import { MAGLEV_LARGE_TABLE_SIZE, MaglevBalancer } from '../balance/maglev.ts';
+import { setTargetsOffThread } from '../balance/maglev-worker.ts';
 import type { Balancer, PickContext } from '../balance/types.ts';
 import { formatHostPort } from '../config/address.ts';
 import { Backend, type BackendSpec } from './backend.ts';
@@ -98,8 +100,8 @@ export class Cluster {
   setBalancer(balancer: Balancer<Backend>, connectionBalancer?: Balancer<Backend>): void {
     this.#balancer = balancer;
     this.#connectionBalancer = connectionBalancer;
-    balancer.setTargets(this.#eligible);
-    connectionBalancer?.setTargets(this.#eligible);
+    this.#setTargets(balancer);
+    if (connectionBalancer !== undefined) this.#setTargets(connectionBalancer);
   }
 
   /**
@@ -174,7 +176,10 @@ export class Cluster {
     let skip = exclude;
     for (let tries = 0; tries <= this.#eligible.length; tries++) {
       const backend = balancer.pick(ctx, skip);
-      if (backend === undefined || !backend.full(this.#maxPerBackend)) return backend;
+      if (backend === undefined) return undefined;
+      // A table still being rebuilt off the event loop may name a backend that
+      // has just left: pass over it as over a full one.
+      if (backend.state === 'active' && !backend.full(this.#maxPerBackend)) return backend;
       skip ??= new Set();
       skip.add(backend);
     }
@@ -325,6 +330,35 @@ export class Cluster {
     }
   }
 
+  /** Balancers that have had their first (synchronous) table. */
+  readonly #built = new WeakSet<Balancer<Backend>>();
+
+  /**
+   * Hand the eligible set to a policy. A large Maglev table (655373 slots,
+   * ~25 ms to build) is rebuilt in a worker thread and swapped in atomically
+   * when done, so the event loop never stalls on a backend change; the very
+   * first table is built at once, so a new service can pick immediately.
+   */
+  #setTargets(balancer: Balancer<Backend>): void {
+    if (
+      balancer instanceof MaglevBalancer &&
+      balancer.m >= MAGLEV_LARGE_TABLE_SIZE &&
+      this.#built.has(balancer)
+    ) {
+      const eligible = this.#eligible;
+      setTargetsOffThread(balancer, eligible).catch((err: unknown) => {
+        this.#log.warn(
+          { service: this.name, err: String(err) },
+          'off-thread Maglev build failed; building inline',
+        );
+        if (this.#eligible === eligible) balancer.setTargets(eligible);
+      });
+      return;
+    }
+    balancer.setTargets(this.#eligible);
+    this.#built.add(balancer);
+  }
+
   #refresh(): void {
     const now = this.#clock.now();
     for (const b of this.#backends.values()) {
@@ -341,7 +375,7 @@ export class Cluster {
       b.state = state;
     }
     this.#eligible = [...this.#backends.values()].filter((b) => b.state === 'active' && b.weight > 0);
-    this.#balancer.setTargets(this.#eligible);
-    this.#connectionBalancer?.setTargets(this.#eligible);
+    this.#setTargets(this.#balancer);
+    if (this.#connectionBalancer !== undefined) this.#setTargets(this.#connectionBalancer);
   }
 }
