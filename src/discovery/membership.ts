@@ -8,7 +8,6 @@ import { HealthChecker } from '../health/active.ts';
 import { OutlierDetector } from '../health/outlier.ts';
 import { DnsSource } from './dns.ts';
 import { FileSource } from './file.ts';
-import { KubernetesSource } from './kubernetes.ts';
 import type { DiscoverySource, SourceContext, SourceKind } from './source.ts';
 import { StaticSource } from './static.ts';
 
@@ -25,12 +24,52 @@ export interface MembershipStats {
   readonly ejectionsCapped: () => number;
 }
 
+type KubernetesConfig = NonNullable<ServiceConfig['backends']['kubernetes']>;
+
+/**
+ * The Kubernetes source, loaded when first started: it brings undici (about
+ * 6 MB of heap), which a gateway without Kubernetes discovery should not
+ * carry — every major GC marks the whole heap, so its size is paid for in
+ * throughput.
+ */
+class LazyKubernetesSource implements DiscoverySource {
+  readonly kind = 'kubernetes';
+  readonly #config: KubernetesConfig;
+  readonly #ctx: SourceContext;
+  #inner: DiscoverySource | undefined;
+  #stopped = false;
+
+  constructor(config: KubernetesConfig, ctx: SourceContext) {
+    this.#config = config;
+    this.#ctx = ctx;
+  }
+
+  start(): void {
+    this.#stopped = false;
+    import('./kubernetes.ts').then(
+      ({ KubernetesSource }) => {
+        if (this.#stopped) return;
+        this.#inner = new KubernetesSource(this.#config, this.#ctx);
+        this.#inner.start();
+      },
+      (err: unknown) =>
+        this.#ctx.log.error({ err: String(err) }, 'cannot load the Kubernetes discovery source'),
+    );
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#inner?.stop();
+    this.#inner = undefined;
+  }
+}
+
 /** Build the source configured under `backends:`. */
 export function createSource(config: ServiceConfig, ctx: SourceContext): DiscoverySource {
   const b = config.backends;
   if (b.file !== undefined) return new FileSource(b.file, ctx);
   if (b.dns !== undefined) return new DnsSource(b.dns, ctx);
-  if (b.kubernetes !== undefined) return new KubernetesSource(b.kubernetes, ctx);
+  if (b.kubernetes !== undefined) return new LazyKubernetesSource(b.kubernetes, ctx);
   return new StaticSource(b.static, ctx);
 }
 
