@@ -129,7 +129,13 @@ async function throughput(names: PeerName[], seconds: number, runs: number, out:
   }
 }
 
-async function idleMemory(names: PeerName[], count: number, out: (row: object) => void) {
+/**
+ * Memory per idle proxied connection: resident memory with `count` more
+ * connections open, minus before, over `count`. `base` connections are held
+ * open throughout (default 0): with a few thousand, the figure is the
+ * marginal cost at scale, with the heap's one-time growth steps already paid.
+ */
+async function idleMemory(names: PeerName[], count: number, base: number, out: (row: object) => void) {
   const backend = spawn(NODE, [join(HERE, 'lib/hold.ts'), 'server', String(BACKEND)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -146,16 +152,23 @@ async function idleMemory(names: PeerName[], count: number, out: (row: object) =
         await holdConnections(PORTS[name], 100, async () => {});
         await sleep(1_000);
         const rss = (): number => peer.pids().reduce((n, pid) => n + rssBytes(pid), 0);
-        const before = rss();
+        let before = 0;
         let after = 0;
-        await holdConnections(PORTS[name], count, async () => {
-          await sleep(2_000);
-          after = rss();
-        });
+        const measure = async (): Promise<void> => {
+          await sleep(1_000);
+          before = rss();
+          await holdConnections(PORTS[name], count, async () => {
+            await sleep(2_000);
+            after = rss();
+          });
+        };
+        if (base > 0) await holdConnections(PORTS[name], base, measure);
+        else await measure();
         out({
           name: 'tcp-idle-memory',
           peer: name,
           connections: count,
+          alreadyOpen: base,
           rssBeforeMiB: round(before / 2 ** 20),
           rssAfterMiB: round(after / 2 ** 20),
           bytesPerConnection: Math.round((after - before) / count),
@@ -203,6 +216,7 @@ export async function run(args: BenchArgs): Promise<void> {
       seconds: { type: 'string', default: '3' },
       runs: { type: 'string', default: '3' },
       idle: { type: 'string', default: '5000' },
+      base: { type: 'string', default: '0' },
       peers: { type: 'string', default: 'holdfast,nginx,haproxy' },
       only: { type: 'string', default: 'throughput,memory' },
     },
@@ -217,7 +231,7 @@ export async function run(args: BenchArgs): Promise<void> {
   };
   const only = values.only.split(',');
   if (only.includes('throughput')) await throughput(names, Number(values.seconds), Number(values.runs), out);
-  if (only.includes('memory')) await idleMemory(names, Number(values.idle), out);
+  if (only.includes('memory')) await idleMemory(names, Number(values.idle), Number(values.base), out);
   if (args.json) return;
   // Human summary with ratios against the peers measured in this run.
   const get = (name: string, peer: string, key: string): number | undefined =>
