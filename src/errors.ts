@@ -43,10 +43,3 @@ export class ListenError extends HoldfastError {
     );
   }
 }
-
-/** No backend could take a new connection or request. */
-export class NoBackendError extends HoldfastError {
-  constructor(service: string, detail: string) {
-    super('HOLDFAST_ERR_NO_BACKEND', `service "${service}": no backend available (${detail})`);
-  }
-}

@@ -63,10 +63,7 @@ const handlers: Record<ServiceConfig['protocol'], HandlerFactory | undefined> = 
   },
 };
 
-/**
- * The HTTP-family data planes. Each returns its part for one service; a part
- * left out answers 501 until it exists.
- */
+/** The HTTP-family data planes of one service. */
 function httpParts(ctx: HttpContext): HttpParts {
   return {
     ...requestParts(ctx), // HTTP/1.1 requests and HTTP/2 streams, balanced one by one (src/proxy/http-request.ts)

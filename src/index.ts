@@ -9,5 +9,5 @@ export { createBalancer, BALANCE_POLICIES, type BalancerOptions } from './balanc
 export type { Balancer, PickContext, Target } from './balance/types.ts';
 export { Cluster } from './cluster/cluster.ts';
 export { systemClock, ManualClock, type Clock } from './cluster/clock.ts';
-export { HoldfastError, ConfigError, ListenError, NoBackendError } from './errors.ts';
+export { HoldfastError, ConfigError, ListenError } from './errors.ts';
 export { createLogger } from './log.ts';

@@ -205,16 +205,7 @@ export class Cluster {
     } else {
       this.#log.warn(log, 'backend unhealthy');
       if (this.closeOnUnhealthy && backend.state !== 'draining' && backend.connections.size > 0) {
-        this.#drains.get(backend)?.cancel();
-        this.#drains.set(
-          backend,
-          new Drain(backend.connections, {
-            clock: this.#clock,
-            reason: 'unhealthy',
-            timeoutMs: this.#drainTimeoutMs,
-            isOpen: (c) => backend.connections.has(c),
-          }),
-        );
+        this.#drainConnections(backend, 'unhealthy');
       }
     }
     this.#refresh();
@@ -252,11 +243,6 @@ export class Cluster {
   /** A data plane saw `backend` work (connected, answered below 500). */
   reportSuccess(backend: Backend): void {
     this.observer?.success(backend);
-  }
-
-  /** Does any eligible backend have room? (For telling "all full" from "none configured".) */
-  get hasEligible(): boolean {
-    return this.#eligible.length > 0;
   }
 
   /** Count a connection on its backend for its whole life. */
@@ -303,10 +289,12 @@ export class Cluster {
       },
       'backend draining',
     );
-    if (count === 0) {
-      this.#forget(backend);
-      return;
-    }
+    if (count === 0) this.#forget(backend);
+    else this.#drainConnections(backend, reason);
+  }
+
+  /** Ask a backend's live connections to leave, spread over the drain timeout (replacing any drain under way). */
+  #drainConnections(backend: Backend, reason: LeaveReason): void {
     this.#drains.get(backend)?.cancel();
     this.#drains.set(
       backend,

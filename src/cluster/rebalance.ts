@@ -76,10 +76,6 @@ export class Rebalancer {
     this.#settings = opts.settings;
   }
 
-  get enabled(): boolean {
-    return this.#settings !== undefined;
-  }
-
   configure(settings: RebalanceSettings | undefined): void {
     this.#settings = settings;
     if (settings === undefined) this.#cancel();

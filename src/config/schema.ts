@@ -163,4 +163,3 @@ export function defaultBalance(protocol: 'tcp' | 'http'): (typeof BALANCE_POLICI
 
 export type Config = z.output<typeof configSchema>;
 export type ServiceConfig = Config['services'][number];
-export type BackendConfig = ServiceConfig['backends']['static'][number];

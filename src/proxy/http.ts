@@ -57,27 +57,15 @@ export interface Http2Handler extends HttpPart {
   handleConnection(socket: Socket): void;
 }
 
-/** Until a data plane exists for a kind of traffic, it is answered with 501. */
-const NOT_IMPLEMENTED =
-  'HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 32\r\n\r\nnot implemented by holdfast yet\n';
-const notImplemented: RequestHandler & UpgradeHandler & Http2Handler = {
-  handleConnection(socket) {
-    socket.end(NOT_IMPLEMENTED);
-  },
-  handleUpgrade(_req, socket) {
-    socket.end('HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-  },
-};
-
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n');
 
 export interface HttpParts {
-  websocket?: UpgradeHandler;
-  http1?: RequestHandler;
-  http2?: Http2Handler;
+  websocket: UpgradeHandler;
+  http1: RequestHandler;
+  http2: Http2Handler;
 }
 
-/** Parts are registered by the modules that implement them (see gateway.ts). */
+/** The parts come from the modules that implement them (see gateway.ts). */
 export class HttpProxy implements ProtocolHandler {
   readonly ctx: HttpContext;
   readonly stats: ServiceStats = { accepted: 0, closed: 0, refused: {}, errors: {} };
@@ -102,9 +90,9 @@ export class HttpProxy implements ProtocolHandler {
   ) {
     this.ctx = { cluster, clock, log, stats: this.stats, config };
     const built = parts(this.ctx);
-    this.#websocket = built.websocket ?? notImplemented;
-    this.#http1 = built.http1 ?? notImplemented;
-    this.#http2 = built.http2 ?? notImplemented;
+    this.#websocket = built.websocket;
+    this.#http1 = built.http1;
+    this.#http2 = built.http2;
     this.#server = createServer({
       // Bounded by default: a slow or silent client cannot hold a socket forever.
       headersTimeout: 30_000,

@@ -17,10 +17,6 @@ export class SourceAddressPool {
     this.#v6 = addresses.filter((a) => isIP(a) === 6);
   }
 
-  get size(): number {
-    return this.#v4.length + this.#v6.length;
-  }
-
   /** The next local address to bind for a connection to `host`, or undefined to let the kernel choose. */
   next(host: string): string | undefined {
     if (isIP(host) === 6) {

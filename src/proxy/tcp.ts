@@ -1,38 +1,21 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { Clock, Timer } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import { SourceAddressPool } from './source-address.ts';
-import { connectUpstream } from './upstream.ts';
+import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 
 /** Settings of a TCP service that a reload may change; read per new connection. */
-export interface TcpSettings {
-  connectTimeoutMs: number;
+export interface TcpSettings extends RelaySettings {
   idleTimeoutMs: number;
-  /** TCP keepalive idle time, or undefined for off. */
-  keepAliveMs: number | undefined;
-  maxConnections: number | undefined;
-  sources: SourceAddressPool;
-  /** Most backends tried for one client before giving up. */
-  maxAttempts: number;
   rebalance: RebalanceSettings | undefined;
 }
 
 export function tcpSettings(config: ServiceConfig): TcpSettings {
-  return {
-    connectTimeoutMs: config.timeouts.connect,
-    idleTimeoutMs: config.timeouts.idle,
-    keepAliveMs: config.tcpKeepAlive === 'off' ? undefined : config.tcpKeepAlive,
-    maxConnections: config.limits.maxConnections,
-    sources: new SourceAddressPool(config.sourceAddresses),
-    maxAttempts: 3,
-    rebalance: config.rebalance,
-  };
+  return { ...relaySettings(config), idleTimeoutMs: config.timeouts.idle, rebalance: config.rebalance };
 }
 
 /** Why a client was turned away, as counted in metrics. */
@@ -199,31 +182,6 @@ class ConnectTimeoutError extends Error {
   }
 }
 
-/**
- * The pick context of a TCP connection, read from the socket only when a
- * policy asks (hash and persistence policies do; least-connections does not),
- * so connections balanced by load never pay for address lookups.
- */
-class SocketPickContext implements PickContext {
-  readonly now: number;
-  readonly #socket: Socket;
-  constructor(socket: Socket, now: number) {
-    this.#socket = socket;
-    this.now = now;
-  }
-  get clientIp(): string | undefined {
-    return this.#socket.remoteAddress;
-  }
-  get clientPort(): number | undefined {
-    return this.#socket.remotePort;
-  }
-  get localIp(): string | undefined {
-    return this.#socket.localAddress;
-  }
-  get localPort(): number | undefined {
-    return this.#socket.localPort;
-  }
-}
 function onConnectError(this: Leg, err: Error): void {
   this[kConn].connectFailed(this, err);
 }

@@ -1,13 +1,32 @@
 import { connect, type Socket } from 'node:net';
+import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
-import type { SourceAddressPool } from './source-address.ts';
+import type { ServiceConfig } from '../config/schema.ts';
+import { SourceAddressPool } from './source-address.ts';
 
-/** What every long-lived upstream connection is opened with. */
-export interface UpstreamSocketSettings {
-  /** Local addresses to spread connections over (empty: the kernel chooses). */
-  readonly sources: SourceAddressPool;
-  /** TCP keepalive idle time in ms, or undefined for off. */
-  readonly keepAliveMs: number | undefined;
+/**
+ * What every relayed connection (TCP, WebSocket) is opened with and held
+ * to; read per new connection, replaced on reload.
+ */
+export interface RelaySettings {
+  connectTimeoutMs: number;
+  /** TCP keepalive idle time in ms on both legs, or undefined for off. */
+  keepAliveMs: number | undefined;
+  maxConnections: number | undefined;
+  /** Local addresses to spread upstream connections over (empty: the kernel chooses). */
+  sources: SourceAddressPool;
+  /** Most backends tried for one client before giving up. */
+  maxAttempts: number;
+}
+
+export function relaySettings(config: ServiceConfig): RelaySettings {
+  return {
+    connectTimeoutMs: config.timeouts.connect,
+    keepAliveMs: config.tcpKeepAlive === 'off' ? undefined : config.tcpKeepAlive,
+    maxConnections: config.limits.maxConnections,
+    sources: new SourceAddressPool(config.sourceAddresses),
+    maxAttempts: 3,
+  };
 }
 
 /**
@@ -17,7 +36,7 @@ export interface UpstreamSocketSettings {
  * segmented), TCP keepalive so a silent backend host is found. The connect
  * timeout is the caller's: it knows what else it waits for.
  */
-export function connectUpstream(backend: Backend, s: UpstreamSocketSettings): Socket {
+export function connectUpstream(backend: Backend, s: RelaySettings): Socket {
   const { host, port } = backend.address;
   return connect({
     host,
@@ -28,4 +47,50 @@ export function connectUpstream(backend: Backend, s: UpstreamSocketSettings): So
     keepAlive: s.keepAliveMs !== undefined,
     keepAliveInitialDelay: s.keepAliveMs ?? 0,
   });
+}
+
+/**
+ * The pick context of a relayed connection. Socket addresses are read only
+ * when a policy asks (hash and persistence policies do; least-connections
+ * does not): reading them makes Node keep an address object and strings on
+ * the socket for its whole life.
+ */
+export class SocketPickContext implements PickContext {
+  readonly now: number;
+  readonly #socket: Socket;
+  readonly #clientIp: string | undefined;
+  readonly host: string | undefined;
+  readonly path: string | undefined;
+  readonly headers: PickContext['headers'];
+
+  /** `http`: what a WebSocket upgrade adds (and the client address, where already known). */
+  constructor(
+    socket: Socket,
+    now: number,
+    http?: {
+      clientIp: string | undefined;
+      host: string | undefined;
+      path: string | undefined;
+      headers: PickContext['headers'];
+    },
+  ) {
+    this.#socket = socket;
+    this.now = now;
+    this.#clientIp = http?.clientIp;
+    this.host = http?.host;
+    this.path = http?.path;
+    this.headers = http?.headers;
+  }
+  get clientIp(): string | undefined {
+    return this.#clientIp ?? this.#socket.remoteAddress;
+  }
+  get clientPort(): number | undefined {
+    return this.#socket.remotePort;
+  }
+  get localIp(): string | undefined {
+    return this.#socket.localAddress;
+  }
+  get localPort(): number | undefined {
+    return this.#socket.localPort;
+  }
 }

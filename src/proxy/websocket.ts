@@ -8,15 +8,13 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { isIPv6, type Socket } from 'node:net';
-import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler } from './http.ts';
-import { SourceAddressPool } from './source-address.ts';
-import { connectUpstream } from './upstream.ts';
+import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
   CLOSE_GOING_AWAY,
@@ -40,7 +38,7 @@ const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const MAX_RESPONSE_HEAD = 16_384;
 
 /** Settings read per new connection (a reload replaces them). */
-export interface WebSocketSettings {
+export interface WebSocketSettings extends RelaySettings {
   /** Gateway heartbeats: ping a quiet leg every `intervalMs`; undefined = off. */
   pingIntervalMs: number | undefined;
   pingTimeoutMs: number;
@@ -49,27 +47,18 @@ export interface WebSocketSettings {
   closeTimeoutMs: number;
   /** Connections older than this (±10 %) are asked to reconnect; undefined = off. */
   maxAgeMs: number | undefined;
-  connectTimeoutMs: number;
-  keepAliveMs: number | undefined;
-  maxConnections: number | undefined;
-  sources: SourceAddressPool;
-  maxAttempts: number;
 }
 
 export function websocketSettings(config: ServiceConfig): WebSocketSettings {
   const ws = config.websocket;
   return {
+    ...relaySettings(config),
     pingIntervalMs: ws.ping === 'off' ? undefined : ws.ping.interval,
     pingTimeoutMs: ws.ping === 'off' ? 0 : ws.ping.timeout,
     maxFrameSize: ws.maxFrameSize,
     maxMessageSize: ws.maxMessageSize,
     closeTimeoutMs: ws.closeTimeout,
     maxAgeMs: config.maxConnectionAge === 'off' ? undefined : config.maxConnectionAge,
-    connectTimeoutMs: config.timeouts.connect,
-    keepAliveMs: config.tcpKeepAlive === 'off' ? undefined : config.tcpKeepAlive,
-    maxConnections: config.limits.maxConnections,
-    sources: new SourceAddressPool(config.sourceAddresses),
-    maxAttempts: 3,
   };
 }
 
@@ -411,16 +400,12 @@ class WsConnection implements ProxiedConnection {
     const ctx = proxy.ctx;
     const req = hs.req;
     const client = this.client;
-    const pickCtx: PickContext = {
-      now: this.openedAt,
+    const pickCtx = new SocketPickContext(client, this.openedAt, {
       clientIp: hs.ip,
-      clientPort: client.remotePort,
       host: req.headers.host,
       path: req.url,
-      localIp: client.localAddress,
-      localPort: client.localPort,
       headers: req.headers,
-    };
+    });
     const backend = ctx.cluster.pickConnection(pickCtx, hs.tried);
     if (backend === undefined) {
       const reason = hs.tried === undefined ? 'no-backend' : 'connect-failed';
