@@ -6,6 +6,7 @@ import type { Cluster } from '../cluster/cluster.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
+import { adoptReading, afterRead, forward, ownBytes, readsOwnBuffers } from './socket-reads.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 
 /** Settings of a TCP service that a reload may change; read per new connection. */
@@ -76,13 +77,14 @@ export class TcpProxy {
   }
 
   /** Listener callback: take a freshly accepted (paused) client socket. */
-  readonly accept = (client: Socket): void => {
+  readonly accept = (accepted: Socket): void => {
     const s = this.settings;
     if (s.maxConnections !== undefined && this.live >= s.maxConnections) {
       this.stats.refused.limit++;
-      client.destroy();
+      accepted.destroy();
       return;
     }
+    const client = adoptReading(accepted, onClientRead, { allowHalfOpen: true, noDelay: true });
     this.stats.accepted++;
     if (this.live++ === 0) this.rebalancer.start();
     if (s.keepAliveMs !== undefined) client.setKeepAlive(true, s.keepAliveMs);
@@ -146,13 +148,23 @@ interface Leg extends Socket {
 
 function noop(): void {}
 
-function onClientData(this: Leg, chunk: Buffer): void {
-  const up = this[kConn].upstream!;
-  if (!up.writableEnded && !up.write(chunk)) this.pause();
+/**
+ * Relay `n` bytes read by `from` to `to`, pausing `from` while they stay
+ * queued (backpressure; see socket-reads.ts for why a queued view matters).
+ */
+function relay(from: Socket, to: Socket | undefined, n: number, buf: Buffer): void {
+  let held = false;
+  if (to !== undefined && !to.writableEnded) {
+    held = forward(to, ownBytes(buf, 0, n));
+    if (held) from.pause();
+  }
+  afterRead(buf, n, held);
 }
-function onUpstreamData(this: Leg, chunk: Buffer): void {
-  const client = this[kConn].client;
-  if (!client.writableEnded && !client.write(chunk)) this.pause();
+function onClientRead(this: Socket, n: number, buf: Buffer): void {
+  relay(this, (this as Leg)[kConn].upstream, n, buf);
+}
+function onUpstreamRead(this: Socket, n: number, buf: Buffer): void {
+  relay(this, (this as Leg)[kConn].client, n, buf);
 }
 function onClientDrain(this: Leg): void {
   this[kConn].upstream?.resume();
@@ -241,7 +253,7 @@ class TcpConnection implements ProxiedConnection {
     this.backend = backend;
     proxy.cluster.register(backend, this);
     const s = proxy.settings;
-    const upstream = connectUpstream(backend, s) as Leg;
+    const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(this.client)) as Leg;
     upstream[kConn] = this;
     this.upstream = upstream;
     // Our own timer rather than socket.setTimeout(): the socket would keep its
@@ -294,9 +306,8 @@ class TcpConnection implements ProxiedConnection {
     this.#phase = 'open';
     this.proxy.cluster.reportSuccess(this.backend!);
     upstream.on('close', onUpstreamClose);
-    // Relay with backpressure: pause the reader while the writer's buffer is full.
-    client.on('data', onClientData);
-    upstream.on('data', onUpstreamData);
+    // Relay (onClientRead, onUpstreamRead) with backpressure: a reader pauses
+    // while what it forwarded stays queued, and resumes when the writer drains.
     upstream.on('drain', onUpstreamDrain);
     client.on('drain', onClientDrain);
     client.on('end', onClientEnd);

@@ -2,6 +2,7 @@ import { connect, type Socket } from 'node:net';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { ServiceConfig } from '../config/schema.ts';
+import { connectReading, type ReadCallback, readPlainly } from './socket-reads.ts';
 import { SourceAddressPool } from './source-address.ts';
 
 /**
@@ -35,10 +36,19 @@ export function relaySettings(config: ServiceConfig): RelaySettings {
  * turned into a close), Nagle off (the client's writes are already
  * segmented), TCP keepalive so a silent backend host is found. The connect
  * timeout is the caller's: it knows what else it waits for.
+ *
+ * Reads go to `read` (see socket-reads.ts): into reused buffers where
+ * `ownBuffers`, else in Node's buffers through 'data' events (when the
+ * client leg could not be taken over).
  */
-export function connectUpstream(backend: Backend, s: RelaySettings): Socket {
+export function connectUpstream(
+  backend: Backend,
+  s: RelaySettings,
+  read: ReadCallback,
+  ownBuffers: boolean,
+): Socket {
   const { host, port } = backend.address;
-  return connect({
+  const options = {
     host,
     port,
     localAddress: s.sources.next(host),
@@ -46,7 +56,11 @@ export function connectUpstream(backend: Backend, s: RelaySettings): Socket {
     noDelay: true,
     keepAlive: s.keepAliveMs !== undefined,
     keepAliveInitialDelay: s.keepAliveMs ?? 0,
-  });
+  };
+  if (ownBuffers) return connectReading(options, read);
+  const socket = connect(options);
+  readPlainly(socket, read);
+  return socket;
 }
 
 /**

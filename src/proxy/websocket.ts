@@ -14,6 +14,7 @@ import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler } from './http.ts';
+import { adoptReading, afterRead, forward, ownBytes, readsOwnBuffers } from './socket-reads.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
@@ -155,8 +156,11 @@ export class WebSocketProxy implements UpgradeHandler {
       reject(socket, 503, 'the service is at its connection limit; retry later');
       return;
     }
-    if (s.keepAliveMs !== undefined) socket.setKeepAlive(true, s.keepAliveMs);
-    new WsConnection(this, socket, new Handshake(req, head, key, peerIp(socket))).start();
+    const ip = peerIp(socket);
+    // From here on the client's reads go through onClientRead (reused buffers, see socket-reads.ts).
+    const client = adoptReading(socket, onClientRead, { allowHalfOpen: true, noDelay: true });
+    if (s.keepAliveMs !== undefined) client.setKeepAlive(true, s.keepAliveMs);
+    new WsConnection(this, client, new Handshake(req, head, key, ip)).start();
   }
 
   upgradeStarted(): void {
@@ -281,6 +285,8 @@ const F_COMPRESSION = 128;
 const F_RX = 256;
 /** The output has its 'drain' listener (added at the first backpressure; idle connections never need one). */
 const F_DRAIN = 512;
+/** Backend → client only: the backend refused the upgrade; its answer is passed through as bytes. */
+const F_RAW = 1024;
 
 /**
  * Listeners are module-level functions that find their connection through
@@ -308,18 +314,32 @@ function onConnect(this: Leg): void {
 function onHandshakeError(this: Leg, err: Error): void {
   this[kConn].handshakeError(this, err);
 }
-function onHandshakeData(this: Leg, chunk: Buffer): void {
-  this[kConn].handshakeData(this, chunk);
-}
-function onClientData(this: Leg, chunk: Buffer): void {
-  const conn = this[kConn];
+/**
+ * Reads of either leg, `n` bytes in `buf` (see socket-reads.ts: views of
+ * `buf` may be forwarded only through `ownBytes`, and the reader pauses while
+ * they stay queued). The client is read only once the connection is open.
+ */
+function onClientRead(this: Socket, n: number, buf: Buffer): void {
+  const conn = (this as Leg)[kConn];
   conn.uF |= F_RX;
-  if (!conn.push(true, chunk)) this.pause();
+  const ok = conn.push(true, ownBytes(buf, 0, n));
+  if (!ok) this.pause();
+  afterRead(buf, n, !ok);
 }
-function onUpstreamData(this: Leg, chunk: Buffer): void {
-  const conn = this[kConn];
-  conn.dF |= F_RX;
-  if (!conn.push(false, chunk)) this.pause();
+function onUpstreamRead(this: Socket, n: number, buf: Buffer): void {
+  const conn = (this as Leg)[kConn];
+  let ok = true;
+  if (conn.phase === HANDSHAKE) {
+    // The response head may span reads: a copy, whatever the buffer.
+    conn.handshakeData(this as Leg, Buffer.from(buf.subarray(0, n)));
+  } else if ((conn.dF & F_RAW) !== 0) {
+    ok = !forward(conn.client, ownBytes(buf, 0, n));
+  } else {
+    conn.dF |= F_RX;
+    ok = conn.push(false, ownBytes(buf, 0, n));
+  }
+  if (!ok) this.pause();
+  afterRead(buf, n, !ok);
 }
 function onClientDrain(this: Leg): void {
   this[kConn].upstream?.resume();
@@ -427,7 +447,7 @@ class WsConnection implements ProxiedConnection {
         ? undefined
         : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
     const s = proxy.settings;
-    const upstream = connectUpstream(backend, s) as Leg;
+    const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(client)) as Leg;
     upstream[kConn] = this;
     this.upstream = upstream;
     // Our own timer rather than socket.setTimeout(), whose Timeout object would
@@ -512,7 +532,6 @@ class WsConnection implements ProxiedConnection {
     head += `Forwarded: ${fwd === undefined ? me : `${fwd}, ${me}`}\r\n`;
     if (req.headers['x-forwarded-proto'] === undefined) head += 'X-Forwarded-Proto: http\r\n';
     upstream.write(`${head}\r\n`);
-    upstream.on('data', onHandshakeData);
   }
 
   /** Bytes of the backend's response head; at its end the connection opens (or fails). */
@@ -524,13 +543,12 @@ class WsConnection implements ProxiedConnection {
     if (end < 0) {
       hs.got = got;
       if (got.length > MAX_RESPONSE_HEAD) {
-        upstream.off('data', onHandshakeData);
+        upstream.pause();
         this.#badBackend('the backend sent an oversized handshake response');
       }
       return;
     }
     hs.got = undefined;
-    upstream.off('data', onHandshakeData);
     upstream.pause();
     this.#onResponse(hs, got.subarray(0, end + 4), got.subarray(end + 4));
   }
@@ -564,7 +582,11 @@ class WsConnection implements ProxiedConnection {
       upstream.off('error', onHandshakeError);
       upstream.on('error', noop);
       upstream.on('close', onUpstreamClose);
-      upstream.pipe(client);
+      // The rest of the answer, byte for byte (onUpstreamRead), then the backend's FIN.
+      this.dF |= F_RAW;
+      client.on('drain', onClientDrain);
+      upstream.on('end', onUpstreamEnd);
+      upstream.resume();
       client.resume();
       this.phase = CLOSING;
       this.due = Math.floor(this.proxy.ctx.clock.now());
@@ -601,13 +623,16 @@ class WsConnection implements ProxiedConnection {
     this.clientOkAt = this.backendOkAt = Math.floor(proxy.ctx.clock.now());
     client.write(head);
     proxy.opened(this);
-    client.on('data', onClientData);
-    upstream.on('data', onUpstreamData);
     client.on('end', onClientEnd);
     upstream.on('end', onUpstreamEnd);
-    if (rest.length > 0) onUpstreamData.call(upstream, rest);
-    if (early !== undefined) onClientData.call(client, early);
-    client.resume();
+    // Bytes that came with the heads: they are copies, not views of a read buffer.
+    if (rest.length > 0) this.dF |= F_RX;
+    if (rest.length > 0 && !this.push(false, rest)) upstream.pause();
+    else upstream.resume();
+    if (early !== undefined) this.uF |= F_RX;
+    if (early !== undefined && !this.push(true, early)) client.pause();
+    else client.resume();
+    return;
     upstream.resume();
   }
 
