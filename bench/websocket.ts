@@ -32,6 +32,8 @@ interface Result {
   throughputMsgsPerSec?: number;
   idleConnections?: number;
   memoryPerIdleBytes?: number;
+  /** The same, measured again at the end of the idle CPU window (steady state, after the GC has settled). */
+  memoryPerIdleSteadyBytes?: number;
   idleCpuPercentOfCore?: number;
   skipped?: string;
 }
@@ -263,6 +265,7 @@ export async function run(args: BenchArgs): Promise<void> {
           const w0 = performance.now();
           await sleep(cpuSeconds * 1000);
           const ticks = cpuTicks(pid) - t0;
+          r.memoryPerIdleSteadyBytes = Math.round((rssBytes(pid) - before) / idleConns);
           r.idleCpuPercentOfCore = Number(
             ((ticks / 100 / ((performance.now() - w0) / 1000)) * 100).toFixed(2),
           );
@@ -305,6 +308,7 @@ export async function run(args: BenchArgs): Promise<void> {
       idleConnections: idleConns,
       throughputMsgsPerSec: pick((x) => x.throughputMsgsPerSec),
       memoryPerIdleBytes: pick((x) => x.memoryPerIdleBytes),
+      memoryPerIdleSteadyBytes: pick((x) => x.memoryPerIdleSteadyBytes),
       idleCpuPercentOfCore: pick((x) => x.idleCpuPercentOfCore),
     };
     if (rs.length === 0) r.skipped = samples.get(peer.name)![0]?.skipped ?? 'no run';
@@ -315,15 +319,17 @@ export async function run(args: BenchArgs): Promise<void> {
     console.log(
       `\nwebsocket relay, ${idleConns} idle connections, 1 KiB messages (msgs/s are echoed round trips); medians of ${runs} runs, idle CPU over ${cpuSeconds} s\n`,
     );
-    console.log('| proxy | version | relay msgs/s | memory per idle WS | idle CPU (% of a core) |');
-    console.log('| --- | --- | ---: | ---: | ---: |');
+    console.log(
+      '| proxy | version | relay msgs/s | memory per idle WS (2 s after opening) | (after the idle window) | idle CPU (% of a core) |',
+    );
+    console.log('| --- | --- | ---: | ---: | ---: | ---: |');
     for (const r of results) {
       if (r.skipped !== undefined && r.throughputMsgsPerSec === undefined) {
-        console.log(`| ${r.proxy} | ${r.version} | skipped: ${r.skipped} | | |`);
+        console.log(`| ${r.proxy} | ${r.version} | skipped: ${r.skipped} | | | |`);
         continue;
       }
       console.log(
-        `| ${r.proxy} | ${r.version} | ${r.throughputMsgsPerSec ?? '-'} | ${r.memoryPerIdleBytes ?? '-'} B | ${r.idleCpuPercentOfCore ?? '-'} |`,
+        `| ${r.proxy} | ${r.version} | ${r.throughputMsgsPerSec ?? '-'} | ${r.memoryPerIdleBytes ?? '-'} B | ${r.memoryPerIdleSteadyBytes ?? '-'} B | ${r.idleCpuPercentOfCore ?? '-'} |`,
       );
     }
   }

@@ -1,4 +1,4 @@
-import { connect, type NetConnectOpts, type OnReadOpts, Socket, type SocketConstructorOpts } from 'node:net';
+import { connect, type NetConnectOpts, type OnReadOpts, Socket } from 'node:net';
 
 /**
  * Relay reads without a new buffer per read.
@@ -139,52 +139,86 @@ export function readPlainly(socket: Socket, callback: ReadCallback): void {
   socket.on('data', onDataFallback);
 }
 
-/**
- * Make a socket a server accepted read through `callback`, paused (call
- * `resume()` to start). The socket must not have been read from by anyone
- * yet (nothing buffered), and must have no listeners that matter.
- *
- * Node offers `onread` only for sockets it connects, not for accepted ones.
- * So the accepted socket's handle (`_handle`, Node's internal TCP wrap; stable
- * since Node 12, and what `new Socket({ handle })` is documented-internal for)
- * moves to a new Socket built with `onread`; the old Socket object is retired
- * without closing the connection.
- *
- * If the handle is not what is expected (another Node, a TLS socket), the
- * socket is returned as is and delivers through 'data' events to the same
- * callback, with Node's own buffers: correct, only slower. Callers that pair
- * it with a second socket should then connect that one plainly too
- * (`readsOwnBuffers` tells).
- */
-export function adoptReading(
-  socket: Socket,
-  callback: ReadCallback,
-  options: { allowHalfOpen: boolean; noDelay: boolean },
-): Socket {
-  const holder = socket as unknown as { _handle: unknown };
-  const handle = holder._handle;
-  if (!isStreamHandle(handle) || socket.readableLength > 0 || socket.destroyed || socket.connecting) {
-    readPlainly(socket, callback);
-    socket.pause();
-    return socket;
-  }
-  holder._handle = null;
-  socket.destroy();
-  // `handle` and `pauseOnCreate` (do not start reading yet) are what Node's
-  // own server passes for the sockets it accepts; they are not in the types.
-  const opts: SocketConstructorOpts & { pauseOnCreate: boolean } = {
-    handle: handle as unknown as SocketConstructorOpts['handle'],
-    pauseOnCreate: true,
-    allowHalfOpen: options.allowHalfOpen,
-    noDelay: options.noDelay,
-    readable: true,
-    writable: true,
-    ...readOptions(callback),
-  };
-  return new Socket(opts);
+/** The private fields of Node's net.Socket that `onread` sets up, found once by their names. */
+interface SocketInternals {
+  kBuffer: symbol;
+  kBufferCb: symbol;
+  kBufferGen: symbol;
+}
+let internals: SocketInternals | null | undefined;
+
+function socketInternals(): SocketInternals | null {
+  if (internals !== undefined) return internals;
+  const probe = new Socket();
+  const bySymbol = new Map(Object.getOwnPropertySymbols(probe).map((k) => [k.description, k]));
+  probe.destroy();
+  const kBuffer = bySymbol.get('kBuffer');
+  const kBufferCb = bySymbol.get('kBufferCb');
+  const kBufferGen = bySymbol.get('kBufferGen');
+  internals =
+    kBuffer !== undefined && kBufferCb !== undefined && kBufferGen !== undefined
+      ? { kBuffer, kBufferCb, kBufferGen }
+      : null;
+  return internals;
 }
 
-/** Whether `socket` reads through `onread` (taken over or connected here), as opposed to the fallback. */
+/** What `readThrough` touches of a socket, as far as it checks before touching it. */
+interface Convertible {
+  _handle: StreamHandle & { reading: boolean };
+  _writableState: { highWaterMark: number; length: number };
+}
+
+/**
+ * Make a socket that a server accepted read through `callback`, paused (call
+ * `resume()` to start). Nothing may have been read from it into Node's
+ * buffers yet.
+ *
+ * Node offers `onread` only for sockets it connects itself. An accepted
+ * socket is switched in place, doing what the `onread` option does at
+ * construction: the socket's own (private) read-buffer fields are set, its
+ * handle is told to read into our buffer, and its writable high-water mark
+ * becomes 0. In place rather than by moving the handle to a new Socket: a
+ * second Socket per connection left ~1 KB of garbage per accepted connection
+ * behind, promoted to the old generation under connection bursts (RSS per
+ * idle WebSocket rose from 4.8 to 7.3 KB).
+ *
+ * These are Node internals, so each is checked first; where one is missing
+ * (another Node release, a TLS socket), the socket delivers through 'data'
+ * events to the same callback with Node's own buffers: correct, only slower.
+ * The partner leg must then be read plainly too (`readsOwnBuffers` tells).
+ */
+export function readThrough(socket: Socket, callback: ReadCallback): void {
+  const k = socketInternals();
+  const s = socket as unknown as Partial<Convertible> & Record<symbol, unknown>;
+  const handle = s._handle;
+  const writable = s._writableState;
+  if (
+    k === null ||
+    !isStreamHandle(handle) ||
+    typeof handle.readStart !== 'function' ||
+    typeof writable?.highWaterMark !== 'number' ||
+    writable.length !== 0 ||
+    socket.readableLength > 0 ||
+    socket.destroyed ||
+    socket.connecting
+  ) {
+    readPlainly(socket, callback);
+    socket.pause();
+    return;
+  }
+  // Stop reading (`pause()` alone leaves the handle reading into the stream buffer).
+  socket.pause();
+  handle.reading = false;
+  handle.readStop();
+  const first = nextReadBuffer();
+  s[k.kBuffer] = first;
+  s[k.kBufferCb] = callback;
+  s[k.kBufferGen] = nextReadBuffer;
+  handle.useUserBuffer(first);
+  writable.highWaterMark = 0;
+}
+
+/** Whether `socket` reads through `onread` (switched by `readThrough` or connected here), not plainly. */
 export function readsOwnBuffers(socket: Socket): boolean {
   return !(kFallback in socket);
 }

@@ -6,7 +6,7 @@ import type { Cluster } from '../cluster/cluster.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import { adoptReading, afterRead, forward, ownBytes, readsOwnBuffers } from './socket-reads.ts';
+import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 
 /** Settings of a TCP service that a reload may change; read per new connection. */
@@ -77,14 +77,14 @@ export class TcpProxy {
   }
 
   /** Listener callback: take a freshly accepted (paused) client socket. */
-  readonly accept = (accepted: Socket): void => {
+  readonly accept = (client: Socket): void => {
     const s = this.settings;
     if (s.maxConnections !== undefined && this.live >= s.maxConnections) {
       this.stats.refused.limit++;
-      accepted.destroy();
+      client.destroy();
       return;
     }
-    const client = adoptReading(accepted, onClientRead, { allowHalfOpen: true, noDelay: true });
+    readThrough(client, onClientRead);
     this.stats.accepted++;
     if (this.live++ === 0) this.rebalancer.start();
     if (s.keepAliveMs !== undefined) client.setKeepAlive(true, s.keepAliveMs);

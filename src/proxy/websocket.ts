@@ -14,7 +14,7 @@ import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler } from './http.ts';
-import { adoptReading, afterRead, forward, ownBytes, readsOwnBuffers } from './socket-reads.ts';
+import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
@@ -156,11 +156,10 @@ export class WebSocketProxy implements UpgradeHandler {
       reject(socket, 503, 'the service is at its connection limit; retry later');
       return;
     }
-    const ip = peerIp(socket);
+    if (s.keepAliveMs !== undefined) socket.setKeepAlive(true, s.keepAliveMs);
     // From here on the client's reads go through onClientRead (reused buffers, see socket-reads.ts).
-    const client = adoptReading(socket, onClientRead, { allowHalfOpen: true, noDelay: true });
-    if (s.keepAliveMs !== undefined) client.setKeepAlive(true, s.keepAliveMs);
-    new WsConnection(this, client, new Handshake(req, head, key, ip)).start();
+    readThrough(socket, onClientRead);
+    new WsConnection(this, socket, new Handshake(req, head, key, peerIp(socket))).start();
   }
 
   upgradeStarted(): void {
@@ -447,7 +446,7 @@ class WsConnection implements ProxiedConnection {
         ? undefined
         : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
     const s = proxy.settings;
-    const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(client)) as Leg;
+    const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(this.client)) as Leg;
     upstream[kConn] = this;
     this.upstream = upstream;
     // Our own timer rather than socket.setTimeout(), whose Timeout object would

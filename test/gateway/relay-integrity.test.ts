@@ -7,10 +7,11 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import type { Socket } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocket } from 'ws';
+import { readsOwnBuffers, readThrough } from '../../src/proxy/socket-reads.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, startEchoBackend } from '../helpers/net.ts';
 import { serviceYaml, startWsBackend } from '../websocket/helpers.ts';
@@ -146,4 +147,31 @@ services:
       );
     },
   );
+
+  test('on this Node, accepted sockets switch to reused read buffers (no silent fallback)', async () => {
+    // The switch relies on Node internals and falls back to plain reads when
+    // they change: correct but slower. This catches that on a Node upgrade.
+    const server = createServer({ pauseOnConnect: true });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const accepted = once(server, 'connection') as Promise<[Socket]>;
+    const client = await dial((server.address() as { port: number }).port);
+    const [socket] = await accepted;
+    let got = '';
+    readThrough(socket, (n, buf) => {
+      got += buf.toString('latin1', 0, n);
+    });
+    assert.equal(readsOwnBuffers(socket), true);
+    socket.resume();
+    client.write('through our buffer');
+    await waitUntil(() => got === 'through our buffer');
+    client.destroy();
+    socket.destroy();
+    server.close();
+  });
 });
+
+async function waitUntil(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await sleep(10);
+  assert.ok(check());
+}
