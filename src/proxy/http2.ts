@@ -15,6 +15,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2';
 import type { Socket } from 'node:net';
+import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { Http2Handler } from './http.ts';
 import { errorReply, grpcErrorHeaders, type ProxyFailure } from './http-errors.ts';
@@ -54,16 +55,38 @@ class Peer {
   }
 }
 const NO_PEER = new Peer('unknown');
-const peers = new WeakMap<Http2Session, Peer>();
-function peerOf(session: Http2Session): Peer {
-  let p = peers.get(session);
-  if (p === undefined) {
-    const socket = session.socket;
-    p = new Peer(socket.remoteAddress ?? 'unknown', socket.remotePort, socket.localAddress, socket.localPort);
-    peers.set(session, p);
+
+/** What holdfast keeps for each client session, on the session object itself (one property). */
+class SessionState {
+  #peer: Peer | undefined;
+  /** Streams forwarded so far, and those still open (for the idle sweep). */
+  started = 0;
+  open = 0;
+  /** The idle sweep's view: `started` at its last pass, and since when nothing started or was open. */
+  idleMark = -1;
+  idleSince = 0;
+
+  /** The client's addresses, read once (session.socket is a Proxy: slow per stream). */
+  peer(session: Http2Session): Peer {
+    let p = this.#peer;
+    if (p === undefined) {
+      const socket = session.socket;
+      p = new Peer(
+        socket.remoteAddress ?? 'unknown',
+        socket.remotePort,
+        socket.localAddress,
+        socket.localPort,
+      );
+      this.#peer = p;
+    }
+    return p;
   }
-  return p;
 }
+const kState = Symbol('holdfast.h2.session');
+interface TrackedSession extends ServerHttp2Session {
+  [kState]?: SessionState;
+}
+const NO_STATE = new SessionState();
 
 /**
  * Rapid reset (CVE-2023-44487): streams the client opens and resets at once
@@ -100,7 +123,8 @@ function onAborted(this: ServerHttp2Stream): void {
 export class Http2DownstreamHandler implements Http2Handler {
   readonly #plane: HttpPlane;
   #server: Http2Server;
-  readonly #sessions = new Set<ServerHttp2Session>();
+  readonly #sessions = new Set<TrackedSession>();
+  #idleSweep: Timer | undefined;
   #config: ServiceConfig;
   #draining = false;
 
@@ -166,12 +190,15 @@ export class Http2DownstreamHandler implements Http2Handler {
     this.#server.emit('connection', socket);
   }
 
-  #onSession(session: ServerHttp2Session, config: ServiceConfig): void {
+  #onSession(session: TrackedSession, config: ServiceConfig): void {
     const plane = this.#plane;
     if (this.#draining) {
       goAway(session);
       return;
     }
+    const state = new SessionState();
+    state.idleSince = plane.ctx.clock.now();
+    session[kState] = state;
     this.#sessions.add(session);
     sessionPlane.set(session, plane);
     session.on('error', ignore);
@@ -201,8 +228,7 @@ export class Http2DownstreamHandler implements Http2Handler {
     const age = maxAge(config);
     const ageTimer =
       age > 0 ? plane.ctx.clock.setTimer(() => goAway(session), jittered(age, 0.1)) : undefined;
-    const idle = config.httpTimeouts.clientIdle;
-    if (idle > 0) session.setTimeout(idle, () => goAway(session));
+    this.#scheduleIdleSweep();
     session.once('close', () => {
       this.#sessions.delete(session);
       stopPing();
@@ -210,16 +236,113 @@ export class Http2DownstreamHandler implements Http2Handler {
     });
   }
 
+  /**
+   * Idle sessions (no stream open, none started) get GOAWAY after `clientIdle`
+   * (between 1 and 1.25 times it), found by one sweep over the sessions rather
+   * than a session timeout, which node:http2 would refresh on every frame.
+   * PINGs do not count as activity, so a client that only answers our
+   * keepalive is still idle.
+   */
+  #scheduleIdleSweep(): void {
+    const idle = this.#config.httpTimeouts.clientIdle;
+    if (this.#idleSweep !== undefined || idle <= 0 || this.#sessions.size === 0) return;
+    const clock = this.#plane.ctx.clock;
+    this.#idleSweep = clock.setTimer(
+      () => {
+        this.#idleSweep = undefined;
+        const now = clock.now();
+        const limit = this.#config.httpTimeouts.clientIdle;
+        for (const session of this.#sessions) {
+          const st = session[kState];
+          if (st === undefined) continue;
+          if (st.open > 0 || st.started !== st.idleMark) {
+            st.idleMark = st.started;
+            st.idleSince = now;
+          } else if (limit > 0 && now - st.idleSince >= limit) goAway(session);
+        }
+        this.#scheduleIdleSweep();
+      },
+      Math.max(10, Math.min(idle / 4, 60_000)),
+    );
+  }
+
   #onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
+    // Module-level listeners: no per-stream closures. 'aborted' (emitted while nghttp2 reads the
+    // RST_STREAM) rather than 'close' (a tick later), so a rapid reset is cut before nghttp2's own
+    // limit ends the session with INTERNAL_ERROR.
     stream.on('error', ignore);
     stream.on('aborted', onAborted);
+    stream.on('close', onStreamClose);
     const method = headers[':method'];
     if (method === 'CONNECT') {
-      stream.respond({ ':status': 405, 'x-holdfast-error': 'connect-not-supported' }, { endStream: true });
+      stream.respond({ ':status': 405, 'x-holdfast-error': 'connect-not-supported' }, END_STREAM);
       return;
     }
-    this.#plane.forward(new Http2Downstream(stream, headers, flags));
+    const state = (stream.session as TrackedSession | undefined)?.[kState] ?? NO_STATE;
+    state.started++;
+    state.open++;
+    const down = new Http2Downstream(stream, headers, flags, state);
+    (stream as DownstreamStream)[kDown] = down;
+    this.#plane.forward(down);
   }
+}
+
+/**
+ * A backend's response head as node:http2's flat header list (`[name, value,
+ * …]`, `:status` first): the same fields `forwardableHeaders` keeps (no
+ * hop-by-hop ones, none the `Connection` header names), without building a
+ * header object that node would copy again.
+ */
+function responseHeaderList(status: number, headers: IncomingHttpHeaders): string[] {
+  const list: string[] = [':status', STATUS_TEXT[status] ?? String(status)];
+  const connection = headers.connection;
+  // `keep-alive` and `close` name only hop-by-hop headers: no set needed for them.
+  const named =
+    connection === undefined || connection === 'keep-alive' || connection === 'close'
+      ? undefined
+      : connectionNamed(connection);
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || name.charCodeAt(0) === 58 /* ':' */) continue;
+    if (HOP_BY_HOP_RESPONSE.has(name) || named?.has(name) === true) continue;
+    if (typeof value === 'string') list.push(name, value);
+    else for (const one of value) list.push(name, one);
+  }
+  return list;
+}
+
+/** Hop-by-hop fields (http-headers.ts's list; `te` is a request field and has no place in a response). */
+const HOP_BY_HOP_RESPONSE = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+  'host',
+]);
+
+function connectionNamed(connection: string | string[]): Set<string> {
+  const named = new Set<string>();
+  for (const part of String(connection).split(',')) named.add(part.trim().toLowerCase());
+  return named;
+}
+
+const kDown = Symbol('holdfast.h2.downstream');
+interface DownstreamStream extends ServerHttp2Stream {
+  [kDown]?: Http2Downstream;
+}
+
+/** A stream closed: tell its exchange. */
+function onStreamClose(this: DownstreamStream): void {
+  const down = this[kDown];
+  if (down === undefined) return;
+  this[kDown] = undefined;
+  down.closed();
 }
 
 class Http2Downstream implements Downstream {
@@ -236,16 +359,18 @@ class Http2Downstream implements Downstream {
   /** The first body chunk, held so that a one-chunk response goes out with its end. */
   #first: Buffer | undefined;
 
-  constructor(stream: ServerHttp2Stream, h: IncomingHttpHeaders, flags: number) {
+  readonly #session: SessionState;
+
+  constructor(stream: ServerHttp2Stream, h: IncomingHttpHeaders, flags: number, session: SessionState) {
     this.#stream = stream;
+    this.#session = session;
     this.method = h[':method'] ?? 'GET';
     this.path = h[':path'] ?? '/';
     this.authority = h[':authority'] ?? h.host;
     this.grpc = isGrpc(h['content-type']);
     const headers = forwardableHeaders(h);
-    // Addresses come from the session, read once (session.socket is a Proxy: slow per stream).
-    const session = stream.session;
-    const peer = session === undefined ? NO_PEER : peerOf(session);
+    const http2Session = stream.session;
+    const peer = http2Session === undefined ? NO_PEER : session.peer(http2Session);
     const proto = h[':scheme'] === 'https' ? 'https' : 'http';
     if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined && proto === 'http') {
       headers['x-forwarded-for'] = peer.ip;
@@ -266,9 +391,10 @@ class Http2Downstream implements Downstream {
     };
   }
 
-  readonly #sendTrailers = (): void => {
+  /** Sends the trailers when node:http2 asks for them; made only for responses that wait for some. */
+  #sendTrailers(): void {
     this.#stream.sendTrailers(this.#trailers ?? {});
-  };
+  }
 
   get gone(): boolean {
     return this.#stream.destroyed;
@@ -277,14 +403,15 @@ class Http2Downstream implements Downstream {
   respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
     const stream = this.#stream;
     if (stream.headersSent || stream.destroyed) return;
-    const out = forwardableHeaders(headers);
-    out[':status'] = STATUS_TEXT[status] ?? String(status);
     // Trailers are only waited for where they are expected (gRPC, a declared `Trailer`):
     // other responses end with their last DATA frame.
     this.#wantTrailers =
       !endStream && (this.grpc || isGrpc(headers['content-type']) || headers.trailer !== undefined);
-    if (this.#wantTrailers) stream.once('wantTrailers', this.#sendTrailers);
-    stream.respond(out, endStream ? END_STREAM : this.#wantTrailers ? WAIT_TRAILERS : NO_TRAILERS);
+    if (this.#wantTrailers) stream.once('wantTrailers', () => this.#sendTrailers());
+    stream.respond(
+      responseHeaderList(status, headers),
+      endStream ? END_STREAM : this.#wantTrailers ? WAIT_TRAILERS : NO_TRAILERS,
+    );
   }
 
   write(chunk: Buffer): boolean {
@@ -353,10 +480,20 @@ class Http2Downstream implements Downstream {
     if (!this.#stream.destroyed) this.#stream.close(h2c.NGHTTP2_CANCEL);
   }
 
+  #onClose: ((complete: boolean) => void) | undefined;
+
   onClose(fn: (complete: boolean) => void): void {
-    this.#stream.once('close', () =>
-      fn(this.#stream.writableFinished && this.#stream.rstCode === h2c.NGHTTP2_NO_ERROR),
-    );
+    this.#onClose = fn;
+  }
+
+  /** The stream closed (onStreamClose). */
+  closed(): void {
+    this.#session.open--;
+    const fn = this.#onClose;
+    if (fn === undefined) return;
+    this.#onClose = undefined;
+    const stream = this.#stream;
+    fn(stream.writableFinished && stream.rstCode === h2c.NGHTTP2_NO_ERROR);
   }
 }
 
