@@ -1,4 +1,5 @@
-import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
+import { registerProcessMetrics } from './process-metrics.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { Cluster } from '../cluster/cluster.ts';
 import type { MembershipStats } from '../discovery/membership.ts';
@@ -227,7 +228,7 @@ const DEFINITIONS: readonly Definition[] = [
  */
 export function createMetrics(source: MetricsSource): Registry {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'holdfast_' });
+  registerProcessMetrics(registry, 'holdfast_');
   const registers = [registry];
   for (const d of DEFINITIONS) {
     const common = { name: d.name, help: d.help, labelNames: d.labelNames, registers };
