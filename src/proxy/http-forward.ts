@@ -8,7 +8,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
-import type { Timer } from '../cluster/clock.ts';
+import type { Clock, Timer } from '../cluster/clock.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext } from './http.ts';
@@ -17,6 +17,7 @@ import { type HeaderMap, isIdempotent, parseGrpcTimeout } from './http-headers.t
 import { Http1Upstream } from './http1-upstream.ts';
 import {
   Http2Upstream,
+  type RawResponseHead,
   type ResponseSink,
   type Upstream,
   type UpstreamCall,
@@ -37,6 +38,8 @@ export interface Downstream {
   /** The client went away. */
   readonly gone: boolean;
   respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void;
+  /** Optional: respond with a head an HTTP/1.1 backend sent, passed through as it came. */
+  respondRaw?(head: RawResponseHead, endStream: boolean): void;
   /** Returns false when the client's buffer is full; `onDrain` fires once it empties. */
   write(chunk: Buffer): boolean;
   onDrain(fn: () => void): void;
@@ -86,6 +89,71 @@ export function planeSettings(config: ServiceConfig): PlaneSettings {
 const SWEEP_MS = 2_000;
 
 /**
+ * Request timeouts without a timer per request: every request of a plane
+ * waits the same time, so deadlines come in the order requests start. The
+ * waiting requests form a list in that order, and one timer waits for the
+ * first of them.
+ */
+class Deadlines {
+  readonly ms: number;
+  readonly #clock: Clock;
+  #head: Exchange | undefined;
+  #tail: Exchange | undefined;
+  #timer: Timer | undefined;
+
+  constructor(clock: Clock, ms: number) {
+    this.#clock = clock;
+    this.ms = ms;
+  }
+
+  get empty(): boolean {
+    return this.#head === undefined;
+  }
+
+  add(x: Exchange, now: number): void {
+    x.deadlineAt = now + this.ms;
+    x.deadlines = this;
+    x.deadlinePrev = this.#tail;
+    if (this.#tail === undefined) this.#head = x;
+    else this.#tail.deadlineNext = x;
+    this.#tail = x;
+    if (this.#timer === undefined) this.#arm(this.ms);
+  }
+
+  remove(x: Exchange): void {
+    const prev = x.deadlinePrev;
+    const next = x.deadlineNext;
+    if (prev === undefined) this.#head = next;
+    else prev.deadlineNext = next;
+    if (next === undefined) this.#tail = prev;
+    else next.deadlinePrev = prev;
+    x.deadlinePrev = undefined;
+    x.deadlineNext = undefined;
+    x.deadlines = undefined;
+  }
+
+  #arm(ms: number): void {
+    this.#timer = this.#clock.setTimer(this.#fire, ms);
+  }
+
+  /** Time out the requests whose deadline has come, then wait for the next one. */
+  readonly #fire = (): void => {
+    this.#timer = undefined;
+    const now = this.#clock.now();
+    for (let x = this.#head; x !== undefined && x.deadlineAt <= now; x = this.#head) {
+      this.remove(x);
+      x.timedOut();
+    }
+    if (this.#head !== undefined) this.#arm(this.#head.deadlineAt - now);
+  };
+
+  close(): void {
+    this.#timer?.cancel();
+    this.#timer = undefined;
+  }
+}
+
+/**
  * The request-level data plane of one service, shared by its HTTP/1.1 and
  * HTTP/2 listeners: upstream pools, retry budget and counters.
  */
@@ -98,6 +166,20 @@ export class HttpPlane {
   retrying = 0;
   #sweep: Timer | undefined;
   #closed = false;
+  /** Requests waiting for their response head, for `requestTimeoutMs`. */
+  #deadlines: Deadlines | undefined;
+
+  /** Start the request timeout of `x` (`httpTimeouts.request`). */
+  startDeadline(x: Exchange, now: number): void {
+    const ms = this.settings.requestTimeoutMs;
+    if (ms <= 0) return;
+    let d = this.#deadlines;
+    if (d === undefined || d.ms !== ms) {
+      // Changed by a reload: requests already waiting keep their list (and its timer).
+      this.#deadlines = d = new Deadlines(this.ctx.clock, ms);
+    }
+    d.add(x, now);
+  }
 
   constructor(ctx: HttpContext) {
     this.ctx = ctx;
@@ -159,6 +241,7 @@ export class HttpPlane {
   async close(): Promise<void> {
     this.#closed = true;
     this.#sweep?.cancel();
+    if (this.#deadlines?.empty === true) this.#deadlines.close();
     await this.upstream.close();
   }
 }
@@ -173,11 +256,15 @@ class Exchange implements ProxiedConnection, ResponseSink {
   #call: UpstreamCall | undefined;
   #attempts = 0;
   #isRetry = false;
-  #responded = false;
+  #hasResponse = false;
   /** The backend's response is complete; waiting for the client to have it all. */
   #ended = false;
   #finished = false;
-  #requestTimer: Timer | undefined;
+  /** The request timeout (see Deadlines): when, and the list this request waits in. */
+  deadlineAt = 0;
+  deadlines: Deadlines | undefined;
+  deadlinePrev: Exchange | undefined;
+  deadlineNext: Exchange | undefined;
   #deadline: Timer | undefined;
   #lastFailure: ProxyFailure | undefined;
 
@@ -225,10 +312,8 @@ class Exchange implements ProxiedConnection, ResponseSink {
     this.#attempts++;
     this.#backend = backend;
     cluster.register(backend, this);
-    const timeout = plane.settings.requestTimeoutMs;
-    if (timeout > 0 && this.#requestTimer === undefined) {
-      this.#requestTimer = plane.ctx.clock.setTimer(() => this.#timeout('upstream-timeout'), timeout);
-    }
+    // The request timeout starts with the first attempt and covers the retries.
+    if (this.deadlineAt === 0) plane.startDeadline(this, pick.now);
     this.#call = plane.upstream.request(
       backend,
       {
@@ -244,15 +329,34 @@ class Exchange implements ProxiedConnection, ResponseSink {
 
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
     if (this.#finished) return;
-    this.#responded = true;
+    this.#responded(status);
+    this.#down.respond(status, headers, endStream);
+  }
+
+  get takesRawHead(): boolean {
+    return this.#down.respondRaw !== undefined;
+  }
+
+  onRawHead(head: RawResponseHead, endStream: boolean): void {
+    const down = this.#down;
+    if (down.respondRaw === undefined) {
+      this.onHeaders(head.status, head.headers(), endStream);
+      return;
+    }
+    if (this.#finished) return;
+    this.#responded(head.status);
+    down.respondRaw(head, endStream);
+  }
+
+  #responded(status: number): void {
+    this.#hasResponse = true;
     // Passive outlier detection counts consecutive 5xx answers per backend.
     const backend = this.#backend;
     if (backend !== undefined) {
       if (status >= 500) this.#plane.ctx.cluster.reportFailure(backend, 'http-5xx');
       else this.#plane.ctx.cluster.reportSuccess(backend);
     }
-    this.#requestTimer?.cancel();
-    this.#down.respond(status, headers, endStream);
+    this.deadlines?.remove(this);
   }
 
   onData(chunk: Buffer): boolean {
@@ -265,7 +369,7 @@ class Exchange implements ProxiedConnection, ResponseSink {
   onEnd(trailers: IncomingHttpHeaders | undefined): void {
     if (this.#finished) return;
     this.#ended = true;
-    this.#requestTimer?.cancel();
+    this.deadlines?.remove(this);
     this.#deadline?.cancel();
     this.#down.end(trailers);
   }
@@ -287,7 +391,7 @@ class Exchange implements ProxiedConnection, ResponseSink {
       { service: plane.ctx.cluster.name, backend: backend.key, err: err.message },
       'upstream request failed',
     );
-    if (this.#responded) {
+    if (this.#hasResponse) {
       this.#fail(err.kind);
       return;
     }
@@ -315,6 +419,11 @@ class Exchange implements ProxiedConnection, ResponseSink {
     return this.#isRetry || plane.allowRetry();
   }
 
+  /** No response head within `httpTimeouts.request` (called by Deadlines). */
+  timedOut(): void {
+    this.#timeout('upstream-timeout');
+  }
+
   #timeout(kind: ProxyFailure): void {
     if (this.#finished) return;
     this.#call?.abort();
@@ -328,7 +437,7 @@ class Exchange implements ProxiedConnection, ResponseSink {
     if (this.#backend !== undefined) this.#plane.ctx.cluster.unregister(this.#backend, this);
     this.#backend = undefined;
     this.#ended = true;
-    this.#requestTimer?.cancel();
+    this.deadlines?.remove(this);
     this.#deadline?.cancel();
     this.#down.fail(kind);
   }
@@ -336,7 +445,7 @@ class Exchange implements ProxiedConnection, ResponseSink {
   #finish(): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.#requestTimer?.cancel();
+    this.deadlines?.remove(this);
     this.#deadline?.cancel();
     const plane = this.#plane;
     plane.live--;

@@ -21,9 +21,27 @@ import { SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
 import type { HeaderMap } from './http-headers.ts';
 import { type ProxyFailure, UpstreamError } from './http-errors.ts';
 
+/**
+ * A response head as an HTTP/1.1 backend sent it, for an HTTP/1.1 client:
+ * its field lines pass through without a header map being built.
+ */
+export interface RawResponseHead {
+  readonly status: number;
+  /** The field lines, each ending in CRLF, without hop-by-hop and framing fields (a copy: safe to keep). */
+  readonly lines: Buffer;
+  /** Content-Length, -1 when none was given (the lines keep it). */
+  readonly contentLength: number;
+  /** The same fields as a header map (parsed when asked). */
+  headers(): IncomingHttpHeaders;
+}
+
 /** What an upstream attempt reports back, in order: headers, data…, end — or error. */
 export interface ResponseSink {
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void;
+  /** True when onRawHead may be called instead of onHeaders (the client speaks HTTP/1.1 too). */
+  readonly takesRawHead?: boolean;
+  /** Optional, instead of onHeaders: the head as an HTTP/1.1 backend sent it. */
+  onRawHead?(head: RawResponseHead, endStream: boolean): void;
   /** Return false to pause the backend until `resume()`. */
   onData(chunk: Buffer): boolean;
   onEnd(trailers: IncomingHttpHeaders | undefined): void;

@@ -49,6 +49,57 @@ export interface HeadLimits {
   maxCount: number;
 }
 
+/**
+ * Where a response head's field lines are, for passing them through without
+ * a header map (`parseHead` fills it in place of `headers`). Reused: one per
+ * upstream connection.
+ */
+export interface RawFields {
+  /** Offset of the first field line, and of the CRLF that ends the head. */
+  start: number;
+  end: number;
+  /** [from, to) offsets of the field lines a proxy drops (hop-by-hop and framing), in order. */
+  readonly drop: number[];
+  /** The fields cannot be passed through line by line (a Connection option naming other fields, a repeated Content-Length): parse them into a map instead. */
+  opaque: boolean;
+}
+
+/** Names the raw mode looks at, by id. */
+const N_OTHER = 0;
+const N_CONTENT_LENGTH = 1;
+const N_TRANSFER_ENCODING = 2;
+const N_CONNECTION = 3;
+const N_HOST = 4;
+/** Response fields never forwarded (the proxy writes its own framing). */
+const N_DROP = 5;
+const NAMES: readonly (readonly [Buffer, number])[] = [
+  ['content-length', N_CONTENT_LENGTH],
+  ['transfer-encoding', N_TRANSFER_ENCODING],
+  ['connection', N_CONNECTION],
+  ['host', N_HOST],
+  ['keep-alive', N_DROP],
+  ['proxy-connection', N_DROP],
+  ['upgrade', N_DROP],
+  ['trailer', N_DROP],
+].map(([name, id]) => [Buffer.from(name as string, 'latin1'), id as number] as const);
+/** Candidates by name length. */
+const NAMES_BY_LENGTH: (readonly [Buffer, number])[][] = [];
+for (const n of NAMES) (NAMES_BY_LENGTH[n[0].length] ??= []).push(n);
+
+/** The id of the field name at `buf[from..to)` (case-insensitive), N_OTHER for any other name. */
+function nameId(buf: Buffer, from: number, to: number): number {
+  const candidates = NAMES_BY_LENGTH[to - from];
+  if (candidates === undefined) return N_OTHER;
+  outer: for (const [name, id] of candidates) {
+    // Names are tchar only: `| 0x20` folds A-Z to a-z and leaves '-' (and no other tchar) on '-'.
+    for (let k = 0; k < name.length; k++) if ((buf[from + k]! | 0x20) !== name[k]) continue outer;
+    return id;
+  }
+  return N_OTHER;
+}
+
+const NO_HEADERS: ParsedHeaders = Object.freeze({});
+
 /** tchar (RFC 9110 §5.6.2) lookup. */
 const TCHAR = new Uint8Array(256);
 for (let c = 0; c < 256; c++) {
@@ -71,19 +122,24 @@ function bad(message: string): never {
 }
 
 /**
- * Parse the head at `buf[start..]`. Returns undefined when the blank line has
+ * Parse the head at `buf[start..limit)`. Returns undefined when the blank line has
  * not arrived yet (and the bytes so far are within `limits.maxSize`); throws
- * HttpParseError on a malformed or oversize head.
+ * HttpParseError on a malformed or oversize head. With `raw`, the fields are
+ * checked just the same but no header map is built (`headers` is empty):
+ * `raw` says where the field lines are instead.
  */
 export function parseHead(
   buf: Buffer,
   start: number,
   isRequest: boolean,
   limits: HeadLimits,
+  limit: number = buf.length,
+  raw?: RawFields,
 ): MessageHead | undefined {
-  const stop = buf.indexOf(CRLFCRLF, start);
+  let stop = buf.indexOf(CRLFCRLF, start);
+  if (stop + 4 > limit) stop = -1; // bytes past `limit` are not part of the message
   if (stop < 0) {
-    if (buf.length - start > limits.maxSize) throw new HttpParseError('header-too-large', 'header too large');
+    if (limit - start > limits.maxSize) throw new HttpParseError('header-too-large', 'header too large');
     return undefined;
   }
   if (stop + 4 - start > limits.maxSize) throw new HttpParseError('header-too-large', 'header too large');
@@ -130,7 +186,13 @@ export function parseHead(
     for (let k = start + 12; k < lineEnd; k++) if (VCHAR[buf[k]!] !== 1) bad('bad reason phrase');
   }
   // Header fields.
-  const headers: ParsedHeaders = {};
+  const headers: ParsedHeaders = raw === undefined ? {} : NO_HEADERS;
+  if (raw !== undefined) {
+    raw.start = eol + 1;
+    raw.end = stop + 2;
+    raw.drop.length = 0;
+    raw.opaque = false;
+  }
   let count = 0;
   let contentLength = -1;
   let chunked = false;
@@ -150,15 +212,47 @@ export function parseHead(
     for (let c = buf[i]!; i < le && TCHAR[c] === 1; c = buf[++i]!) if (c >= 65 && c <= 90) upper = true;
     if (i === pos || buf[i] !== 58 /* : */) bad('bad header field name');
     if (++count > limits.maxCount) throw new HttpParseError('too-many-headers', 'too many header fields');
-    const raw = buf.toString('latin1', pos, i);
-    const name = upper ? raw.toLowerCase() : raw;
     let v0 = i + 1;
     while (v0 < le && (buf[v0] === 32 || buf[v0] === 9)) v0++;
     let v1 = le;
     while (v1 > v0 && (buf[v1 - 1] === 32 || buf[v1 - 1] === 9)) v1--;
     for (let k = v0; k < v1; k++) if (VCHAR[buf[k]!] !== 1) bad('bad character in a header value');
-    const value = buf.toString('latin1', v0, v1);
+    const lineStart = pos;
     pos = eol + 1;
+    if (raw !== undefined) {
+      // The same checks as below, without a string for every name and value.
+      const id = nameId(buf, lineStart, i);
+      if (id === N_OTHER) continue;
+      const value = buf.toString('latin1', v0, v1);
+      switch (id) {
+        case N_CONTENT_LENGTH: {
+          if (!/^\d{1,15}$/.test(value)) bad('bad Content-Length');
+          const n = Number(value);
+          if (contentLength >= 0 && contentLength !== n) bad('conflicting Content-Length');
+          if (contentLength >= 0) raw.opaque = true; // repeated: forwarded once, from the map
+          contentLength = n;
+          continue;
+        }
+        case N_TRANSFER_ENCODING:
+          if (sawTe || value.toLowerCase() !== 'chunked') bad('unsupported Transfer-Encoding');
+          sawTe = true;
+          chunked = true;
+          break;
+        case N_CONNECTION: {
+          const v = value.toLowerCase();
+          connection = connection === '' ? v : `${connection}, ${v}`;
+          break;
+        }
+        case N_HOST:
+          hosts++;
+          continue;
+      }
+      raw.drop.push(lineStart, pos);
+      continue;
+    }
+    const rawName = buf.toString('latin1', lineStart, i);
+    const name = upper ? rawName.toLowerCase() : rawName;
+    const value = buf.toString('latin1', v0, v1);
     switch (name) {
       case 'content-length': {
         if (!/^\d{1,15}$/.test(value)) bad('bad Content-Length');
@@ -188,6 +282,13 @@ export function parseHead(
   if (chunked && contentLength >= 0) bad('Content-Length together with Transfer-Encoding');
   if (chunked && minor === 0) bad('Transfer-Encoding in HTTP/1.0');
   if (isRequest && (hosts > 1 || (hosts === 0 && minor === 1))) bad('a request needs exactly one Host');
+  if (raw !== undefined && connection !== '' && connection !== 'keep-alive' && connection !== 'close') {
+    // Connection may name other fields to drop: only the usual options pass through line by line.
+    for (const part of connection.split(',')) {
+      const t = part.trim();
+      if (t !== 'keep-alive' && t !== 'close' && t !== '') raw.opaque = true;
+    }
+  }
   const keepAlive = minor === 1 ? !hasToken(connection, 'close') : hasToken(connection, 'keep-alive');
   return {
     method,

@@ -19,8 +19,10 @@ import {
   type ChunkSink,
   type MessageHead,
   parseHead,
+  type RawFields,
 } from './http1-parser.ts';
 import type {
+  RawResponseHead,
   ResponseSink,
   Upstream,
   UpstreamCall,
@@ -31,6 +33,52 @@ import type {
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
 /** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
 const IDLE_MS = 30_000;
+/**
+ * One read buffer for every upstream socket (node's `onread`): no buffer is
+ * allocated per read, and no Readable stream sits between the socket and
+ * the parser. Each read is handled before the next one can happen, so the
+ * buffer can be shared — as long as nothing keeps a view of it: every byte
+ * kept past the read callback (a partial head, body data handed to the sink,
+ * trailers) is copied.
+ */
+const READ_BUFFER = Buffer.allocUnsafe(65_536);
+
+const CRLF = Buffer.from('\r\n');
+
+/** A response head whose field lines pass through (see RawResponseHead). */
+class RawHead implements RawResponseHead {
+  readonly status: number;
+  readonly lines: Buffer;
+  readonly contentLength: number;
+
+  constructor(status: number, lines: Buffer, contentLength: number) {
+    this.status = status;
+    this.lines = lines;
+    this.contentLength = contentLength;
+  }
+
+  headers(): IncomingHttpHeaders {
+    const head = Buffer.concat([Buffer.from(`HTTP/1.1 ${this.status} -\r\n`, 'latin1'), this.lines, CRLF]);
+    return parseHead(head, 0, false, { maxSize: head.length, maxCount: Infinity })!
+      .headers;
+  }
+}
+
+/** The field lines `raw` found in `buf`, without the dropped ones, copied out. */
+function copyLines(buf: Buffer, raw: RawFields): Buffer {
+  const drop = raw.drop;
+  let len = raw.end - raw.start;
+  for (let k = 0; k < drop.length; k += 2) len -= drop[k + 1]! - drop[k]!;
+  const out = Buffer.allocUnsafe(len);
+  let o = 0;
+  let from = raw.start;
+  for (let k = 0; k < drop.length; k += 2) {
+    o += buf.copy(out, o, from, drop[k]);
+    from = drop[k + 1]!;
+  }
+  buf.copy(out, o, from, raw.end);
+  return out;
+}
 
 /** The body goes chunked: there is one and no Content-Length says how long. */
 function chunkedBody(req: UpstreamRequest): boolean {
@@ -78,8 +126,9 @@ class Call implements UpstreamCall, ChunkSink {
     this.sink = sink;
   }
 
+  /** `data` is a view of the shared read buffer: the sink gets a copy. */
   chunkData(data: Buffer): void {
-    if (!this.sink.onData(data)) this.conn?.socket.pause();
+    if (!this.sink.onData(Buffer.from(data))) this.conn?.pause();
   }
 
   abort(): void {
@@ -91,7 +140,7 @@ class Call implements UpstreamCall, ChunkSink {
   }
 
   resume(): void {
-    this.conn?.socket.resume();
+    this.conn?.resume();
   }
 }
 
@@ -102,15 +151,22 @@ class Conn {
   call: Call | undefined;
   /** Bytes of a response head not complete yet. */
   pending: Buffer | undefined;
+  /** Where the last response head's field lines are (reused). */
+  readonly #raw: RawFields = { start: 0, end: 0, drop: [], opaque: false };
   connected = false;
   reused = false;
   idleSince = 0;
   closed = false;
 
-  constructor(pool: Pool, socket: Socket) {
+  constructor(pool: Pool, host: string, port: number) {
     this.pool = pool;
+    const socket = netConnect({
+      host,
+      port,
+      noDelay: true,
+      onread: { buffer: READ_BUFFER, callback: this.#onRead },
+    });
     this.socket = socket;
-    socket.on('data', this.#onData);
     socket.on('error', this.#onError);
     socket.on('close', this.#onClose);
     socket.on('drain', this.#onDrain);
@@ -118,6 +174,20 @@ class Conn {
 
   destroy(): void {
     this.socket.destroy();
+  }
+
+  /** Reading stopped for backpressure (the client is slower than the backend). */
+  #paused = false;
+
+  pause(): void {
+    this.#paused = true;
+    this.socket.pause();
+  }
+
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    this.socket.resume();
   }
 
   readonly #onError = (): void => {};
@@ -236,29 +306,38 @@ class Conn {
     if (call.done) this.#release(call);
   };
 
-  readonly #onData = (data: Buffer): void => {
+  /**
+   * `nread` bytes arrived in READ_BUFFER (see there: copy what is kept).
+   * Returns false to stop reading (backpressure: the sink is full).
+   */
+  readonly #onRead = (nread: number, data: Buffer): boolean => {
     const call = this.call;
     if (call === undefined || call.done) {
       // Bytes nobody asked for: the socket is out of step.
       this.socket.destroy();
-      return;
+      return false;
     }
     call.answered = true;
     let buf = data;
     let i = 0;
+    let end = nread;
     try {
-      while (i < buf.length) {
+      while (i < end) {
         if (call.head === undefined) {
           if (this.pending !== undefined) {
-            buf = Buffer.concat([this.pending, buf.subarray(i)]);
+            buf = Buffer.concat([this.pending, buf.subarray(i, end)]);
             i = 0;
+            end = buf.length;
             this.pending = undefined;
           }
-          const head = parseHead(buf, i, false, RESPONSE_LIMITS);
+          // A client speaking HTTP/1.1 gets the field lines as they came; others a header map.
+          const raw = call.sink.takesRawHead === true ? this.#raw : undefined;
+          const head = parseHead(buf, i, false, RESPONSE_LIMITS, end, raw);
           if (head === undefined) {
-            this.pending = buf.subarray(i);
-            return;
+            this.pending = Buffer.from(buf.subarray(i, end));
+            return true;
           }
+          const headStart = i;
           i = head.end;
           if (head.status < 200) {
             if (head.status === 101) throw new HttpParseError('bad-request', 'unexpected 101');
@@ -270,38 +349,38 @@ class Conn {
             head.status === 204 ||
             head.status === 304 ||
             head.contentLength === 0;
+          if (raw === undefined) call.sink.onHeaders(head.status, head.headers, noBody);
+          else this.#deliverHead(call, head, buf, headStart, end, noBody);
           if (noBody) {
-            call.sink.onHeaders(head.status, head.headers, true);
             // Extra bytes after a complete response: the socket is out of step and not reused.
-            this.#finish(call, undefined, head.keepAlive && i === buf.length);
-            return;
+            this.#finish(call, undefined, head.keepAlive && i === end);
+            return true;
           }
-          call.sink.onHeaders(head.status, head.headers, false);
-          if (call.done) return;
+          if (call.done) return true;
           if (head.chunked) call.decoder = new ChunkedDecoder(RESPONSE_LIMITS.maxSize);
           else call.remaining = head.contentLength; // -1: until close
           continue;
         }
         if (call.decoder !== undefined) {
-          i = call.decoder.feed(buf, i, buf.length, call);
+          i = call.decoder.feed(buf, i, end, call);
           if (call.decoder.done) {
             const trailers = call.decoder.trailers() as IncomingHttpHeaders | undefined;
-            this.#finish(call, trailers, call.head.keepAlive && i === buf.length);
-            return;
+            this.#finish(call, trailers, call.head.keepAlive && i === end);
+            return true;
           }
           continue;
         }
         if (call.remaining < 0) {
-          call.chunkData(i === 0 ? buf : buf.subarray(i));
-          return;
+          call.chunkData(buf.subarray(i, end));
+          return true;
         }
-        const n = Math.min(call.remaining, buf.length - i);
+        const n = Math.min(call.remaining, end - i);
         call.remaining -= n;
-        call.chunkData(i === 0 && n === buf.length ? buf : buf.subarray(i, i + n));
+        call.chunkData(buf.subarray(i, i + n));
         i += n;
         if (call.remaining === 0) {
-          this.#finish(call, undefined, call.head.keepAlive && i === buf.length);
-          return;
+          this.#finish(call, undefined, call.head.keepAlive && i === end);
+          return true;
         }
       }
     } catch (err) {
@@ -312,7 +391,28 @@ class Conn {
       this.socket.destroy();
       call.sink.onError(new UpstreamError('bad-response', true, err.message, { cause: err }));
     }
+    return true;
   };
+
+  /** Hand a head parsed in raw mode to the sink: its lines as they came, or a header map when they cannot pass as they are. */
+  #deliverHead(
+    call: Call,
+    head: MessageHead,
+    buf: Buffer,
+    start: number,
+    end: number,
+    endStream: boolean,
+  ): void {
+    const sink = call.sink;
+    const raw = this.#raw;
+    if (!raw.opaque) {
+      sink.onRawHead!(new RawHead(head.status, copyLines(buf, raw), head.contentLength), endStream);
+      return;
+    }
+    // Parsed again, into a map (rare: a Connection option naming fields, a repeated Content-Length).
+    const headers = parseHead(buf, start, false, RESPONSE_LIMITS, end)!.headers;
+    sink.onHeaders(head.status, headers, endStream);
+  }
 
   #finish(call: Call, trailers: IncomingHttpHeaders | undefined, keepAlive: boolean): void {
     call.done = true;
@@ -333,7 +433,7 @@ class Conn {
     this.call = undefined;
     call.conn = undefined;
     if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
-    this.socket.resume();
+    this.resume();
     this.pool.release(this);
   }
 }
@@ -376,8 +476,8 @@ class Pool {
 
   #connect(): Conn {
     const { host, port } = this.backend.address;
-    const socket = netConnect({ host, port, noDelay: true });
-    const conn = new Conn(this, socket);
+    const conn = new Conn(this, host, port);
+    const socket = conn.socket;
     this.open++;
     const timeout = this.#settings.connectTimeoutMs;
     if (timeout > 0) socket.setTimeout(timeout, () => socket.destroy());

@@ -17,6 +17,7 @@ import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler } from './http.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
+import type { RawResponseHead } from './http-upstream.ts';
 import { appendForwarded, forwardableHeaders, type HeaderMap, maxAge } from './http-headers.ts';
 import { jittered } from './http-keepalive.ts';
 import {
@@ -44,6 +45,11 @@ const PIPELINE_BUFFER = 65_536;
 const HEAD_TIMEOUT_MS = 30_000;
 const ignore = (): void => {};
 const CONTINUE = Buffer.from('HTTP/1.1 100 Continue\r\n\r\n');
+/** `HTTP/1.1 200 OK\r\n` and the like, by status. */
+const STATUS_LINES: string[] = [];
+function statusLine(status: number): string {
+  return (STATUS_LINES[status] ??= `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`);
+}
 
 export class Http1Handler implements RequestHandler {
   readonly plane: HttpPlane;
@@ -187,7 +193,7 @@ class ClientConn implements ChunkSink {
   }
 
   /** Write a response's last bytes; the request completes once they are flushed. */
-  writeLast(down: Http1Downstream, tail: string): void {
+  writeLast(down: Http1Downstream, tail: string | Buffer): void {
     const socket = this.socket;
     if (tail.length === 0 && socket.writableLength === 0 && this.#flushing.length === 0) {
       down.closed(true);
@@ -409,8 +415,15 @@ class Http1Downstream implements Downstream {
   readonly #clientKeepAlive: boolean;
   bodyDone: boolean;
   headSent = false;
-  /** Head written with the first body bytes (one write). */
-  #pendingHead: string | undefined;
+  /**
+   * The response head, written with the first body bytes (one write): the
+   * status line (and, from a header map, the fields), the field lines passed
+   * through, then this hop's framing fields and the blank line.
+   */
+  #headPending = false;
+  #headText = '';
+  #headLines: Buffer | undefined;
+  #headTail = '';
   #chunked = false;
   #keepAlive = false;
   #ended = false;
@@ -466,7 +479,7 @@ class Http1Downstream implements Downstream {
   respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
     if (this.headSent || this.#ended || this.#conn.socket.destroyed) return;
     this.headSent = true;
-    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;
+    let head = statusLine(status);
     let named: string | undefined;
     const connection = headers.connection;
     if (connection !== undefined) {
@@ -482,59 +495,100 @@ class Http1Downstream implements Downstream {
       if (typeof v === 'string') head += `${name}: ${v}\r\n`;
       else for (const one of v) head += `${name}: ${one}\r\n`;
     }
+    this.#headText = head;
+    this.#headLines = undefined;
+    this.#framing(status, hasLength, endStream);
+  }
+
+  /** The head as the backend sent it: its field lines (hop-by-hop ones already left out) pass through. */
+  respondRaw(head: RawResponseHead, endStream: boolean): void {
+    if (this.headSent || this.#ended || this.#conn.socket.destroyed) return;
+    this.headSent = true;
+    this.#headText = statusLine(head.status);
+    this.#headLines = head.lines;
+    this.#framing(head.status, head.contentLength >= 0, endStream);
+  }
+
+  /** The fields this hop adds (framing, Connection) after the forwarded ones; the head is then pending. */
+  #framing(status: number, hasLength: boolean, endStream: boolean): void {
     const noBody = this.method === 'HEAD' || status === 204 || status === 304 || status < 200;
     let keepAlive = this.#clientKeepAlive && !this.#conn.leaving;
+    let tail = '';
     if (!noBody && !hasLength) {
-      if (endStream) head += 'content-length: 0\r\n';
+      if (endStream) tail = 'content-length: 0\r\n';
       else if (this.#minor === 1) {
-        head += 'transfer-encoding: chunked\r\n';
+        tail = 'transfer-encoding: chunked\r\n';
         this.#chunked = true;
       } else keepAlive = false; // HTTP/1.0 without a length: the body ends at close
     }
-    if (!keepAlive) head += 'connection: close\r\n';
-    else if (this.#minor === 0) head += 'connection: keep-alive\r\n';
+    if (!keepAlive) tail += 'connection: close\r\n\r\n';
+    else if (this.#minor === 0) tail += 'connection: keep-alive\r\n\r\n';
+    else tail += '\r\n';
     this.#keepAlive = keepAlive;
-    this.#pendingHead = `${head}\r\n`;
+    this.#headTail = tail;
+    this.#headPending = true;
     if (endStream || noBody) this.end(undefined);
+  }
+
+  /** Bytes of the pending head (0 once written). */
+  #headLength(): number {
+    if (!this.#headPending) return 0;
+    return this.#headText.length + (this.#headLines?.length ?? 0) + this.#headTail.length;
+  }
+
+  /** Copy the pending head into `out` at 0; returns where it ends. */
+  #putHead(out: Buffer): number {
+    if (!this.#headPending) return 0;
+    this.#headPending = false;
+    let o = out.write(this.#headText, 0, 'latin1');
+    const lines = this.#headLines;
+    if (lines !== undefined) o += lines.copy(out, o);
+    o += out.write(this.#headTail, o, 'latin1');
+    this.#headLines = undefined;
+    return o;
+  }
+
+  /** The pending head followed by `tail`, as one buffer. */
+  #takeHead(tail = ''): Buffer {
+    const out = Buffer.allocUnsafe(this.#headLength() + tail.length);
+    const o = this.#putHead(out);
+    if (tail.length > 0) out.write(tail, o, 'latin1');
+    return out;
   }
 
   write(chunk: Buffer): boolean {
     const socket = this.#conn.socket;
     if (this.#ended || socket.destroyed) return true;
     if (this.method === 'HEAD') return true;
-    const head = this.#pendingHead;
-    this.#pendingHead = undefined;
     const len = chunk.length;
     if (len === 0) return true;
     if (this.#chunked) {
       const size = `${len.toString(16)}\r\n`;
       if (len < 16_384) {
-        const h = head ?? '';
-        const hl = h.length;
-        const out = Buffer.allocUnsafe(hl + size.length + len + 2);
-        if (hl > 0) out.write(h, 0, 'latin1');
-        out.write(size, hl, 'latin1');
-        chunk.copy(out, hl + size.length);
+        const out = Buffer.allocUnsafe(this.#headLength() + size.length + len + 2);
+        let o = this.#putHead(out);
+        o += out.write(size, o, 'latin1');
+        chunk.copy(out, o);
         out[out.length - 2] = 13;
         out[out.length - 1] = 10;
         return socket.write(out);
       }
       socket.cork();
-      socket.write(head === undefined ? size : head + size, 'latin1');
+      if (this.#headPending) socket.write(this.#takeHead(size));
+      else socket.write(size, 'latin1');
       socket.write(chunk);
       const ok = socket.write('\r\n', 'latin1');
       socket.uncork();
       return ok;
     }
-    if (head === undefined) return socket.write(chunk);
+    if (!this.#headPending) return socket.write(chunk);
     if (len < 16_384) {
-      const out = Buffer.allocUnsafe(head.length + len);
-      out.write(head, 0, 'latin1');
-      chunk.copy(out, head.length);
+      const out = Buffer.allocUnsafe(this.#headLength() + len);
+      chunk.copy(out, this.#putHead(out));
       return socket.write(out);
     }
     socket.cork();
-    socket.write(head, 'latin1');
+    socket.write(this.#takeHead());
     const ok = socket.write(chunk);
     socket.uncork();
     return ok;
@@ -549,10 +603,9 @@ class Http1Downstream implements Downstream {
     if (this.#ended || socket.destroyed) return;
     if (!this.headSent) return;
     this.#ended = true;
-    let tail = this.#pendingHead ?? '';
-    this.#pendingHead = undefined;
+    let tail = '';
     if (this.#chunked) {
-      tail += '0\r\n';
+      tail = '0\r\n';
       if (trailers !== undefined) {
         const t = forwardableHeaders(trailers);
         for (const name in t) {
@@ -563,7 +616,7 @@ class Http1Downstream implements Downstream {
       }
       tail += '\r\n';
     }
-    this.#conn.writeLast(this, tail);
+    this.#conn.writeLast(this, this.#headPending ? this.#takeHead(tail) : tail);
     this.#conn.responseDone(this, this.#keepAlive);
   }
 

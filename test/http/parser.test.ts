@@ -1,7 +1,13 @@
 /** The HTTP/1.1 head parser and chunked decoder on their own (http1-parser.ts). */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ChunkedDecoder, HttpParseError, parseHead } from '../../src/proxy/http1-parser.ts';
+import {
+  ChunkedDecoder,
+  HttpParseError,
+  type MessageHead,
+  parseHead,
+  type RawFields,
+} from '../../src/proxy/http1-parser.ts';
 
 const limits = { maxSize: 4096, maxCount: 20 };
 const req = (text: string): ReturnType<typeof parseHead> =>
@@ -103,6 +109,59 @@ describe('parseHead', () => {
     assert.equal(res('HTTP/1.1 204\r\n\r\n')?.status, 204, 'an empty reason phrase is fine');
     assert.equal(res('HTTP/1.0 200 OK\r\n\r\n')?.keepAlive, false);
     assert.throws(() => res('HTTP/1.1 2000 OK\r\n\r\n'), HttpParseError);
+  });
+
+  it('raw mode: the same checks, no map, and which field lines a proxy drops', () => {
+    const raw = (
+      text: string,
+      limit?: number,
+    ): { head: MessageHead | undefined; fields: RawFields; kept: string } => {
+      const buf = Buffer.from(text, 'latin1');
+      const fields: RawFields = { start: 0, end: 0, drop: [], opaque: false };
+      const head = parseHead(buf, 0, false, limits, limit ?? buf.length, fields);
+      let kept = '';
+      if (head !== undefined) {
+        let from = fields.start;
+        for (let k = 0; k < fields.drop.length; k += 2) {
+          kept += buf.toString('latin1', from, fields.drop[k]);
+          from = fields.drop[k + 1]!;
+        }
+        kept += buf.toString('latin1', from, fields.end);
+      }
+      return { head, fields, kept };
+    };
+    const r = raw(
+      'HTTP/1.1 200 OK\r\nServer: n\r\nConnection: keep-alive\r\nCONTENT-LENGTH: 2\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a\r\nTrailer: x\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n\r\nok',
+    );
+    assert.equal(r.head?.status, 200);
+    assert.equal(r.head?.contentLength, 2);
+    assert.equal(r.head?.keepAlive, true);
+    assert.deepEqual(r.head?.headers, {});
+    assert.equal(r.fields.opaque, false);
+    assert.equal(r.kept, 'Server: n\r\nCONTENT-LENGTH: 2\r\nSet-Cookie: a\r\n');
+    const chunked = raw('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n');
+    assert.equal(chunked.head?.chunked, true);
+    assert.equal(chunked.head?.keepAlive, false);
+    assert.equal(chunked.kept, '');
+    // A Connection option naming other fields, or a repeated Content-Length: not passed line by line.
+    assert.equal(raw('HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\n\r\n').fields.opaque, true);
+    assert.equal(
+      raw('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n').fields.opaque,
+      true,
+    );
+    // The checks are the map mode's.
+    for (const text of [
+      'HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nX : 1\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n',
+      'HTTP/1.1 200 OK\r\n folded\r\n\r\n',
+    ]) {
+      assert.throws(() => raw(text), HttpParseError, JSON.stringify(text));
+    }
+    // Bytes past `limit` are not part of the head.
+    assert.equal(raw('HTTP/1.1 200 OK\r\nX: 1\r\n\r\n', 22).head, undefined);
   });
 });
 

@@ -204,6 +204,29 @@ services:
     await res.body.text();
   });
 
+  it('requests in flight together: each slow one times out on its own deadline, answered ones are untouched', async () => {
+    const url = `http://127.0.0.1:${slowPort}/slow?ms=`;
+    const delays = [2000, 0, 150, 2000, 50, 2000];
+    const started = performance.now();
+    const results = await Promise.all(
+      delays.map(async (ms, i) => {
+        // Staggered starts: the deadlines differ, and answered requests leave the list from its middle.
+        await new Promise((r) => setTimeout(r, i * 20));
+        const res = await request(`${url}${ms}`);
+        await res.body.text();
+        return [res.statusCode, performance.now() - started] as const;
+      }),
+    );
+    assert.deepEqual(
+      results.map(([status]) => status),
+      [504, 200, 200, 504, 200, 504],
+    );
+    for (const [i, [status, at]] of results.entries()) {
+      if (status === 504)
+        assert.ok(at >= i * 20 + 290 && at < i * 20 + 1500, `request ${i} timed out at ${at} ms`);
+    }
+  });
+
   it('a gRPC call that reached no backend is retried on another one and succeeds', async () => {
     const client = new EchoClient(`127.0.0.1:${grpcPort}`, grpc.credentials.createInsecure());
     try {
