@@ -58,8 +58,9 @@ export interface RawFields {
   /** Offset of the first field line, and of the CRLF that ends the head. */
   start: number;
   end: number;
-  /** [from, to) offsets of the field lines a proxy drops (hop-by-hop and framing), in order. */
+  /** [from, to) offsets of the field lines a proxy drops (hop-by-hop and framing), in order: the first `dropped` numbers (the array is reused). */
   readonly drop: number[];
+  dropped: number;
   /** The fields cannot be passed through line by line (a Connection option naming other fields, a repeated Content-Length): parse them into a map instead. */
   opaque: boolean;
 }
@@ -190,7 +191,7 @@ export function parseHead(
   if (raw !== undefined) {
     raw.start = eol + 1;
     raw.end = stop + 2;
-    raw.drop.length = 0;
+    raw.dropped = 0;
     raw.opaque = false;
   }
   let count = 0;
@@ -247,7 +248,8 @@ export function parseHead(
           hosts++;
           continue;
       }
-      raw.drop.push(lineStart, pos);
+      raw.drop[raw.dropped++] = lineStart;
+      raw.drop[raw.dropped++] = pos;
       continue;
     }
     const rawName = buf.toString('latin1', lineStart, i);
@@ -308,6 +310,7 @@ export function parseHead(
 export function hasToken(list: string, token: string): boolean {
   if (list === '') return false;
   if (list === token) return true;
+  if (!list.includes(',')) return list.trim() === token;
   for (const part of list.split(',')) if (part.trim() === token) return true;
   return false;
 }

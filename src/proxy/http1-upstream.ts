@@ -59,8 +59,7 @@ class RawHead implements RawResponseHead {
 
   headers(): IncomingHttpHeaders {
     const head = Buffer.concat([Buffer.from(`HTTP/1.1 ${this.status} -\r\n`, 'latin1'), this.lines, CRLF]);
-    return parseHead(head, 0, false, { maxSize: head.length, maxCount: Infinity })!
-      .headers;
+    return parseHead(head, 0, false, { maxSize: head.length, maxCount: Infinity })!.headers;
   }
 }
 
@@ -68,11 +67,12 @@ class RawHead implements RawResponseHead {
 function copyLines(buf: Buffer, raw: RawFields): Buffer {
   const drop = raw.drop;
   let len = raw.end - raw.start;
-  for (let k = 0; k < drop.length; k += 2) len -= drop[k + 1]! - drop[k]!;
+  const n = raw.dropped;
+  for (let k = 0; k < n; k += 2) len -= drop[k + 1]! - drop[k]!;
   const out = Buffer.allocUnsafe(len);
   let o = 0;
   let from = raw.start;
-  for (let k = 0; k < drop.length; k += 2) {
+  for (let k = 0; k < n; k += 2) {
     o += buf.copy(out, o, from, drop[k]);
     from = drop[k + 1]!;
   }
@@ -152,7 +152,7 @@ class Conn {
   /** Bytes of a response head not complete yet. */
   pending: Buffer | undefined;
   /** Where the last response head's field lines are (reused). */
-  readonly #raw: RawFields = { start: 0, end: 0, drop: [], opaque: false };
+  readonly #raw: RawFields = { start: 0, end: 0, drop: [], dropped: 0, opaque: false };
   connected = false;
   reused = false;
   idleSince = 0;

@@ -440,7 +440,7 @@ class Http1Downstream implements Downstream {
     this.#minor = head.minor;
     this.#clientKeepAlive = head.keepAlive;
     const headers = forwardableHeaders(h);
-    delete headers.expect;
+    if (headers.expect !== undefined) delete headers.expect;
     const socket = conn.socket;
     if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined) {
       // The common case, from strings cached on the connection.

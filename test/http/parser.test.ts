@@ -117,12 +117,12 @@ describe('parseHead', () => {
       limit?: number,
     ): { head: MessageHead | undefined; fields: RawFields; kept: string } => {
       const buf = Buffer.from(text, 'latin1');
-      const fields: RawFields = { start: 0, end: 0, drop: [], opaque: false };
+      const fields: RawFields = { start: 0, end: 0, drop: [], dropped: 0, opaque: false };
       const head = parseHead(buf, 0, false, limits, limit ?? buf.length, fields);
       let kept = '';
       if (head !== undefined) {
         let from = fields.start;
-        for (let k = 0; k < fields.drop.length; k += 2) {
+        for (let k = 0; k < fields.dropped; k += 2) {
           kept += buf.toString('latin1', from, fields.drop[k]);
           from = fields.drop[k + 1]!;
         }
