@@ -2,8 +2,10 @@
  * HTTP/1.1 keep-alive pools to backends on raw sockets: one pool per backend,
  * idle sockets reused last-in first-out, at most `connectionsPerBackend` open
  * (requests beyond wait in order). Each request is written as one buffer (head)
- * plus its streamed body; the response head is parsed here (http1-parser.ts)
- * and the body streamed to the sink with backpressure. A pooled socket the
+ * plus its streamed body. Responses are read into one shared buffer (`onread`,
+ * no Readable stream); the head is parsed here (http1-parser.ts) and, for a
+ * client that speaks HTTP/1.1 too, its field lines pass through without a
+ * header map; the body is streamed to the sink with backpressure. A pooled socket the
  * backend closed while idle is detected on use and the request sent again on
  * a fresh socket when it is safe (idempotent without a body, or nothing of it
  * was answered).
