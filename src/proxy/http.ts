@@ -7,7 +7,6 @@
  *   - other HTTP/1.1 requests                        → http1.ts
  */
 import { readFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import {
   createServer as createTlsServer,
   type SecureContextOptions,
@@ -39,17 +38,30 @@ export interface HttpPart {
   drain?(): void;
 }
 
+/** An HTTP/1.1 request asking to upgrade, as parsed by http1.ts (the shape node:http's IncomingMessage also has). */
+export interface UpgradeRequest {
+  readonly method: string;
+  readonly url: string;
+  /** Lowercase names; repeated fields joined. */
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  /** Field names as sent and their values, alternating, in order. */
+  readonly rawHeaders: readonly string[];
+}
+
+/** Takes a socket whose request head asked to upgrade; `head` is what the client sent after it. */
+export type Upgrade = (req: UpgradeRequest, socket: Socket, head: Buffer) => void;
+
 export interface UpgradeHandler extends HttpPart {
-  handleUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void;
+  handleUpgrade: Upgrade;
 }
 
 export interface RequestHandler extends HttpPart {
   /**
    * Take an HTTP/1.1 connection (its first bytes already unshifted back). A
-   * request asking to upgrade is given, with its bytes unshifted, to
-   * `toUpgrade`, which runs it through node:http to the UpgradeHandler.
+   * request asking to upgrade is handed, parsed, to `upgrade` together with
+   * the socket: from then on the connection is the UpgradeHandler's.
    */
-  handleConnection(socket: Socket, toUpgrade: (socket: Socket) => void): void;
+  handleConnection(socket: Socket, upgrade: Upgrade): void;
 }
 
 export interface Http2Handler extends HttpPart {
@@ -70,7 +82,6 @@ export class HttpProxy implements ProtocolHandler {
   readonly ctx: HttpContext;
   readonly stats: ServiceStats = { accepted: 0, closed: 0, refused: {}, errors: {} };
   live = 0;
-  readonly #server: Server;
   readonly #websocket: UpgradeHandler;
   readonly #http1: RequestHandler;
   readonly #http2: Http2Handler;
@@ -93,36 +104,7 @@ export class HttpProxy implements ProtocolHandler {
     this.#websocket = built.websocket;
     this.#http1 = built.http1;
     this.#http2 = built.http2;
-    this.#server = createServer({
-      // Bounded by default: a slow or silent client cannot hold a socket forever.
-      headersTimeout: 30_000,
-      requestTimeout: 0,
-      keepAliveTimeout: 60_000,
-      maxHeaderSize: config.headerLimits.maxSize,
-    });
     this.#configureTls(config);
-    // The node:http server only sees connections handed over for an upgrade (http1.ts parses the
-    // rest itself); a plain request after a refused upgrade is not served there.
-    this.#server.on('request', (_req: IncomingMessage, res: ServerResponse) => {
-      res.shouldKeepAlive = false;
-      res.writeHead(400, { 'content-type': 'text/plain', connection: 'close' });
-      res.end('expected an upgrade request (holdfast)\n');
-    });
-    this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) =>
-      this.#websocket.handleUpgrade(req, socket, head),
-    );
-    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-      const errors = this.stats.errors!;
-      const reason = err.code === 'HPE_HEADER_OVERFLOW' ? 'header-too-large' : 'bad-request';
-      errors[reason] = (errors[reason] ?? 0) + 1;
-      if (socket.writable) {
-        const status =
-          reason === 'header-too-large' ? '431 Request Header Fields Too Large' : '400 Bad Request';
-        socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
-      } else {
-        socket.destroy();
-      }
-    });
   }
 
   configure(config: ServiceConfig): void {
@@ -152,7 +134,7 @@ export class HttpProxy implements ProtocolHandler {
     server.on('secureConnection', (tls: TLSSocket) => {
       tls.on('error', () => {});
       if (tls.alpnProtocol === 'h2') this.#http2.handleConnection(tls);
-      else this.#http1.handleConnection(tls, this.#toUpgrade);
+      else this.#http1.handleConnection(tls, this.#upgrade);
     });
     this.#tls = server;
   }
@@ -162,13 +144,9 @@ export class HttpProxy implements ProtocolHandler {
     this.#websocket.drain?.();
     this.#http1.drain?.();
     this.#http2.drain?.();
-    this.#server.closeIdleConnections();
   }
 
-  readonly #toUpgrade = (socket: Socket): void => {
-    this.#server.emit('connection', socket);
-    socket.resume();
-  };
+  readonly #upgrade: Upgrade = (req, socket, head) => this.#websocket.handleUpgrade(req, socket, head);
 
   readonly accept = (socket: Socket): void => {
     this.stats.accepted++;
@@ -195,7 +173,7 @@ export class HttpProxy implements ProtocolHandler {
       socket.unshift(seen);
       if (h2) this.#http2.handleConnection(socket);
       else {
-        this.#http1.handleConnection(socket, this.#toUpgrade);
+        this.#http1.handleConnection(socket, this.#upgrade);
         socket.resume();
       }
     };

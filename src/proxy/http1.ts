@@ -5,8 +5,8 @@
  * as one buffer where it fits. Requests on a connection are served in order
  * (pipelined ones wait in the buffer). Keep-alive client connections are asked
  * to go with `Connection: close` (drain, shutdown, `maxConnectionAge`), never
- * cut between requests. WebSocket upgrades are handed, bytes untouched, to
- * the listener's node:http server (and from there to websocket.ts).
+ * cut between requests. A request asking to upgrade (WebSocket) is handed,
+ * parsed, with its socket to websocket.ts.
  */
 import { STATUS_CODES, type IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import type { PickContext } from '../balance/types.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import type { RequestHandler } from './http.ts';
+import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
 import type { RawResponseHead } from './http-upstream.ts';
@@ -86,8 +86,8 @@ export class Http1Handler implements RequestHandler {
     this.#conns.delete(conn);
   }
 
-  handleConnection(socket: Socket, toUpgrade: (socket: Socket) => void): void {
-    const conn = new ClientConn(this, socket, toUpgrade);
+  handleConnection(socket: Socket, upgrade: Upgrade): void {
+    const conn = new ClientConn(this, socket, upgrade);
     this.#conns.add(conn);
     socket.once('close', conn.onClose);
     this.#watchIdle();
@@ -124,11 +124,31 @@ export class Http1Handler implements RequestHandler {
   }
 }
 
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * The request for the upgrade handler: the parsed head plus its field lines
+ * as sent (names in their case, in order), read back from the head's bytes,
+ * which the parser has already checked line by line.
+ */
+function upgradeRequest(head: MessageHead, buf: Buffer): UpgradeRequest {
+  const text = buf.toString('latin1', 0, head.end);
+  const rawHeaders: string[] = [];
+  let at = text.indexOf('\r\n') + 2;
+  while (at < head.end - 2) {
+    const eol = text.indexOf('\r\n', at);
+    const colon = text.indexOf(':', at);
+    rawHeaders.push(text.slice(at, colon), text.slice(colon + 1, eol).trim());
+    at = eol + 2;
+  }
+  return { method: head.method, url: head.target, headers: head.headers, rawHeaders };
+}
+
 /** One client connection: its unparsed bytes, the request being served and its body. */
 class ClientConn implements ChunkSink {
   readonly handler: Http1Handler;
   readonly socket: Socket;
-  readonly #toUpgrade: (socket: Socket) => void;
+  readonly #upgrade: Upgrade;
   /** Bytes received and not consumed yet. */
   #buf: Buffer | undefined;
   cur: Http1Downstream | undefined;
@@ -161,10 +181,10 @@ class ClientConn implements ChunkSink {
     this.closed();
   };
 
-  constructor(handler: Http1Handler, socket: Socket, toUpgrade: (socket: Socket) => void) {
+  constructor(handler: Http1Handler, socket: Socket, upgrade: Upgrade) {
     this.handler = handler;
     this.socket = socket;
-    this.#toUpgrade = toUpgrade;
+    this.#upgrade = upgrade;
     this.leaving = handler.draining;
     this.https = (socket as Socket & { encrypted?: boolean }).encrypted === true;
     this.proto = this.https ? 'https' : 'http';
@@ -298,18 +318,18 @@ class ClientConn implements ChunkSink {
     }
     const h = head.headers;
     if (h.upgrade !== undefined && hasToken(String(h.connection ?? '').toLowerCase(), 'upgrade')) {
-      // WebSocket (or another upgrade): the node:http server and the WebSocket handler take it from here.
+      // WebSocket (or another upgrade): the WebSocket handler takes it from here.
       this.#buf = undefined;
       this.socket.removeListener('data', this.#onData);
       this.socket.removeListener('end', this.#onEnd);
-      this.socket.unshift(buf);
       this.#gone = true;
       this.#ageTimer?.cancel();
       // Let go of the socket entirely, so that nothing of this connection
       // stays alive for the upgraded connection's whole life.
       this.socket.removeListener('close', this.onClose);
       this.handler.forget(this);
-      this.#toUpgrade(this.socket);
+      const after = head.end < buf.length ? Buffer.from(buf.subarray(head.end)) : EMPTY;
+      this.#upgrade(upgradeRequest(head, buf), this.socket, after);
       return false;
     }
     const expect = h.expect;

@@ -194,6 +194,8 @@ export function readThrough(socket: Socket, callback: ReadCallback): void {
   const writable = s._writableState;
   if (
     k === null ||
+    // TLS: the handle reads ciphertext; decrypted bytes come through 'data'.
+    (socket as Socket & { encrypted?: boolean }).encrypted === true ||
     !isStreamHandle(handle) ||
     typeof handle.readStart !== 'function' ||
     typeof writable?.highWaterMark !== 'number' ||

@@ -6,14 +6,13 @@
  * 1009) and can rebalance live connections gradually.
  */
 import { createHash } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
 import { isIPv6, type Socket } from 'node:net';
 import type { Backend } from '../cluster/backend.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import type { HttpContext, UpgradeHandler } from './http.ts';
+import type { HttpContext, UpgradeHandler, UpgradeRequest } from './http.ts';
 import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
@@ -130,11 +129,11 @@ export class WebSocketProxy implements UpgradeHandler {
     refused[reason] = (refused[reason] ?? 0) + 1;
   }
 
-  handleUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+  handleUpgrade(req: UpgradeRequest, socket: Socket, head: Buffer): void {
     socket.pause();
     const s = this.settings;
     const h = req.headers;
-    const upgrade = h.upgrade?.toLowerCase() ?? '';
+    const upgrade = one(h.upgrade)?.toLowerCase() ?? '';
     const key = h['sec-websocket-key'];
     if (req.method !== 'GET' || !upgrade.split(',').some((v) => v.trim() === 'websocket')) {
       this.count('ws-bad-handshake');
@@ -205,6 +204,11 @@ function reject(socket: Socket, status: number, message: string, extra = ''): vo
   }
 }
 
+/** A header's value where only one makes sense (set-cookie is the one kept as a list). */
+function one(v: string | readonly string[] | undefined): string | undefined {
+  return typeof v === 'string' ? v : v?.[0];
+}
+
 function forwardedFor(ip: string): string {
   return isIPv6(ip) ? `"[${ip}]"` : ip;
 }
@@ -233,7 +237,7 @@ function peerIp(socket: Socket): string | undefined {
  * as the connection relays, so an open connection keeps none of it.
  */
 class Handshake {
-  req: IncomingMessage;
+  req: UpgradeRequest;
   head: Buffer | undefined;
   readonly key: string;
   readonly ip: string | undefined;
@@ -242,7 +246,7 @@ class Handshake {
   /** The backend's response head so far. */
   got: Buffer | undefined;
 
-  constructor(req: IncomingMessage, head: Buffer, key: string, ip: string | undefined) {
+  constructor(req: UpgradeRequest, head: Buffer, key: string, ip: string | undefined) {
     this.req = req;
     this.head = head.length > 0 ? head : undefined;
     this.key = key;
@@ -421,7 +425,7 @@ class WsConnection implements ProxiedConnection {
     const client = this.client;
     const pickCtx = new SocketPickContext(client, this.openedAt, {
       clientIp: hs.ip,
-      host: req.headers.host,
+      host: one(req.headers.host),
       path: req.url,
       headers: req.headers,
     });
@@ -525,11 +529,12 @@ class WsConnection implements ProxiedConnection {
       else if (lower === 'forwarded') fwd = fwd === undefined ? raw[i + 1] : `${fwd}, ${raw[i + 1]}`;
       else head += `${name}: ${raw[i + 1]}\r\n`;
     }
-    const host = req.headers.host;
-    const me = `for=${forwardedFor(ip)}${host !== undefined ? `;host="${host}"` : ''};proto=http`;
+    const host = one(req.headers.host);
+    const proto = (this.client as Socket & { encrypted?: boolean }).encrypted === true ? 'https' : 'http';
+    const me = `for=${forwardedFor(ip)}${host !== undefined ? `;host="${host}"` : ''};proto=${proto}`;
     head += `X-Forwarded-For: ${xff === undefined ? ip : `${xff}, ${ip}`}\r\n`;
     head += `Forwarded: ${fwd === undefined ? me : `${fwd}, ${me}`}\r\n`;
-    if (req.headers['x-forwarded-proto'] === undefined) head += 'X-Forwarded-Proto: http\r\n';
+    if (req.headers['x-forwarded-proto'] === undefined) head += `X-Forwarded-Proto: ${proto}\r\n`;
     upstream.write(`${head}\r\n`);
   }
 

@@ -5,15 +5,19 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { connect as h2connect } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TLSSocket } from 'node:tls';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { startGateway } from '../helpers/gateway.ts';
 import { freePort } from '../helpers/net.ts';
+import { WebSocket } from 'ws';
+import { startWsBackend } from '../websocket/helpers.ts';
 import { startH1Backend } from './backends.ts';
 
 function makeCert(): { dir: string; cert: string; key: string } | string {
@@ -48,6 +52,9 @@ function makeCert(): { dir: string; cert: string; key: string } | string {
 
 describe('TLS with ALPN', () => {
   const made = makeCert();
+  after(() => {
+    if (typeof made !== 'string') rmSync(made.dir, { recursive: true, force: true });
+  });
   it(
     'serves h2 and http/1.1 on one port, chosen by ALPN',
     { skip: typeof made === 'string' ? made : false },
@@ -114,7 +121,47 @@ services:
       } finally {
         await gateway.shutdown();
         await backend.close();
-        rmSync(made.dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it(
+    'proxies WebSocket over TLS (wss) with X-Forwarded-Proto: https, small and large messages intact',
+    { skip: typeof made === 'string' ? made : false },
+    async () => {
+      if (typeof made === 'string') return;
+      const port = await freePort();
+      const backend = await startWsBackend();
+      const { gateway } = await startGateway(`
+services:
+  - name: secure-ws
+    protocol: http
+    listen: 127.0.0.1:${port}
+    tls: { cert: ${made.cert}, key: ${made.key} }
+    backends:
+      static: [127.0.0.1:${backend.port}]
+`);
+      const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { rejectUnauthorized: false });
+      try {
+        ws.on('error', () => {});
+        await once(ws, 'message'); // the backend's greeting
+        assert.equal(backend.requests.at(-1)?.['x-forwarded-proto'], 'https');
+        assert.match(String(backend.requests.at(-1)?.forwarded), /proto=https/);
+        const sent = [randomBytes(10), randomBytes(300_000), randomBytes(70_000)];
+        const got: Buffer[] = [];
+        const all = new Promise<void>((resolve) =>
+          ws.on('message', (m: Buffer) => {
+            got.push(m);
+            if (got.length === sent.length) resolve();
+          }),
+        );
+        for (const m of sent) ws.send(m);
+        await all;
+        for (let i = 0; i < sent.length; i++) assert.ok(got[i]!.equals(sent[i]!), `message ${i} differs`);
+      } finally {
+        ws.terminate();
+        await gateway.shutdown();
+        await backend.close();
       }
     },
   );
