@@ -57,11 +57,11 @@ export interface UpgradeHandler extends HttpPart {
 
 export interface RequestHandler extends HttpPart {
   /**
-   * Take an HTTP/1.1 connection (its first bytes already unshifted back). A
-   * request asking to upgrade is handed, parsed, to `upgrade` together with
+   * Take an HTTP/1.1 connection, paused; `first`: bytes already read from it.
+   * A request asking to upgrade is handed, parsed, to `upgrade` together with
    * the socket: from then on the connection is the UpgradeHandler's.
    */
-  handleConnection(socket: Socket, upgrade: Upgrade): void;
+  handleConnection(socket: Socket, upgrade: Upgrade, first?: Buffer): void;
 }
 
 export interface Http2Handler extends HttpPart {
@@ -170,11 +170,11 @@ export class HttpProxy implements ProtocolHandler {
       if (h2 && n < PREFACE.length) return;
       socket.removeListener('data', onFirst);
       socket.pause();
-      socket.unshift(seen);
-      if (h2) this.#http2.handleConnection(socket);
-      else {
-        this.#http1.handleConnection(socket, this.#upgrade);
-        socket.resume();
+      if (h2) {
+        socket.unshift(seen);
+        this.#http2.handleConnection(socket);
+      } else {
+        this.#http1.handleConnection(socket, this.#upgrade, seen);
       }
     };
     socket.on('data', onFirst);

@@ -15,6 +15,7 @@ import type { PickContext } from '../balance/types.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
+import { ownBytes, readThrough } from './socket-reads.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
 import type { RawResponseHead } from './http-upstream.ts';
@@ -86,11 +87,13 @@ export class Http1Handler implements RequestHandler {
     this.#conns.delete(conn);
   }
 
-  handleConnection(socket: Socket, upgrade: Upgrade): void {
+  handleConnection(socket: Socket, upgrade: Upgrade, first?: Buffer): void {
     const conn = new ClientConn(this, socket, upgrade);
     this.#conns.add(conn);
     socket.once('close', conn.onClose);
     this.#watchIdle();
+    if (first !== undefined && first.length > 0) conn.received(first);
+    socket.resume();
   }
 
   #idleTimer: Timer | undefined;
@@ -144,6 +147,14 @@ function upgradeRequest(head: MessageHead, buf: Buffer): UpgradeRequest {
   return { method: head.method, url: head.target, headers: head.headers, rawHeaders };
 }
 
+const kClientConn = Symbol('holdfast.http1.conn');
+interface ClientSocket extends Socket {
+  [kClientConn]: ClientConn;
+}
+function onClientRead(this: Socket, n: number, buf: Buffer): void {
+  (this as ClientSocket)[kClientConn].received(ownBytes(buf, 0, n));
+}
+
 /** One client connection: its unparsed bytes, the request being served and its body. */
 class ClientConn implements ChunkSink {
   readonly handler: Http1Handler;
@@ -193,7 +204,10 @@ class ClientConn implements ChunkSink {
     this.localIp = socket.localAddress;
     this.localPort = socket.localPort;
     socket.setNoDelay(true);
-    socket.on('data', this.#onData);
+    // Reads into the shared read buffer, copied (socket-reads.ts): no buffer
+    // allocated per read, no Readable stream machinery per chunk.
+    (socket as ClientSocket)[kClientConn] = this;
+    readThrough(socket, onClientRead);
     socket.on('end', this.#onEnd);
     this.idleSince = handler.plane.ctx.clock.now();
     if (handler.maxAgeMs > 0) {
@@ -263,11 +277,13 @@ class ClientConn implements ChunkSink {
     }
   }
 
-  readonly #onData = (data: Buffer): void => {
+  /** Bytes from the client (owned: copies or Node's own chunks). */
+  received(data: Buffer): void {
+    if (this.#gone) return;
     const buf = this.#buf;
     this.#buf = buf === undefined || buf.length === 0 ? data : Buffer.concat([buf, data]);
     this.#process();
-  };
+  }
 
   chunkData(data: Buffer): void {
     const body = this.cur?.body;
@@ -320,7 +336,6 @@ class ClientConn implements ChunkSink {
     if (h.upgrade !== undefined && hasToken(String(h.connection ?? '').toLowerCase(), 'upgrade')) {
       // WebSocket (or another upgrade): the WebSocket handler takes it from here.
       this.#buf = undefined;
-      this.socket.removeListener('data', this.#onData);
       this.socket.removeListener('end', this.#onEnd);
       this.#gone = true;
       this.#ageTimer?.cancel();
@@ -383,7 +398,6 @@ class ClientConn implements ChunkSink {
     this.handler.plane.count(err.reason === 'too-many-headers' ? 'too-many-headers' : err.reason);
     this.#buf = undefined;
     const cur = this.cur;
-    this.socket.removeListener('data', this.#onData);
     if (cur !== undefined) {
       if (cur.body !== undefined && !cur.body.destroyed) cur.body.destroy(err);
       if (cur.headSent) {

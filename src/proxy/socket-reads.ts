@@ -65,6 +65,7 @@ export function afterRead(buf: Buffer, n: number, held: boolean): void {
   } else if (held || n >= QUIET_READ) {
     next = buf;
   } else if (buf.length === READ_SIZE && pool.length < POOL_MAX) {
+    // Only our own buffers get here: a plainly read socket's chunk has n === its length.
     pool.push(buf);
   }
 }
@@ -135,8 +136,10 @@ function onDataFallback(this: PlainSocket, chunk: Buffer): void {
  * still queued, so neither leg may read into a reused buffer.
  */
 export function readPlainly(socket: Socket, callback: ReadCallback): void {
-  (socket as PlainSocket)[kFallback] = callback;
-  socket.on('data', onDataFallback);
+  const plain = socket as PlainSocket;
+  const already = kFallback in plain;
+  plain[kFallback] = callback;
+  if (!already) socket.on('data', onDataFallback);
 }
 
 /** The private fields of Node's net.Socket that `onread` sets up, found once by their names. */
@@ -212,6 +215,11 @@ export function readThrough(socket: Socket, callback: ReadCallback): void {
   socket.pause();
   handle.reading = false;
   handle.readStop();
+  if (s[k.kBufferGen] === nextReadBuffer) {
+    // Switched before (the HTTP/1.1 front, now handing over to WebSocket): a new reader only.
+    s[k.kBufferCb] = callback;
+    return;
+  }
   const first = nextReadBuffer();
   s[k.kBuffer] = first;
   s[k.kBufferCb] = callback;
