@@ -154,7 +154,8 @@ export class HttpProxy implements ProtocolHandler {
     // Module-level listeners: an upgraded WebSocket keeps its socket for
     // hours, and a closure here would stay with it.
     (socket as CountedSocket)[kProxy] = this;
-    socket.once('close', onAcceptedClose);
+    // `on`, not `once`: 'close' comes once anyway, and a once-wrapper is three more objects per socket.
+    socket.on('close', onAcceptedClose);
     socket.on('error', ignore);
     if (this.#tls !== undefined) {
       this.#tls.emit('connection', socket);

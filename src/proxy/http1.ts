@@ -15,6 +15,7 @@ import type { PickContext } from '../balance/types.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
+import { socketAddresses } from './socket-address.ts';
 import { ownBytes, readThrough } from './socket-reads.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
@@ -90,7 +91,7 @@ export class Http1Handler implements RequestHandler {
   handleConnection(socket: Socket, upgrade: Upgrade, first?: Buffer): void {
     const conn = new ClientConn(this, socket, upgrade);
     this.#conns.add(conn);
-    socket.once('close', conn.onClose);
+    socket.on('close', conn.onClose);
     this.#watchIdle();
     if (first !== undefined && first.length > 0) conn.received(first);
     socket.resume();
@@ -149,10 +150,11 @@ function upgradeRequest(head: MessageHead, buf: Buffer): UpgradeRequest {
 
 const kClientConn = Symbol('holdfast.http1.conn');
 interface ClientSocket extends Socket {
-  [kClientConn]: ClientConn;
+  /** Cleared when the connection is handed over (upgrade), so that nothing of it stays with the socket. */
+  [kClientConn]: ClientConn | undefined;
 }
 function onClientRead(this: Socket, n: number, buf: Buffer): void {
-  (this as ClientSocket)[kClientConn].received(ownBytes(buf, 0, n));
+  (this as ClientSocket)[kClientConn]?.received(ownBytes(buf, 0, n));
 }
 
 /** One client connection: its unparsed bytes, the request being served and its body. */
@@ -199,10 +201,11 @@ class ClientConn implements ChunkSink {
     this.leaving = handler.draining;
     this.https = (socket as Socket & { encrypted?: boolean }).encrypted === true;
     this.proto = this.https ? 'https' : 'http';
-    this.ip = socket.remoteAddress ?? 'unknown';
-    this.port = socket.remotePort;
-    this.localIp = socket.localAddress;
-    this.localPort = socket.localPort;
+    const a = socketAddresses(socket);
+    this.ip = a.ip ?? 'unknown';
+    this.port = a.port;
+    this.localIp = a.localIp;
+    this.localPort = a.localPort;
     socket.setNoDelay(true);
     // Reads into the shared read buffer, copied (socket-reads.ts): no buffer
     // allocated per read, no Readable stream machinery per chunk.
@@ -342,6 +345,7 @@ class ClientConn implements ChunkSink {
       // Let go of the socket entirely, so that nothing of this connection
       // stays alive for the upgraded connection's whole life.
       this.socket.removeListener('close', this.onClose);
+      (this.socket as ClientSocket)[kClientConn] = undefined;
       this.handler.forget(this);
       const after = head.end < buf.length ? Buffer.from(buf.subarray(head.end)) : EMPTY;
       this.#upgrade(upgradeRequest(head, buf), this.socket, after);

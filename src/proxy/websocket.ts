@@ -13,6 +13,7 @@ import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler, UpgradeRequest } from './http.ts';
+import { peerIp } from './socket-address.ts';
 import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
@@ -211,24 +212,6 @@ function one(v: string | readonly string[] | undefined): string | undefined {
 
 function forwardedFor(ip: string): string {
   return isIPv6(ip) ? `"[${ip}]"` : ip;
-}
-
-interface PeerName {
-  address?: string;
-  port?: number;
-}
-
-/**
- * The client's address, asked of the socket's handle: `socket.remoteAddress`
- * would cache an `{ address, family, port }` object on the socket for its
- * whole life. Falls back to it where the handle has no getpeername (TLS).
- */
-function peerIp(socket: Socket): string | undefined {
-  // `_handle` is Node's internal TCP wrap; it is what `remoteAddress` reads too.
-  const handle = (socket as unknown as { _handle?: { getpeername?(out: PeerName): number } | null })._handle;
-  if (typeof handle?.getpeername !== 'function') return socket.remoteAddress;
-  const out: PeerName = {};
-  return handle.getpeername(out) === 0 ? out.address : undefined;
 }
 
 /**
