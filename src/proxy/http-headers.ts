@@ -6,7 +6,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 
 /** Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1, plus HTTP/2's list). */
-const HOP_BY_HOP = new Set([
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'connection',
   'keep-alive',
   'proxy-connection',
@@ -96,12 +96,6 @@ export function isIdempotent(method: string): boolean {
     method === 'DELETE' ||
     method === 'TRACE'
   );
-}
-
-/** Remove headers HTTP/2 forbids in a response (connection-specific ones). */
-export function responseHeadersForH2(src: IncomingHttpHeaders): HeaderMap {
-  const out = forwardableHeaders(src);
-  return out;
 }
 
 /** `maxConnectionAge` in ms, 0 when off. */

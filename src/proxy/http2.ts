@@ -20,7 +20,14 @@ import type { ServiceConfig } from '../config/schema.ts';
 import type { Http2Handler } from './http.ts';
 import { errorReply, grpcErrorHeaders, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
-import { appendForwarded, forwardableHeaders, type HeaderMap, isGrpc, maxAge } from './http-headers.ts';
+import {
+  appendForwarded,
+  forwardableHeaders,
+  type HeaderMap,
+  HOP_BY_HOP,
+  isGrpc,
+  maxAge,
+} from './http-headers.ts';
 import { jittered, SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
 
 const ignore = (): void => {};
@@ -304,27 +311,12 @@ function responseHeaderList(status: number, headers: IncomingHttpHeaders): strin
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || name.charCodeAt(0) === 58 /* ':' */) continue;
-    if (HOP_BY_HOP_RESPONSE.has(name) || named?.has(name) === true) continue;
+    if (HOP_BY_HOP.has(name) || named?.has(name) === true) continue;
     if (typeof value === 'string') list.push(name, value);
     else for (const one of value) list.push(name, one);
   }
   return list;
 }
-
-/** Hop-by-hop fields (http-headers.ts's list; `te` is a request field and has no place in a response). */
-const HOP_BY_HOP_RESPONSE = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-  'host',
-]);
 
 function connectionNamed(connection: string | string[]): Set<string> {
   const named = new Set<string>();
