@@ -16,8 +16,10 @@ import { connect, type NetConnectOpts, type OnReadOpts, Socket } from 'node:net'
  *   bytes live only until the read callback returns: whatever the callback
  *   keeps or forwards, it copies (`ownBytes`; small copies come from Node's
  *   buffer pool).
- * - A busy socket (one read of 16 KB or more) gets a buffer of its own from a
- *   small pool. Its callback forwards views without copying. A writer that
+ * - A busy socket (one read of 4 KB or more) gets a buffer of its own from a
+ *   small pool, while fewer than 256 such buffers are out (16 MiB: memory stays
+ *   bounded however many connections are busy; beyond that, sockets copy).
+ *   Relays give it back when a socket closes (`releaseReads`). Its callback forwards views without copying. A writer that
  *   cannot send a view at once keeps it queued: then the reader pauses until
  *   that writer drains, so the buffer is never read into while a view of it
  *   waits. When the socket quietens (a read under 2 KB with nothing queued)
@@ -38,7 +40,11 @@ export type ReadCallback = (this: Socket, n: number, buf: Buffer) => void;
 
 const READ_SIZE = 64 * 1024;
 /** A read at least this large makes a quiet socket busy. */
-const BUSY_READ = 16 * 1024;
+const BUSY_READ = 4 * 1024;
+/** Own buffers held by sockets at most (16 MiB); more busy sockets read into the shared one. */
+const MAX_OWNED = 256;
+/** Own buffers held by sockets now: handed out, not yet back in the pool or released. */
+let owned = 0;
 /** A read below this (with nothing queued) makes a busy socket quiet again. */
 const QUIET_READ = 2 * 1024;
 /** Own buffers kept for reuse (4 MiB). More busy sockets than that allocate. */
@@ -61,13 +67,37 @@ function nextReadBuffer(): Buffer {
  */
 export function afterRead(buf: Buffer, n: number, held: boolean): void {
   if (buf === shared) {
-    if (n >= BUSY_READ) next = pool.pop() ?? Buffer.allocUnsafeSlow(READ_SIZE);
+    if (n >= BUSY_READ && owned < MAX_OWNED) {
+      next = pool.pop() ?? Buffer.allocUnsafeSlow(READ_SIZE);
+      owned++;
+    }
   } else if (held || n >= QUIET_READ) {
     next = buf;
-  } else if (buf.length === READ_SIZE && pool.length < POOL_MAX) {
+  } else if (buf.length === READ_SIZE) {
     // Only our own buffers get here: a plainly read socket's chunk has n === its length.
-    pool.push(buf);
+    owned--;
+    if (pool.length < POOL_MAX) pool.push(buf);
   }
+}
+
+/**
+ * A socket read through `readThrough` or `connectReading` closed: the buffer
+ * of its own it may hold no longer counts against the bound. It is not
+ * pooled: a view of it may still be queued on the other leg (half-close).
+ */
+export function releaseReads(socket: Socket): void {
+  const k = socketInternals();
+  if (k === null) return;
+  const buf = (socket as unknown as Record<symbol, unknown>)[k.kBuffer];
+  if (buf instanceof Buffer && buf !== shared && buf.length === READ_SIZE) {
+    owned--;
+    (socket as unknown as Record<symbol, unknown>)[k.kBuffer] = shared;
+  }
+}
+
+/** Own buffers held by sockets now (for tests and metrics). */
+export function ownedReadBuffers(): number {
+  return owned;
 }
 
 /**

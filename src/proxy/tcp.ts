@@ -6,7 +6,7 @@ import type { Cluster } from '../cluster/cluster.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
+import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough, releaseReads } from './socket-reads.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 
 /** Settings of a TCP service that a reload may change; read per new connection. */
@@ -180,10 +180,12 @@ function onUpstreamEnd(this: Leg): void {
   this[kConn].client.end();
 }
 function onClientClose(this: Leg, hadError: boolean): void {
+  releaseReads(this);
   const conn = this[kConn];
   conn.sideClosed(hadError, conn.upstream);
 }
 function onUpstreamClose(this: Leg, hadError: boolean): void {
+  releaseReads(this);
   const conn = this[kConn];
   if (hadError && conn.backend !== undefined) conn.proxy.cluster.reportFailure(conn.backend, 'reset');
   conn.sideClosed(hadError, conn.client);

@@ -14,7 +14,7 @@ import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler, UpgradeRequest } from './http.ts';
 import { peerIp } from './socket-address.ts';
-import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
+import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough, releaseReads } from './socket-reads.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
@@ -286,9 +286,11 @@ interface Leg extends Socket {
 function noop(): void {}
 
 function onClientClose(this: Leg, hadError: boolean): void {
+  releaseReads(this);
   this[kConn].socketClosed(hadError);
 }
 function onUpstreamClose(this: Leg, hadError: boolean): void {
+  releaseReads(this);
   this[kConn].socketClosed(hadError);
 }
 function onConnectError(this: Leg, err: Error): void {
@@ -314,11 +316,14 @@ function onClientRead(this: Socket, n: number, buf: Buffer): void {
 }
 function onUpstreamRead(this: Socket, n: number, buf: Buffer): void {
   const conn = (this as Leg)[kConn];
-  let ok = true;
   if (conn.phase === HANDSHAKE) {
-    // The response head may span reads: a copy, whatever the buffer.
+    // The response head may span reads: a copy. No afterRead: the upstream
+    // stays on the shared buffer until it relays (and has its 'close' listener).
     conn.handshakeData(this as Leg, Buffer.from(buf.subarray(0, n)));
-  } else if ((conn.dF & F_RAW) !== 0) {
+    return;
+  }
+  let ok: boolean;
+  if ((conn.dF & F_RAW) !== 0) {
     ok = !forward(conn.client, ownBytes(buf, 0, n));
   } else {
     conn.dF |= F_RX;

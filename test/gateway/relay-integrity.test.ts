@@ -11,7 +11,7 @@ import { createServer, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocket } from 'ws';
-import { readsOwnBuffers, readThrough } from '../../src/proxy/socket-reads.ts';
+import { ownedReadBuffers, readsOwnBuffers, readThrough } from '../../src/proxy/socket-reads.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, startEchoBackend } from '../helpers/net.ts';
 import { serviceYaml, startWsBackend } from '../websocket/helpers.ts';
@@ -97,6 +97,9 @@ services:
           s.end();
         }),
       );
+      // Busy sockets held read buffers of their own; closing gives every one back.
+      await backend.close();
+      await waitUntil(() => ownedReadBuffers() === 0);
     },
   );
 
@@ -145,6 +148,8 @@ services:
           ws.close();
         }),
       );
+      await backend.close();
+      await waitUntil(() => ownedReadBuffers() === 0);
     },
   );
 
