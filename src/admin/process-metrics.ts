@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { Counter, Gauge, type Registry } from 'prom-client';
+import { ownedReadBuffers, readBufferBoundHits } from '../proxy/socket-reads.ts';
 
 /**
  * The process's own metrics (CPU, memory, heap, file descriptors, event-loop
@@ -101,6 +102,23 @@ export function registerProcessMetrics(registry: Registry, prefix: string): void
       const start = process.hrtime.bigint();
       await new Promise<void>((resolve) => setImmediate(resolve));
       this.set(Number(process.hrtime.bigint() - start) / 1e9);
+    },
+  });
+  new Gauge({
+    name: `${prefix}read_buffers_owned`,
+    help: 'Busy relay sockets holding a 64 KiB read buffer of their own (at most 256 per process).',
+    registers,
+    collect() {
+      this.set(ownedReadBuffers());
+    },
+  });
+  new Counter({
+    name: `${prefix}read_buffer_bound_hits_total`,
+    help: 'Reads that would have given a busy socket its own buffer but found the bound reached (copied instead).',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(readBufferBoundHits());
     },
   });
   new Gauge({

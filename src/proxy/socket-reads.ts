@@ -45,6 +45,8 @@ const BUSY_READ = 4 * 1024;
 const MAX_OWNED = 256;
 /** Own buffers held by sockets now: handed out, not yet back in the pool or released. */
 let owned = 0;
+/** Reads that would have made a socket busy but found MAX_OWNED buffers out (it copied instead). */
+let overBound = 0;
 /** A read below this (with nothing queued) makes a busy socket quiet again. */
 const QUIET_READ = 2 * 1024;
 /** Own buffers kept for reuse (4 MiB). More busy sockets than that allocate. */
@@ -67,9 +69,13 @@ function nextReadBuffer(): Buffer {
  */
 export function afterRead(buf: Buffer, n: number, held: boolean): void {
   if (buf === shared) {
-    if (n >= BUSY_READ && owned < MAX_OWNED) {
-      next = pool.pop() ?? Buffer.allocUnsafeSlow(READ_SIZE);
-      owned++;
+    if (n >= BUSY_READ) {
+      if (owned < MAX_OWNED) {
+        next = pool.pop() ?? Buffer.allocUnsafeSlow(READ_SIZE);
+        owned++;
+      } else {
+        overBound++;
+      }
     }
   } else if (held || n >= QUIET_READ) {
     next = buf;
@@ -98,6 +104,11 @@ export function releaseReads(socket: Socket): void {
 /** Own buffers held by sockets now (for tests and metrics). */
 export function ownedReadBuffers(): number {
   return owned;
+}
+
+/** Reads that found the bound reached and copied instead (for metrics). */
+export function readBufferBoundHits(): number {
+  return overBound;
 }
 
 /**
