@@ -6,7 +6,11 @@
  * - The key is the client address under a netmask (IPv4 prefix `netmask`,
  *   IPv6 prefix `netmask6`); IPv4-mapped IPv6 addresses count as IPv4.
  * - An entry lives `timeoutMs` after its last use; every pick that uses it
- *   refreshes it (time comes from `ctx.now`).
+ *   refreshes it (time comes from `ctx.now`). While connections placed by it
+ *   are open (`hold` / `release`), it does not expire: as in LVS, its timer
+ *   starts again when the last of them closes. A client holding a long-lived
+ *   connection gets its next one on the same target, however long ago the
+ *   first was picked.
  * - One table per balancer instance, and a service has one instance shared by
  *   all its listen ports, so the ports share affinity as an LVS firewall-mark
  *   service does.
@@ -83,6 +87,7 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
   #home = new Int32Array(0); // the slot the key hashes to
   #target = new Int32Array(0); // target slot id
   #used = new Float64Array(0); // last use
+  #refs = new Int32Array(0); // open connections placed by the entry
   #prev = new Int32Array(0); // LRU list: head is least recently used
   #next = new Int32Array(0);
   #head = -1;
@@ -204,9 +209,31 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
     const family = this.#key(ip);
     if (family === 0) return undefined;
     const i = this.#find(family);
-    if (i < 0 || !(ctx.now - this.#used[i]! < this.timeoutMs)) return undefined;
+    if (i < 0 || (this.#refs[i] === 0 && !(ctx.now - this.#used[i]! < this.timeoutMs))) return undefined;
     const t = this.#byId[this.#target[i]!];
     return t !== undefined && t.weight > 0 ? t : undefined;
+  }
+
+  /** A connection of this client was placed (by `pick`) and is open: its entry stays while it is. */
+  hold(ctx: PickContext): void {
+    const i = this.#slotOf(ctx);
+    if (i >= 0) this.#refs[i]!++;
+  }
+
+  /** A connection `hold` counted has closed; the last one to close restarts the entry's timer. */
+  release(ctx: PickContext): void {
+    const i = this.#slotOf(ctx);
+    if (i < 0 || this.#refs[i]! === 0) return;
+    if (--this.#refs[i]! === 0) {
+      this.#used[i] = ctx.now;
+      this.#toTail(i);
+    }
+  }
+
+  #slotOf(ctx: PickContext): number {
+    const ip = ctx.clientIp;
+    const family = ip === undefined ? 0 : this.#key(ip);
+    return family === 0 ? -1 : this.#find(family);
   }
 
   /** Whether `target` holds this client by persistence (see {@link affinity}). */
@@ -289,6 +316,7 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
     this.#words[o + 2] = this.#ip[2]!;
     this.#words[o + 3] = this.#ip[3]!;
     this.#home[i] = home;
+    this.#refs[i] = 0;
     this.#prev[i] = -1;
     this.#next[i] = -1;
     this.#size++;
@@ -345,6 +373,7 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
     this.#home[to] = this.#home[from]!;
     this.#target[to] = this.#target[from]!;
     this.#used[to] = this.#used[from]!;
+    this.#refs[to] = this.#refs[from]!;
     const p = this.#prev[from]!;
     const n = this.#next[from]!;
     this.#prev[to] = p;
@@ -358,7 +387,14 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
   #expire(now: number): void {
     const timeout = this.timeoutMs;
     while (this.#head >= 0 && now - this.#used[this.#head]! >= timeout) {
-      this.#remove(this.#head);
+      const i = this.#head;
+      if (this.#refs[i]! > 0) {
+        // Connections it placed are open: not expired; looked at again a timeout later.
+        this.#used[i] = now;
+        this.#toTail(i);
+        continue;
+      }
+      this.#remove(i);
       this.#expirations++;
     }
   }
@@ -381,6 +417,7 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
       words: this.#words,
       target: this.#target,
       used: this.#used,
+      refs: this.#refs,
       next: this.#next,
       head: this.#head,
     };
@@ -395,6 +432,7 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
     this.#home = new Int32Array(capacity);
     this.#target = new Int32Array(capacity);
     this.#used = new Float64Array(capacity);
+    this.#refs = new Int32Array(capacity);
     this.#prev = new Int32Array(capacity);
     this.#next = new Int32Array(capacity);
     this.#head = -1;
@@ -409,6 +447,7 @@ export class Persistent<T extends Target = Target> implements Balancer<T> {
       const i = this.#insert(old.family[j]! as IpFamily);
       this.#target[i] = old.target[j]!;
       this.#used[i] = old.used[j]!;
+      this.#refs[i] = old.refs[j]!;
       this.#toTail(i);
     }
     this.#ip[0] = key0;

@@ -62,6 +62,14 @@ export interface Balancer<T extends Target = Target> {
    * again. Policies without affinity leave it out (no target is held).
    */
   affinity?(ctx: PickContext): T | undefined;
+  /**
+   * Optional, for policies whose affinity should outlive its timeout while
+   * connections are open (persistence): a connection this policy placed for
+   * the client in `ctx` is open. Paired with one `release` when it closes.
+   */
+  hold?(ctx: PickContext): void;
+  /** Optional: a connection counted by `hold` closed (`ctx.now` is when). */
+  release?(ctx: PickContext): void;
 }
 
 /** A source of randomness in [0, 1); injectable so tests are deterministic. */

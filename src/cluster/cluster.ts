@@ -245,16 +245,34 @@ export class Cluster {
     this.observer?.success(backend);
   }
 
-  /** Count a connection on its backend for its whole life. */
-  register(backend: Backend, conn: ProxiedConnection): void {
+  /**
+   * Count a connection on its backend for its whole life. `ctx`: the context
+   * a connection-level pick (`pick` for TCP, `pickConnection`) placed it
+   * with; a policy that keeps affinity while connections are open
+   * (persistence) is told, and told again when it unregisters.
+   */
+  register(backend: Backend, conn: ProxiedConnection, ctx?: PickContext): void {
     backend.connections.add(conn);
     backend.connectionsTotal++;
     this.connectionsTotal++;
+    if (ctx === undefined) return;
+    const balancer = this.#connectionBalancer ?? this.#balancer;
+    if (balancer.hold === undefined || ctx.clientIp === undefined) return;
+    balancer.hold(ctx);
+    this.#held.set(conn, { balancer, clientIp: ctx.clientIp });
   }
+
+  /** Connections counted by a policy's `hold`, to `release` on the same policy (a reload may swap it). */
+  readonly #held = new Map<ProxiedConnection, { balancer: Balancer<Backend>; clientIp: string }>();
 
   /** The connection has closed (or failed to connect). */
   unregister(backend: Backend, conn: ProxiedConnection): void {
     if (!backend.connections.delete(conn)) return;
+    const held = this.#held.get(conn);
+    if (held !== undefined) {
+      this.#held.delete(conn);
+      held.balancer.release?.({ clientIp: held.clientIp, now: this.#clock.now() });
+    }
     if (backend.state === 'draining' && backend.connections.size === 0) this.#forget(backend);
     if (this.#closing && this.#idleWaiters.length > 0 && this.connectionCount === 0) {
       for (const resolve of this.#idleWaiters.splice(0)) resolve();

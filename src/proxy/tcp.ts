@@ -253,7 +253,7 @@ class TcpConnection implements ProxiedConnection {
       return;
     }
     this.backend = backend;
-    proxy.cluster.register(backend, this);
+    proxy.cluster.register(backend, this, ctx);
     const s = proxy.settings;
     const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(this.client)) as Leg;
     upstream[kConn] = this;

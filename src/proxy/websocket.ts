@@ -431,7 +431,7 @@ class WsConnection implements ProxiedConnection {
       return;
     }
     this.backend = backend;
-    ctx.cluster.register(backend, this);
+    ctx.cluster.register(backend, this, pickCtx);
     // Keep what the policy matched on only if it binds this client to the backend.
     this.held =
       ctx.cluster.affinity(pickCtx) === undefined

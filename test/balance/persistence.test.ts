@@ -31,6 +31,29 @@ describe('persistence', () => {
     assert.notEqual(p.pick(from('192.0.2.1', 6001)), first); // round-robin moved on
   });
 
+  it('keeps an entry past its timeout while connections it placed are open, as LVS does', () => {
+    const { p } = persistent({ timeoutMs: 1000 });
+    const first = p.pick(from('192.0.2.1', 0))!;
+    p.hold(from('192.0.2.1', 0)); // a long-lived connection
+    p.hold(from('192.0.2.1', 0)); // and a second one
+    // Long after the timeout, other clients' picks expire what they can; this entry stays.
+    p.pick(from('198.51.100.1', 60_000));
+    assert.equal(p.affinity(from('192.0.2.1', 60_000)), first);
+    assert.equal(p.pick(from('192.0.2.1', 60_001)), first, 'a new connection joins the open ones');
+    p.release(from('192.0.2.1', 70_000));
+    p.pick(from('198.51.100.2', 80_000));
+    assert.equal(p.affinity(from('192.0.2.1', 80_000)), first, 'one connection is still open');
+    // The last one closes at 90 s: the timer starts again from there.
+    p.release(from('192.0.2.1', 90_000));
+    assert.equal(p.affinity(from('192.0.2.1', 90_999)), first);
+    assert.equal(p.affinity(from('192.0.2.1', 91_000)), undefined);
+    p.pick(from('198.51.100.3', 91_000));
+    assert.equal(p.stats().expirations >= 1, true);
+    // Releasing more than was held, or for an unknown client, changes nothing.
+    p.release(from('192.0.2.1', 92_000));
+    p.release(from('203.0.113.9', 92_000));
+  });
+
   it('groups clients by netmask (IPv4 dotted or prefix, IPv6 prefix, mapped IPv4)', () => {
     const { p } = persistent({ netmask: '255.255.255.0', netmask6: 64 });
     const t = p.pick(from('192.0.2.10', 0))!;

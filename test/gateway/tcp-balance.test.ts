@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { startGateway } from '../helpers/gateway.ts';
 import {
   dial,
@@ -278,5 +279,27 @@ services:
       seen.add((await readUntil(s, '\n')).trim());
     }
     assert.equal(seen.size, 1, 'one /24 network, one backend');
+  });
+
+  test('a persistence entry outlives its timeout while the client holds a connection', async () => {
+    const bs = await backends(2);
+    const port = await freePort();
+    await gateway(`
+services:
+  - name: held
+    listen: 127.0.0.1:${port}
+    persistence: { timeout: 200ms }
+    backends: { static: [127.0.0.1:${bs[0]!.port}, 127.0.0.1:${bs[1]!.port}] }
+`);
+    const open = async (): Promise<{ socket: Socket; backend: string }> => {
+      const socket = await dial(port, '127.0.0.1', { localAddress: '127.0.0.31' });
+      cleanups.push(() => void socket.destroy());
+      return { socket, backend: (await readUntil(socket, '\n')).trim() };
+    };
+    const first = await open();
+    await sleep(500); // well past the timeout, the first connection still open
+    const second = await open();
+    assert.equal(second.backend, first.backend, 'least-connections alone would pick the other backend');
+    // (Expiry a timeout after the last connection closes: test/balance/persistence.test.ts.)
   });
 });
