@@ -31,19 +31,20 @@ import type {
   UpstreamRequest,
   UpstreamSettings,
 } from './http-upstream.ts';
+import { SHARED_READ_BUFFER } from './socket-reads.ts';
 
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
 /** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
 const IDLE_MS = 30_000;
 /**
- * One read buffer for every upstream socket (node's `onread`): no buffer is
- * allocated per read, and no Readable stream sits between the socket and
- * the parser. Each read is handled before the next one can happen, so the
- * buffer can be shared — as long as nothing keeps a view of it: every byte
- * kept past the read callback (a partial head, body data handed to the sink,
- * trailers) is copied.
+ * Upstream sockets read (node's `onread`) into the process's shared read
+ * buffer (socket-reads.ts): no buffer is allocated per read, and no Readable
+ * stream sits between the socket and the parser. Each read is handled before
+ * the next one can happen, so the buffer can be shared — as long as nothing
+ * keeps a view of it: every byte kept past the read callback (a partial head,
+ * body data handed to the sink, trailers) is copied.
  */
-const READ_BUFFER = Buffer.allocUnsafe(65_536);
+const READ_BUFFER = SHARED_READ_BUFFER;
 
 const CRLF = Buffer.from('\r\n');
 

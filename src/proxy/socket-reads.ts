@@ -53,6 +53,13 @@ const QUIET_READ = 2 * 1024;
 const POOL_MAX = 64;
 
 const shared = Buffer.allocUnsafeSlow(READ_SIZE);
+
+/**
+ * The one buffer quiet sockets read into, for readers that manage their own
+ * `onread` and copy everything they keep before the callback returns (the
+ * HTTP/1.1 upstream pool). Reads are handled one at a time, so they share it.
+ */
+export const SHARED_READ_BUFFER: Buffer = shared;
 const pool: Buffer[] = [];
 /** The buffer for the read after the current callback; reset to `shared` each time it is taken. */
 let next: Buffer = shared;
