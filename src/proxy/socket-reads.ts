@@ -243,6 +243,14 @@ export function readThrough(socket: Socket, callback: ReadCallback): void {
   const s = socket as unknown as Partial<Convertible> & Record<symbol, unknown>;
   const handle = s._handle;
   const writable = s._writableState;
+  if (k !== null && s[k.kBufferGen] === nextReadBuffer) {
+    // Switched before (the HTTP/1.1 front, now handing over to WebSocket): a
+    // new reader only, whatever is still queued for writing (a pipelined
+    // response before the upgrade).
+    socket.pause();
+    s[k.kBufferCb] = callback;
+    return;
+  }
   if (
     k === null ||
     // TLS: the handle reads ciphertext; decrypted bytes come through 'data'.
@@ -263,11 +271,6 @@ export function readThrough(socket: Socket, callback: ReadCallback): void {
   socket.pause();
   handle.reading = false;
   handle.readStop();
-  if (s[k.kBufferGen] === nextReadBuffer) {
-    // Switched before (the HTTP/1.1 front, now handing over to WebSocket): a new reader only.
-    s[k.kBufferCb] = callback;
-    return;
-  }
   const first = nextReadBuffer();
   s[k.kBuffer] = first;
   s[k.kBufferCb] = callback;
