@@ -43,6 +43,8 @@ export class Cluster {
   readonly #clock: Clock;
   readonly #log: Logger;
   #balancer: Balancer<Backend>;
+  /** Connections counted by a policy's `hold`, to `release` on the same policy (a reload may swap it). */
+  readonly #held = new Map<ProxiedConnection, { balancer: Balancer<Backend>; clientIp: string }>();
   #connectionBalancer: Balancer<Backend> | undefined;
   #drainTimeoutMs: number;
   #maxPerBackend: number | undefined;
@@ -261,9 +263,6 @@ export class Cluster {
     balancer.hold(ctx);
     this.#held.set(conn, { balancer, clientIp: ctx.clientIp });
   }
-
-  /** Connections counted by a policy's `hold`, to `release` on the same policy (a reload may swap it). */
-  readonly #held = new Map<ProxiedConnection, { balancer: Balancer<Backend>; clientIp: string }>();
 
   /** The connection has closed (or failed to connect). */
   unregister(backend: Backend, conn: ProxiedConnection): void {

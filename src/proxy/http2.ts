@@ -63,15 +63,34 @@ class Peer {
 }
 const NO_PEER = new Peer('unknown');
 
+/**
+ * Rapid reset (CVE-2023-44487): streams the client opens and resets at once
+ * cost the proxy (and perhaps a backend) work each. A session may reset
+ * RESET_BURST streams at once and RESET_RATE a second after that; beyond, it
+ * gets GOAWAY ENHANCE_YOUR_CALM and is closed. Tighter than nghttp2's own
+ * limit, which closes with INTERNAL_ERROR.
+ */
+const RESET_BURST = 100;
+const RESET_RATE = 50;
+
 /** What holdfast keeps for each client session, on the session object itself (one property). */
 class SessionState {
+  /** The service's plane (for its counters); undefined only for NO_STATE. */
+  readonly plane: HttpPlane | undefined;
   #peer: Peer | undefined;
+  /** Rapid-reset token bucket: tokens left, and when they were last topped up. */
+  resetTokens = RESET_BURST;
+  resetAt = 0;
   /** Streams forwarded so far, and those still open (for the idle sweep). */
   started = 0;
   open = 0;
   /** The idle sweep's view: `started` at its last pass, and since when nothing started or was open. */
   idleMark = -1;
   idleSince = 0;
+
+  constructor(plane?: HttpPlane) {
+    this.plane = plane;
+  }
 
   /** The client's addresses, read once (session.socket is a Proxy: slow per stream). */
   peer(session: Http2Session): Peer {
@@ -95,34 +114,17 @@ interface TrackedSession extends ServerHttp2Session {
 }
 const NO_STATE = new SessionState();
 
-/**
- * Rapid reset (CVE-2023-44487): streams the client opens and resets at once
- * cost the proxy (and perhaps a backend) work each. A session may reset
- * RESET_BURST streams at once and RESET_RATE a second after that; beyond, it
- * gets GOAWAY ENHANCE_YOUR_CALM and is closed. Tighter than nghttp2's own
- * limit, which closes with INTERNAL_ERROR.
- */
-const RESET_BURST = 100;
-const RESET_RATE = 50;
-interface ResetBucket {
-  tokens: number;
-  at: number;
-}
-const resetBuckets = new WeakMap<Http2Session, ResetBucket>();
-/** Counters of the service a session belongs to. */
-const sessionPlane = new WeakMap<Http2Session, HttpPlane>();
-
 /** A client reset one of its streams before the response was complete. */
 function onAborted(this: ServerHttp2Stream): void {
-  const session = this.session;
-  if (session === undefined || session.destroyed) return;
+  const session = this.session as TrackedSession | undefined;
+  const st = session?.[kState];
+  if (session === undefined || session.destroyed || st === undefined) return;
   const now = performance.now();
-  let b = resetBuckets.get(session);
-  if (b === undefined) resetBuckets.set(session, (b = { tokens: RESET_BURST, at: now }));
-  b.tokens = Math.min(RESET_BURST, b.tokens + ((now - b.at) / 1000) * RESET_RATE);
-  b.at = now;
-  if (--b.tokens >= 0) return;
-  sessionPlane.get(session)?.count('h2-rapid-reset');
+  if (st.resetAt === 0) st.resetAt = now;
+  st.resetTokens = Math.min(RESET_BURST, st.resetTokens + ((now - st.resetAt) / 1000) * RESET_RATE);
+  st.resetAt = now;
+  if (--st.resetTokens >= 0) return;
+  st.plane?.count('h2-rapid-reset');
   session.goaway(h2c.NGHTTP2_ENHANCE_YOUR_CALM);
   session.destroy();
 }
@@ -203,11 +205,10 @@ export class Http2DownstreamHandler implements Http2Handler {
       goAway(session);
       return;
     }
-    const state = new SessionState();
+    const state = new SessionState(plane);
     state.idleSince = plane.ctx.clock.now();
     session[kState] = state;
     this.#sessions.add(session);
-    sessionPlane.set(session, plane);
     session.on('error', ignore);
     // A wide connection window, so many concurrent request bodies are not throttled by it.
     try {

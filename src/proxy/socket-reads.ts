@@ -162,6 +162,7 @@ function isStreamHandle(h: unknown): h is StreamHandle {
     typeof h === 'object' &&
     h !== null &&
     typeof (h as Partial<StreamHandle>).useUserBuffer === 'function' &&
+    typeof (h as Partial<StreamHandle>).readStart === 'function' &&
     typeof (h as Partial<StreamHandle>).readStop === 'function'
   );
 }
@@ -256,7 +257,6 @@ export function readThrough(socket: Socket, callback: ReadCallback): void {
     // TLS: the handle reads ciphertext; decrypted bytes come through 'data'.
     (socket as Socket & { encrypted?: boolean }).encrypted === true ||
     !isStreamHandle(handle) ||
-    typeof handle.readStart !== 'function' ||
     typeof writable?.highWaterMark !== 'number' ||
     writable.length !== 0 ||
     socket.readableLength > 0 ||

@@ -2,6 +2,7 @@ import { connect, type Socket } from 'node:net';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { ServiceConfig } from '../config/schema.ts';
+import { socketAddresses } from './socket-address.ts';
 import { connectReading, type ReadCallback, readPlainly } from './socket-reads.ts';
 import { SourceAddressPool } from './source-address.ts';
 
@@ -95,16 +96,21 @@ export class SocketPickContext implements PickContext {
     this.path = http?.path;
     this.headers = http?.headers;
   }
+  /** Read once, from the handle (socket-address.ts): nothing is cached on the long-lived socket. */
+  #addresses: ReturnType<typeof socketAddresses> | undefined;
+  get #a(): ReturnType<typeof socketAddresses> {
+    return (this.#addresses ??= socketAddresses(this.#socket));
+  }
   get clientIp(): string | undefined {
-    return this.#clientIp ?? this.#socket.remoteAddress;
+    return this.#clientIp ?? this.#a.ip;
   }
   get clientPort(): number | undefined {
-    return this.#socket.remotePort;
+    return this.#a.port;
   }
   get localIp(): string | undefined {
-    return this.#socket.localAddress;
+    return this.#a.localIp;
   }
   get localPort(): number | undefined {
-    return this.#socket.localPort;
+    return this.#a.localPort;
   }
 }
