@@ -9,6 +9,10 @@ import {
 } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
+import { after, before } from 'node:test';
+import type { Gateway } from '../../src/gateway.ts';
+import { startGateway } from '../helpers/gateway.ts';
+import { freePort } from '../helpers/net.ts';
 
 export interface HttpBackend {
   readonly port: number;
@@ -181,4 +185,36 @@ export async function startGrpcBackend(): Promise<HttpBackend> {
   );
   (backend as { port: number }).port = port;
   return backend;
+}
+
+/** A `protocol: http` gateway in front of one HTTP/1.1 backend, filled in by `useHttpService`'s `before`. */
+export interface HttpService {
+  backend: HttpBackend;
+  gateway: Gateway;
+  port: number;
+}
+
+/**
+ * For a describe block: start one `protocol: http` service named `name` over
+ * one HTTP/1.1 backend before its tests, shut both down after. `fields`: more
+ * service fields, as YAML lines indented by four spaces.
+ */
+export function useHttpService(name: string, fields = ''): HttpService {
+  const svc = {} as HttpService;
+  before(async () => {
+    svc.backend = await startH1Backend();
+    svc.port = await freePort();
+    ({ gateway: svc.gateway } = await startGateway(`
+services:
+  - name: ${name}
+    protocol: http
+    listen: 127.0.0.1:${svc.port}
+${fields}    backends: { static: [127.0.0.1:${svc.backend.port}] }
+`));
+  });
+  after(async () => {
+    await svc.gateway.shutdown();
+    await svc.backend.close();
+  });
+  return svc;
 }

@@ -6,11 +6,9 @@
  */
 import assert from 'node:assert/strict';
 import { connect, constants as h2c, type ClientHttp2Session } from 'node:http2';
-import { after, before, describe, it } from 'node:test';
-import type { Gateway } from '../../src/gateway.ts';
-import { startGateway } from '../helpers/gateway.ts';
-import { dial, freePort } from '../helpers/net.ts';
-import { type HttpBackend, startH1Backend } from './backends.ts';
+import { describe, it } from 'node:test';
+import { dial } from '../helpers/net.ts';
+import { useHttpService } from './backends.ts';
 
 function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
   const head = Buffer.alloc(9);
@@ -54,30 +52,12 @@ async function get(session: ClientHttp2Session, path: string): Promise<number> {
 }
 
 describe('HTTP/2 flood guards', () => {
-  let backend: HttpBackend;
-  let gateway: Gateway;
-  let port: number;
-  before(async () => {
-    backend = await startH1Backend();
-    port = await freePort();
-    ({ gateway } = await startGateway(`
-services:
-  - name: web
-    protocol: http
-    listen: 127.0.0.1:${port}
-    backends:
-      static: [127.0.0.1:${backend.port}]
-`));
-  });
-  after(async () => {
-    await gateway.shutdown();
-    await backend.close();
-  });
-  const errors = (): Record<string, number> => gateway.services.get('web')!.handler.stats.errors ?? {};
+  const svc = useHttpService('web');
+  const errors = (): Record<string, number> => svc.gateway.services.get('web')!.handler.stats.errors ?? {};
 
   it('rapid reset: GOAWAY ENHANCE_YOUR_CALM after a bounded number of resets; another session is unaffected', async () => {
-    const good = connect(`http://127.0.0.1:${port}`);
-    const bad = connect(`http://127.0.0.1:${port}`);
+    const good = connect(`http://127.0.0.1:${svc.port}`);
+    const bad = connect(`http://127.0.0.1:${svc.port}`);
     bad.on('error', () => {});
     try {
       assert.equal(await get(good, '/'), 200);
@@ -101,8 +81,8 @@ services:
   });
 
   it('CONTINUATION flood: the session is closed after a bounded number of frames; another session is unaffected', async () => {
-    const good = connect(`http://127.0.0.1:${port}`);
-    const s = await dial(port);
+    const good = connect(`http://127.0.0.1:${svc.port}`);
+    const s = await dial(svc.port);
     try {
       assert.equal(await get(good, '/'), 200);
       let got = Buffer.alloc(0);

@@ -5,11 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { connect, constants as h2c, type ClientHttp2Session } from 'node:http2';
-import { after, before, describe, it } from 'node:test';
-import type { Gateway } from '../../src/gateway.ts';
-import { startGateway } from '../helpers/gateway.ts';
-import { freePort } from '../helpers/net.ts';
-import { type HttpBackend, startH1Backend } from './backends.ts';
+import { describe, it } from 'node:test';
+import { useHttpService } from './backends.ts';
 
 function get(session: ClientHttp2Session, path: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -23,37 +20,19 @@ function get(session: ClientHttp2Session, path: string): Promise<string> {
 }
 
 describe('HTTP/2 clientIdle', () => {
-  let backend: HttpBackend;
-  let gateway: Gateway;
-  let port: number;
-  before(async () => {
-    backend = await startH1Backend();
-    port = await freePort();
-    ({ gateway } = await startGateway(`
-services:
-  - name: idle2
-    protocol: http
-    listen: 127.0.0.1:${port}
-    httpTimeouts: { clientIdle: 300ms }
-    backends: { static: [127.0.0.1:${backend.port}] }
-`));
-  });
-  after(async () => {
-    await gateway.shutdown();
-    await backend.close();
-  });
+  const svc = useHttpService('idle2', '    httpTimeouts: { clientIdle: 300ms }\n');
 
   it('an idle session gets GOAWAY NO_ERROR after clientIdle; one waiting for a slow response, or busy, does not', async () => {
-    const idle = connect(`http://127.0.0.1:${port}`);
-    const slow = connect(`http://127.0.0.1:${port}`);
-    const busy = connect(`http://127.0.0.1:${port}`);
+    const idle = connect(`http://127.0.0.1:${svc.port}`);
+    const slow = connect(`http://127.0.0.1:${svc.port}`);
+    const busy = connect(`http://127.0.0.1:${svc.port}`);
     const goaways = new Map<ClientHttp2Session, number>();
     for (const s of [idle, slow, busy]) {
       s.on('error', () => {});
       s.on('goaway', (code: number) => goaways.set(s, code));
     }
     try {
-      assert.equal(await get(idle, '/'), String(backend.port));
+      assert.equal(await get(idle, '/'), String(svc.backend.port));
       const idleSince = Date.now();
       const closed = new Promise<void>((resolve) => idle.once('close', () => resolve()));
       // Whether the slow session had GOAWAY by the time its response arrived.
@@ -61,7 +40,7 @@ services:
       // A request every 100 ms keeps `busy` from being idle.
       const until = Date.now() + 900;
       while (Date.now() < until) {
-        assert.equal(await get(busy, '/'), String(backend.port));
+        assert.equal(await get(busy, '/'), String(svc.backend.port));
         await new Promise((r) => setTimeout(r, 100));
       }
       await closed;
@@ -69,7 +48,7 @@ services:
       assert.equal(goaways.get(idle), h2c.NGHTTP2_NO_ERROR);
       assert.ok(took >= 250 && took < 2_000, `closed after ${took} ms`);
       // The slow stream outlived clientIdle and still got its answer; the busy session is open.
-      assert.deepEqual(await slowBody, [String(backend.port), false]);
+      assert.deepEqual(await slowBody, [String(svc.backend.port), false]);
       assert.equal(goaways.has(busy), false, 'the busy session got no GOAWAY');
       assert.equal(busy.closed, false);
     } finally {

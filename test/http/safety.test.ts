@@ -11,7 +11,13 @@ import { request } from 'undici';
 import type { Gateway } from '../../src/gateway.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, readUntil } from '../helpers/net.ts';
-import { EchoClient, type HttpBackend, startGrpcBackend, startH1Backend } from './backends.ts';
+import {
+  EchoClient,
+  type HttpBackend,
+  startGrpcBackend,
+  startH1Backend,
+  useHttpService,
+} from './backends.ts';
 
 async function raw(port: number, text: string): Promise<string> {
   const socket = await dial(port);
@@ -26,26 +32,7 @@ async function raw(port: number, text: string): Promise<string> {
 const statusOf = (head: string): number => Number(head.split(' ')[1]);
 
 describe('HTTP/1.1 request smuggling and header limits', () => {
-  let backend: HttpBackend;
-  let gateway: Gateway;
-  let port: number;
-  before(async () => {
-    backend = await startH1Backend();
-    port = await freePort();
-    ({ gateway } = await startGateway(`
-services:
-  - name: web
-    protocol: http
-    listen: 127.0.0.1:${port}
-    headerLimits: { maxSize: 4096, maxCount: 20 }
-    backends:
-      static: [127.0.0.1:${backend.port}]
-`));
-  });
-  after(async () => {
-    await gateway.shutdown();
-    await backend.close();
-  });
+  const svc = useHttpService('web', '    headerLimits: { maxSize: 4096, maxCount: 20 }\n');
 
   const cases: [string, string, number][] = [
     [
@@ -81,10 +68,10 @@ services:
   ];
   for (const [what, text, status] of cases) {
     it(`answers ${status} to ${what}, without reaching a backend`, async () => {
-      const before = backend.served;
-      const head = await raw(port, text);
+      const before = svc.backend.served;
+      const head = await raw(svc.port, text);
       assert.equal(statusOf(head), status, head);
-      assert.equal(backend.served, before, 'the backend never saw the request');
+      assert.equal(svc.backend.served, before, 'the backend never saw the request');
     });
   }
 
@@ -93,7 +80,7 @@ services:
       const req = httpRequest(
         {
           host: '127.0.0.1',
-          port,
+          port: svc.port,
           path: '/headers',
           headers: {
             'x-forwarded-for': '203.0.113.9',
@@ -120,7 +107,7 @@ services:
 
   it('streams a large body both ways without buffering it whole', async () => {
     const size = 8 * 1024 * 1024;
-    const res = await request(`http://127.0.0.1:${port}/echo`, {
+    const res = await request(`http://127.0.0.1:${svc.port}/echo`, {
       method: 'POST',
       body: Buffer.alloc(size, 7),
     });
