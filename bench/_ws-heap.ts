@@ -159,6 +159,8 @@ try {
   await sleep(2000);
   const rss1 = rssBytes(pid);
   const b = await snap(pid, dir, 1);
+  await sleep(1000);
+  const rss2 = rssBytes(pid);
   const ga = groups(a);
   const gb = groups(b);
   const rows: [string, number, number][] = [];
@@ -171,6 +173,9 @@ try {
   }
   rows.sort((x, y) => y[2] - x[2]);
   console.log(`RSS delta per connection: ${Math.round((rss1 - rss0) / extra)} B`);
+  console.log(
+    `RSS delta per connection after the snapshot's full GC: ${Math.round((rss2 - rss0) / extra)} B`,
+  );
   console.log(`heap delta per connection: ${Math.round(total / extra)} B`);
   console.log('| kind | objects/conn | bytes/conn |');
   for (const [k, c, d] of rows) console.log(`| ${k} | ${c.toFixed(2)} | ${d.toFixed(0)} |`);

@@ -64,7 +64,11 @@ const pool: Buffer[] = [];
 /** The buffer for the read after the current callback; reset to `shared` each time it is taken. */
 let next: Buffer = shared;
 
-function nextReadBuffer(): Buffer {
+/**
+ * The buffer for a socket's next read, as `afterRead` settled it; must be
+ * taken once after every read callback (it resets the hand-over).
+ */
+export function nextReadBuffer(): Buffer {
   const b = next;
   next = shared;
   return b;
@@ -102,10 +106,28 @@ export function releaseReads(socket: Socket): void {
   const k = socketInternals();
   if (k === null) return;
   const buf = (socket as unknown as Record<symbol, unknown>)[k.kBuffer];
-  if (buf instanceof Buffer && buf !== shared && buf.length === READ_SIZE) {
-    owned--;
+  if (buf instanceof Buffer && releaseReadBuffer(buf)) {
     (socket as unknown as Record<symbol, unknown>)[k.kBuffer] = shared;
   }
+}
+
+/**
+ * A reader that held `buf` (its current read buffer) closed: if `buf` is an
+ * own buffer, it no longer counts against the bound (it is not pooled: a view
+ * of it may still be queued on the other leg). True if it was one.
+ */
+export function releaseReadBuffer(buf: Buffer): boolean {
+  if (buf === shared || buf.length !== READ_SIZE) return false;
+  owned--;
+  return true;
+}
+
+/** The buffer a socket read through `onread` reads into next, or undefined for one read plainly. */
+export function readBufferOf(socket: Socket): Buffer | undefined {
+  const k = socketInternals();
+  if (k === null || kFallback in socket) return undefined;
+  const buf = (socket as unknown as Record<symbol, unknown>)[k.kBuffer];
+  return buf instanceof Buffer ? buf : undefined;
 }
 
 /** Own buffers held by sockets now (for tests and metrics). */

@@ -14,7 +14,8 @@ import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler, UpgradeRequest } from './http.ts';
 import { peerIp } from './socket-address.ts';
-import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough, releaseReads } from './socket-reads.ts';
+import { afterRead, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
+import { type Leg, type LegOwner, takeOver } from './stream-leg.ts';
 import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
@@ -159,7 +160,7 @@ export class WebSocketProxy implements UpgradeHandler {
     if (s.keepAliveMs !== undefined) socket.setKeepAlive(true, s.keepAliveMs);
     // From here on the client's reads go through onClientRead (reused buffers, see socket-reads.ts).
     readThrough(socket, onClientRead);
-    new WsConnection(this, socket, new Handshake(req, head, key, peerIp(socket))).start();
+    new WsConnection(this, new Handshake(socket, req, head, key, peerIp(socket))).start();
   }
 
   upgradeStarted(): void {
@@ -220,6 +221,10 @@ function forwardedFor(ip: string): string {
  * as the connection relays, so an open connection keeps none of it.
  */
 class Handshake {
+  /** The client's socket until the connection opens (then a leg of the connection). */
+  readonly client: Socket;
+  /** The backend socket being tried. */
+  upstream: HsSocket | undefined = undefined;
   req: UpgradeRequest;
   head: Buffer | undefined;
   readonly key: string;
@@ -229,7 +234,8 @@ class Handshake {
   /** The backend's response head so far. */
   got: Buffer | undefined;
 
-  constructor(req: UpgradeRequest, head: Buffer, key: string, ip: string | undefined) {
+  constructor(client: Socket, req: UpgradeRequest, head: Buffer, key: string, ip: string | undefined) {
+    this.client = client;
     this.req = req;
     this.head = head.length > 0 ? head : undefined;
     this.key = key;
@@ -269,82 +275,49 @@ const F_CLOSE_SEEN = 64;
 const F_COMPRESSION = 128;
 /** Data arrived from the input peer since the last heartbeat check. */
 const F_RX = 256;
-/** The output has its 'drain' listener (added at the first backpressure; idle connections never need one). */
-const F_DRAIN = 512;
 /** Backend → client only: the backend refused the upgrade; its answer is passed through as bytes. */
 const F_RAW = 1024;
 
 /**
- * Listeners are module-level functions that find their connection through
- * this property, rather than closures made per connection (see tcp.ts).
+ * Listeners of the handshake sockets are module-level functions that find
+ * their connection through this property, rather than closures made per
+ * connection (see tcp.ts). Once open, the connection relays over two legs
+ * (stream-leg.ts), which report to it as their owner.
  */
 const kConn = Symbol('holdfast.ws');
-interface Leg extends Socket {
+interface HsSocket extends Socket {
   [kConn]: WsConnection;
 }
 
 function noop(): void {}
 
-function onClientClose(this: Leg, hadError: boolean): void {
-  releaseReads(this);
-  this[kConn].socketClosed(hadError);
+/** The client left during the handshake. */
+function onClientClose(this: HsSocket): void {
+  this[kConn].clientGone();
 }
-function onUpstreamClose(this: Leg, hadError: boolean): void {
-  releaseReads(this);
-  this[kConn].socketClosed(hadError);
-}
-function onConnectError(this: Leg, err: Error): void {
+function onConnectError(this: HsSocket, err: Error): void {
   this[kConn].connectFailed(this, err);
 }
-function onConnect(this: Leg): void {
+function onConnect(this: HsSocket): void {
   this[kConn].connected(this);
 }
-function onHandshakeError(this: Leg, err: Error): void {
+function onHandshakeError(this: HsSocket, err: Error): void {
   this[kConn].handshakeError(this, err);
 }
 /**
- * Reads of either leg, `n` bytes in `buf` (see socket-reads.ts: views of
- * `buf` may be forwarded only through `ownBytes`, and the reader pauses while
- * they stay queued). The client is read only once the connection is open.
+ * The client is paused until the connection opens; reads then go to its leg.
+ * Bytes that still arrive (a paused net.Socket may read once more) wait with
+ * the ones that came with the upgrade request.
  */
 function onClientRead(this: Socket, n: number, buf: Buffer): void {
-  const conn = (this as Leg)[kConn];
-  conn.uF |= F_RX;
-  const ok = conn.push(true, ownBytes(buf, 0, n));
-  if (!ok) this.pause();
-  afterRead(buf, n, !ok);
+  (this as HsSocket)[kConn].early(Buffer.from(buf.subarray(0, n)));
+  this.pause();
+  afterRead(buf, n, false);
 }
+/** The backend's handshake response (the response head may span reads: a copy). */
 function onUpstreamRead(this: Socket, n: number, buf: Buffer): void {
-  const conn = (this as Leg)[kConn];
-  if (conn.phase === HANDSHAKE) {
-    // The response head may span reads: a copy. No afterRead: the upstream
-    // stays on the shared buffer until it relays (and has its 'close' listener).
-    conn.handshakeData(this as Leg, Buffer.from(buf.subarray(0, n)));
-    return;
-  }
-  let ok: boolean;
-  if ((conn.dF & F_RAW) !== 0) {
-    ok = !forward(conn.client, ownBytes(buf, 0, n));
-  } else {
-    conn.dF |= F_RX;
-    ok = conn.push(false, ownBytes(buf, 0, n));
-  }
-  if (!ok) this.pause();
-  afterRead(buf, n, !ok);
-}
-function onClientDrain(this: Leg): void {
-  this[kConn].upstream?.resume();
-}
-function onUpstreamDrain(this: Leg): void {
-  this[kConn].client.resume();
-}
-function onClientEnd(this: Leg): void {
-  const up = this[kConn].upstream;
-  if (up !== undefined && !up.writableEnded) up.end();
-}
-function onUpstreamEnd(this: Leg): void {
-  const client = this[kConn].client;
-  if (!client.writableEnded) client.end();
+  (this as HsSocket)[kConn].handshakeData(this as HsSocket, Buffer.from(buf.subarray(0, n)));
+  afterRead(buf, n, false);
 }
 
 /**
@@ -352,11 +325,12 @@ function onUpstreamEnd(this: Leg): void {
  * relay directions and the heartbeat state are plain fields of this one
  * object: `u*` is the client → backend direction, `d*` backend → client.
  */
-class WsConnection implements ProxiedConnection {
+class WsConnection implements ProxiedConnection, LegOwner {
   readonly openedAt: number;
   readonly proxy: WebSocketProxy;
-  readonly client: Leg;
-  upstream: Leg | undefined = undefined;
+  /** The client's leg and the backend's, once the backend accepted the upgrade. */
+  down: Leg | undefined = undefined;
+  up: Leg | undefined = undefined;
   backend: Backend | undefined = undefined;
   /** Only while the handshake runs. */
   hs: Handshake | undefined;
@@ -384,11 +358,11 @@ class WsConnection implements ProxiedConnection {
   /** Open: when max age is reached (0: never). Closing: when the close started. */
   due = 0;
 
-  constructor(proxy: WebSocketProxy, client: Socket, hs: Handshake) {
+  constructor(proxy: WebSocketProxy, hs: Handshake) {
     this.proxy = proxy;
-    this.client = client as Leg;
-    this.client[kConn] = this;
     this.hs = hs;
+    const client = hs.client as HsSocket;
+    client[kConn] = this;
     this.openedAt = Math.floor(proxy.ctx.clock.now());
     this.clientOkAt = this.backendOkAt = this.openedAt;
     // The HTTP listener usually has one already; a second would turn the listener slot into an array.
@@ -398,11 +372,11 @@ class WsConnection implements ProxiedConnection {
   }
 
   get bytesIn(): number {
-    return this.upstream?.bytesRead ?? 0;
+    return this.up?.bytesRead ?? this.hs?.upstream?.bytesRead ?? 0;
   }
 
   get bytesOut(): number {
-    return this.upstream?.bytesWritten ?? 0;
+    return this.up?.bytesWritten ?? this.hs?.upstream?.bytesWritten ?? 0;
   }
 
   start(): void {
@@ -410,7 +384,7 @@ class WsConnection implements ProxiedConnection {
     const proxy = this.proxy;
     const ctx = proxy.ctx;
     const req = hs.req;
-    const client = this.client;
+    const client = hs.client;
     const pickCtx = new SocketPickContext(client, this.openedAt, {
       clientIp: hs.ip,
       host: one(req.headers.host),
@@ -438,9 +412,9 @@ class WsConnection implements ProxiedConnection {
         ? undefined
         : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
     const s = proxy.settings;
-    const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(this.client)) as Leg;
+    const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(client)) as HsSocket;
     upstream[kConn] = this;
-    this.upstream = upstream;
+    hs.upstream = upstream;
     // Our own timer rather than socket.setTimeout(), whose Timeout object would
     // stay on the socket for its whole life. It covers connect and handshake.
     hs.timer?.cancel();
@@ -460,8 +434,9 @@ class WsConnection implements ProxiedConnection {
     this.proxy.upgradeEnded();
   }
 
-  connectFailed(upstream: Leg, err: Error): void {
-    if (upstream !== this.upstream) return;
+  connectFailed(upstream: HsSocket, err: Error): void {
+    const hs = this.hs;
+    if (hs === undefined || upstream !== hs.upstream) return;
     const backend = this.backend!;
     const ctx = this.proxy.ctx;
     backend.connectFailures++;
@@ -469,35 +444,34 @@ class WsConnection implements ProxiedConnection {
     upstream.removeAllListeners();
     upstream.on('error', noop);
     upstream.destroy();
-    this.upstream = undefined;
+    hs.upstream = undefined;
     this.backend = undefined;
     this.held = undefined;
     ctx.log.warn(
       { service: ctx.cluster.name, backend: backend.key, err: err.message },
       'backend connect failed',
     );
-    const hs = this.hs;
-    if (this.phase !== HANDSHAKE || hs === undefined || this.client.destroyed) return;
+    if (this.phase !== HANDSHAKE || hs.client.destroyed) return;
     hs.got = undefined;
     (hs.tried ??= new Set()).add(backend);
     if (hs.tried.size >= this.proxy.settings.maxAttempts) {
       this.proxy.refuse('connect-failed');
       this.#endHandshake();
-      reject(this.client, 502, 'no backend could be reached');
+      reject(hs.client, 502, 'no backend could be reached');
       return;
     }
     this.start();
   }
 
   /** Connected but no valid answer in time (a frozen backend still accepts): try another backend. */
-  handshakeError(upstream: Leg, err: Error): void {
+  handshakeError(upstream: HsSocket, err: Error): void {
     if (this.phase === HANDSHAKE) this.connectFailed(upstream, err);
   }
 
-  connected(upstream: Leg): void {
+  connected(upstream: HsSocket): void {
     const hs = this.hs;
-    if (upstream !== this.upstream || hs === undefined) return;
-    if (this.client.destroyed) {
+    if (hs === undefined || upstream !== hs.upstream) return;
+    if (hs.client.destroyed) {
       this.#fail();
       return;
     }
@@ -518,7 +492,7 @@ class WsConnection implements ProxiedConnection {
       else head += `${name}: ${raw[i + 1]}\r\n`;
     }
     const host = one(req.headers.host);
-    const proto = (this.client as Socket & { encrypted?: boolean }).encrypted === true ? 'https' : 'http';
+    const proto = (hs.client as Socket & { encrypted?: boolean }).encrypted === true ? 'https' : 'http';
     const me = `for=${forwardedFor(ip)}${host !== undefined ? `;host="${host}"` : ''};proto=${proto}`;
     head += `X-Forwarded-For: ${xff === undefined ? ip : `${xff}, ${ip}`}\r\n`;
     head += `Forwarded: ${fwd === undefined ? me : `${fwd}, ${me}`}\r\n`;
@@ -527,9 +501,9 @@ class WsConnection implements ProxiedConnection {
   }
 
   /** Bytes of the backend's response head; at its end the connection opens (or fails). */
-  handshakeData(upstream: Leg, chunk: Buffer): void {
+  handshakeData(upstream: HsSocket, chunk: Buffer): void {
     const hs = this.hs;
-    if (hs === undefined || upstream !== this.upstream) return;
+    if (hs === undefined || upstream !== hs.upstream) return;
     const got = hs.got === undefined ? chunk : Buffer.concat([hs.got, chunk]);
     const end = got.indexOf('\r\n\r\n');
     if (end < 0) {
@@ -542,7 +516,7 @@ class WsConnection implements ProxiedConnection {
     }
     hs.got = undefined;
     upstream.pause();
-    this.#onResponse(hs, got.subarray(0, end + 4), got.subarray(end + 4));
+    this.#onResponse(hs, upstream, got.subarray(0, end + 4), got.subarray(end + 4));
   }
 
   #badBackend(why: string): void {
@@ -552,14 +526,27 @@ class WsConnection implements ProxiedConnection {
       { service: ctx.cluster.name, backend: this.backend?.key, reason: why },
       'WebSocket handshake failed',
     );
-    this.#endHandshake();
-    reject(this.client, 502, why);
+    reject(this.hs!.client, 502, why);
     this.#fail();
   }
 
-  #onResponse(hs: Handshake, head: Buffer, rest: Buffer): void {
-    const upstream = this.upstream!;
-    const client = this.client;
+  /**
+   * The handshake is over: both sockets become legs of this connection
+   * (stream-leg.ts), both paused.
+   */
+  #openLegs(hs: Handshake, upstream: HsSocket): { down: Leg; up: Leg } {
+    this.#endHandshake();
+    const client = hs.client;
+    client.off('close', onClientClose);
+    upstream.off('error', onHandshakeError);
+    const down = takeOver(client, this);
+    const up = takeOver(upstream, this);
+    this.down = down;
+    this.up = up;
+    return { down, up };
+  }
+
+  #onResponse(hs: Handshake, upstream: HsSocket, head: Buffer, rest: Buffer): void {
     const text = head.toString('latin1');
     const status = /^HTTP\/1\.[01] (\d{3})/.exec(text);
     if (status === null) {
@@ -568,18 +555,13 @@ class WsConnection implements ProxiedConnection {
     }
     if (status[1] !== '101') {
       // The backend refused the upgrade (401, 403, 404…): the client gets its answer as is.
-      this.#endHandshake();
-      client.write(head);
-      if (rest.length > 0) client.write(rest);
-      upstream.off('error', onHandshakeError);
-      upstream.on('error', noop);
-      upstream.on('close', onUpstreamClose);
-      // The rest of the answer, byte for byte (onUpstreamRead), then the backend's FIN.
+      const { down, up } = this.#openLegs(hs, upstream);
+      down.write(head);
+      if (rest.length > 0) down.write(rest);
+      // The rest of the answer, byte for byte (legRead), then the backend's FIN.
       this.dF |= F_RAW;
-      client.on('drain', onClientDrain);
-      upstream.on('end', onUpstreamEnd);
-      upstream.resume();
-      client.resume();
+      up.resume();
+      down.resume();
       this.phase = CLOSING;
       this.due = Math.floor(this.proxy.ctx.clock.now());
       return;
@@ -601,10 +583,7 @@ class WsConnection implements ProxiedConnection {
     const proxy = this.proxy;
     const s = proxy.settings;
     const early = hs.head;
-    this.#endHandshake();
-    upstream.off('error', onHandshakeError);
-    upstream.on('error', noop);
-    upstream.on('close', onUpstreamClose);
+    const { down, up } = this.#openLegs(hs, upstream);
     this.phase = OPEN;
     if (compression) {
       this.uF |= F_COMPRESSION;
@@ -613,41 +592,73 @@ class WsConnection implements ProxiedConnection {
     if (s.maxAgeMs !== undefined)
       this.due = Math.floor(this.openedAt + s.maxAgeMs * (0.9 + 0.2 * Math.random()));
     this.clientOkAt = this.backendOkAt = Math.floor(proxy.ctx.clock.now());
-    client.write(head);
+    down.write(head);
     proxy.opened(this);
-    client.on('end', onClientEnd);
-    upstream.on('end', onUpstreamEnd);
     // Bytes that came with the heads: they are copies, not views of a read buffer.
     if (rest.length > 0) this.dF |= F_RX;
-    if (rest.length > 0 && !this.push(false, rest)) upstream.pause();
-    else upstream.resume();
+    if (rest.length === 0 || this.push(false, rest)) up.resume();
     if (early !== undefined) this.uF |= F_RX;
-    if (early !== undefined && !this.push(true, early)) client.pause();
-    else client.resume();
-    return;
-    upstream.resume();
+    if (early === undefined || this.push(true, early)) down.resume();
   }
 
-  socketClosed(hadError: boolean): void {
-    const client = this.client;
-    const upstream = this.upstream;
-    if (this.phase === HANDSHAKE) {
-      // The client left before the backend answered.
-      this.#fail();
-      return;
+  // ---- the legs' events (LegOwner) ----
+
+  legRead(leg: Leg, n: number, buf: Buffer): void {
+    let ok: boolean;
+    if (leg === this.down) {
+      this.uF |= F_RX;
+      ok = this.push(true, ownBytes(buf, 0, n));
+    } else if ((this.dF & F_RAW) !== 0) {
+      ok = this.down!.write(ownBytes(buf, 0, n));
+    } else {
+      this.dF |= F_RX;
+      ok = this.push(false, ownBytes(buf, 0, n));
     }
-    if (hadError) {
-      if (!client.destroyed) client.destroy();
-      if (upstream !== undefined && !upstream.destroyed) upstream.destroy();
+    // Backpressure: this leg pauses until the other drains (legDrain).
+    if (!ok) leg.pause();
+    afterRead(buf, n, !ok);
+  }
+
+  legDrain(leg: Leg): void {
+    (leg === this.down ? this.up : this.down)?.resume();
+  }
+
+  /** A peer's FIN is passed on to the other peer. */
+  legEnd(leg: Leg): void {
+    const other = leg === this.down ? this.up : this.down;
+    if (other !== undefined && !other.writableEnded) other.end();
+  }
+
+  legClose(_leg: Leg, error: boolean): void {
+    const down = this.down!;
+    const up = this.up!;
+    if (error) {
+      down.destroy();
+      up.destroy();
     }
-    if (client.destroyed && (upstream === undefined || upstream.destroyed)) this.#finish();
+    if (down.destroyed && up.destroyed) this.#finish();
+  }
+
+  /** Client bytes that arrived before the connection opened: relayed once it does. */
+  early(bytes: Buffer): void {
+    const hs = this.hs;
+    if (hs === undefined) return;
+    hs.head = hs.head === undefined ? bytes : Buffer.concat([hs.head, bytes]);
+  }
+
+  /** The client's socket closed before the connection opened. */
+  clientGone(): void {
+    if (this.phase === HANDSHAKE) this.#fail();
   }
 
   /** Give up on a connection that never opened: free the backend slot and both sockets. */
   #fail(): void {
+    const hs = this.hs;
     this.#endHandshake();
-    this.upstream?.destroy();
-    if (!this.client.writableEnded) this.client.destroy();
+    if (hs !== undefined) {
+      hs.upstream?.destroy();
+      if (!hs.client.writableEnded) hs.client.destroy();
+    }
     this.#finish();
   }
 
@@ -657,8 +668,8 @@ class WsConnection implements ProxiedConnection {
     this.uCarry = this.dCarry = undefined;
     const backend = this.backend;
     if (backend !== undefined) {
-      backend.bytesReceivedClosed += this.upstream?.bytesRead ?? 0;
-      backend.bytesSentClosed += this.upstream?.bytesWritten ?? 0;
+      backend.bytesReceivedClosed += this.bytesIn;
+      backend.bytesSentClosed += this.bytesOut;
       this.proxy.ctx.cluster.unregister(backend, this);
     }
     this.proxy.closed(this);
@@ -787,20 +798,8 @@ class WsConnection implements ProxiedConnection {
 
   /** Relay bytes to the direction's output. */
   #forward(up: boolean, bytes: Buffer): boolean {
-    const out = up ? this.upstream! : this.client;
-    if (out.writableEnded) return true;
-    if (out.write(bytes)) return true;
-    // Backpressure: the input pauses until the output drains; its listener is added on first need.
-    if (((up ? this.uF : this.dF) & F_DRAIN) === 0) {
-      if (up) {
-        this.uF |= F_DRAIN;
-        out.on('drain', onUpstreamDrain);
-      } else {
-        this.dF |= F_DRAIN;
-        out.on('drain', onClientDrain);
-      }
-    }
-    return false;
+    // False: queued; the input pauses until the output drains (legDrain).
+    return (up ? this.up! : this.down!).write(bytes);
   }
 
   #check(up: boolean, b0: number, opcode: number, masked: boolean, plen: number): FrameError | undefined {
@@ -847,9 +846,9 @@ class WsConnection implements ProxiedConnection {
   }
 
   #flush(up: boolean): void {
-    const out = up ? this.upstream! : this.client;
+    const out = up ? this.up! : this.down!;
     let flags = up ? this.uF : this.dF;
-    if ((flags & F_CLOSE_SENT) !== 0 || out.writableEnded || out.destroyed) {
+    if ((flags & F_CLOSE_SENT) !== 0 || out.writableEnded) {
       flags &= ~F_PENDING_PING;
     } else {
       if ((flags & F_PENDING_PING) !== 0) {
@@ -893,8 +892,8 @@ class WsConnection implements ProxiedConnection {
       return;
     }
     // The gateway started the close: the peer answered; end its socket once our close went out.
-    const input = up ? this.client : this.upstream!;
-    if (input.writable && ((up ? this.dF : this.uF) & F_CLOSE_SENT) !== 0) input.end();
+    const input = up ? this.down! : this.up!;
+    if (((up ? this.dF : this.uF) & F_CLOSE_SENT) !== 0) input.end();
   }
 
   /** The input peer of direction `up` broke the protocol or a limit. */
@@ -918,7 +917,7 @@ class WsConnection implements ProxiedConnection {
       up ? CLOSE_GOING_AWAY : closeCodeFor(reason),
     );
     // The offending peer is failed: its socket is ended right after our close frame.
-    const input = up ? this.client : this.upstream!;
+    const input = up ? this.down! : this.up!;
     if (((up ? this.dF : this.uF) & F_CLOSE_SENT) !== 0) input.end();
     else input.destroy();
   }
@@ -938,11 +937,8 @@ class WsConnection implements ProxiedConnection {
     if ((this.dF & sentOrSeen) === 0) this.#inject(false, clientCode);
     if ((this.uF & sentOrSeen) === 0) this.#inject(true, backendCode);
     // A peer that already sent its close frame has nothing more to say; end it once our close is out.
-    if ((this.uF & F_CLOSE_SEEN) !== 0 && (this.dF & F_CLOSE_SENT) !== 0 && !this.client.writableEnded)
-      this.client.end();
-    const upstream = this.upstream!;
-    if ((this.dF & F_CLOSE_SEEN) !== 0 && (this.uF & F_CLOSE_SENT) !== 0 && !upstream.writableEnded)
-      upstream.end();
+    if ((this.uF & F_CLOSE_SEEN) !== 0 && (this.dF & F_CLOSE_SENT) !== 0) this.down!.end();
+    if ((this.dF & F_CLOSE_SEEN) !== 0 && (this.uF & F_CLOSE_SENT) !== 0) this.up!.end();
   }
 
   /** Heartbeats, max age and close timeouts; called by the proxy's shared tick (integer ms). */
@@ -994,29 +990,32 @@ class WsConnection implements ProxiedConnection {
       'WebSocket peer missed its heartbeat; closing',
     );
     if (client) {
-      this.client.destroy();
+      this.down!.destroy();
       this.#startClosing(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY);
     } else {
-      this.upstream!.destroy();
+      this.up!.destroy();
       this.#startClosing(CLOSE_INTERNAL_ERROR, CLOSE_GOING_AWAY);
       // The client's answer ends it; if the backend was frozen mid-frame, no close can be sent.
-      if ((this.dF & F_CLOSE_SENT) === 0) this.client.destroy();
+      if ((this.dF & F_CLOSE_SENT) === 0) this.down!.destroy();
     }
   }
 
   leave(reason: LeaveReason): void {
     if (this.phase === OPEN) {
       this.#startClosing(clientCodeFor(reason), CLOSE_GOING_AWAY);
-    } else if (this.phase === HANDSHAKE) {
-      this.#endHandshake();
-      reject(this.client, 503, 'the backend is going away; retry');
+    } else if (this.phase === HANDSHAKE && this.hs !== undefined) {
+      reject(this.hs.client, 503, 'the backend is going away; retry');
       this.#fail();
     }
   }
 
   destroy(): void {
-    this.client.destroy();
-    this.upstream?.destroy();
-    if (this.phase === HANDSHAKE) this.#fail();
+    if (this.phase === HANDSHAKE) {
+      this.hs?.client.destroy();
+      this.#fail();
+      return;
+    }
+    this.down?.destroy();
+    this.up?.destroy();
   }
 }

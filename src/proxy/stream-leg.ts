@@ -1,0 +1,458 @@
+import type { Socket } from 'node:net';
+import { getSystemErrorName } from 'node:util';
+import {
+  nextReadBuffer,
+  type ReadCallback,
+  readBufferOf,
+  readsOwnBuffers,
+  readThrough,
+  releaseReadBuffer,
+  releaseReads,
+} from './socket-reads.ts';
+
+/**
+ * Relay legs: the two sockets of a relayed connection once it only moves
+ * bytes, as one small object each.
+ *
+ * A net.Socket is a Duplex stream: with its readable and writable states,
+ * listener arrays and properties it is ~1 KB of heap, twice per proxied
+ * connection, for machinery a relay does not use (it reads through `onread`
+ * into its own buffers and writes with a high-water mark of 0). For idle
+ * long-lived connections that is most of what the gateway holds. `takeOver`
+ * therefore lifts the socket's libuv handle out of its net.Socket and drives
+ * it directly: reads arrive in `onread` (same buffers as socket-reads.ts),
+ * writes go to the handle with a write request only when the kernel could not
+ * take them at once, FIN and close are the handle's own. The emptied Socket is
+ * destroyed (without its handle) and collected.
+ *
+ * That uses Node internals: the handle's methods, the `owner_symbol` by which
+ * Node finds a handle's socket, and `process.binding('stream_wrap')` for the
+ * write and shutdown requests and the shared read/write state (deprecated as
+ * DEP0111, documentation-only; kept here because it is the only way to a
+ * handle's write requests, and guarded). Everything is checked once; a socket
+ * that cannot be taken over (TLS, a write still queued, another Node) becomes a
+ * `SocketLeg` over the net.Socket instead: same interface, same behaviour,
+ * only larger.
+ */
+
+/** What a relay is told about its legs. Calls come from libuv callbacks, never from inside a leg method. */
+export interface LegOwner {
+  /**
+   * `n` bytes were read into `buf[0, n)` (socket-reads.ts rules: keep or
+   * forward them only through `ownBytes`; end with `afterRead`).
+   */
+  legRead(leg: Leg, n: number, buf: Buffer): void;
+  /** Everything written to `leg` reached the kernel, after a `write` that returned false. */
+  legDrain(leg: Leg): void;
+  /** The peer of `leg` ended its side (FIN). `leg` may still be written to. */
+  legEnd(leg: Leg): void;
+  /** `leg` closed; `error`: cut by an error (reset, failed write), not a clean close. */
+  legClose(leg: Leg, error: boolean): void;
+}
+
+/** One socket of a relay. */
+export interface Leg {
+  readonly owner: LegOwner;
+  /** False while it holds a net.Socket (TLS, or the take-over was not possible). */
+  readonly lean: boolean;
+  /** Write bytes; false when some stayed queued (then `legDrain` follows), true also after end/destroy. */
+  write(bytes: Buffer): boolean;
+  /** Send FIN once queued bytes are out. */
+  end(): void;
+  /** Close now; queued bytes are dropped. `legClose` follows. */
+  destroy(): void;
+  pause(): void;
+  resume(): void;
+  readonly destroyed: boolean;
+  /** `end()` or `destroy()` was called: nothing more may be written. */
+  readonly writableEnded: boolean;
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+}
+
+/**
+ * Take `socket` over as a leg of `owner`. The socket must read through
+ * `onread` already (`readThrough` or `connectReading`), be paused, and have
+ * no bytes still read-buffered by Node; `resume()` the leg to start reading.
+ * The socket must not be used afterwards, and the caller's listeners on it
+ * must be removed first (its 'error' listener may stay).
+ */
+export function takeOver(socket: Socket, owner: LegOwner): Leg {
+  const handle = liftable(socket);
+  if (handle === undefined) return new SocketLeg(socket, owner);
+  const k = internals!;
+  const buf = readBufferOf(socket)!;
+  // Out of the Socket: its destroy() no longer touches the handle, and
+  // still does the bookkeeping (the server's connection count, 'close').
+  const s = socket as unknown as { _handle: unknown };
+  s._handle = null;
+  socket.removeAllListeners();
+  socket.on('error', noop);
+  socket.destroy();
+  const leg = new HandleLeg(handle, owner, buf);
+  handle[k.owner] = leg;
+  handle.onread = onHandleRead;
+  // A paused net.Socket may still have its handle reading (Readable asks for
+  // more in the background); a leg starts stopped.
+  handle.reading = false;
+  handle.readStop();
+  return leg;
+}
+
+function noop(): void {}
+
+// ---- handle legs ----
+
+/** Node's TCP handle (a libuv stream), as far as a leg drives it. */
+interface StreamHandle {
+  readStart(): number;
+  readStop(): number;
+  useUserBuffer(buf: Uint8Array): void;
+  writeBuffer(req: WriteReq, buf: Uint8Array): number;
+  shutdown(req: ShutdownReq): number;
+  close(cb: (this: StreamHandle) => void): void;
+  onread: ((this: StreamHandle) => Buffer | undefined) | null;
+  reading: boolean;
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+  [owner: symbol]: unknown;
+}
+
+/** A libuv write request; fields of ours are set only on those that went async. */
+interface WriteReq {
+  oncomplete: ((this: WriteReq, status: number) => void) | undefined;
+  leg: HandleLeg | undefined;
+  buffer: Buffer | undefined;
+}
+interface ShutdownReq {
+  oncomplete: ((this: ShutdownReq, status: number) => void) | undefined;
+  leg: HandleLeg | undefined;
+}
+
+interface Internals {
+  WriteWrap: new () => WriteReq;
+  ShutdownWrap: new () => ShutdownReq;
+  /** Node's shared Int32Array through which a handle reports reads and writes. */
+  state: Int32Array;
+  kReadBytesOrError: number;
+  kLastWriteWasAsync: number;
+  /** The symbol under which a handle points at its owner (Node: its Socket). */
+  owner: symbol;
+}
+
+/** libuv's end-of-stream code (-4095 on every platform); checked against the system's error names. */
+const UV_EOF = -4095;
+
+let internals: Internals | null | undefined;
+
+function probe(handle: object): Internals | null {
+  if (internals !== undefined) return internals;
+  internals = null;
+  try {
+    const binding = (process as unknown as { binding?: (name: string) => unknown }).binding;
+    if (typeof binding !== 'function' || getSystemErrorName(UV_EOF) !== 'EOF') return null;
+    const sw = binding.call(process, 'stream_wrap') as Partial<{
+      WriteWrap: new () => WriteReq;
+      ShutdownWrap: new () => ShutdownReq;
+      streamBaseState: Int32Array;
+      kReadBytesOrError: number;
+      kLastWriteWasAsync: number;
+    }>;
+    const owner = Object.getOwnPropertySymbols(handle).find((s) => s.description === 'owner_symbol');
+    if (
+      typeof sw.WriteWrap !== 'function' ||
+      typeof sw.ShutdownWrap !== 'function' ||
+      !(sw.streamBaseState instanceof Int32Array) ||
+      typeof sw.kReadBytesOrError !== 'number' ||
+      typeof sw.kLastWriteWasAsync !== 'number' ||
+      owner === undefined
+    )
+      return null;
+    internals = {
+      WriteWrap: sw.WriteWrap,
+      ShutdownWrap: sw.ShutdownWrap,
+      state: sw.streamBaseState,
+      kReadBytesOrError: sw.kReadBytesOrError,
+      kLastWriteWasAsync: sw.kLastWriteWasAsync,
+      owner,
+    };
+  } catch {
+    internals = null;
+  }
+  return internals;
+}
+
+/** The socket's handle if it can be lifted out now, else undefined. */
+function liftable(socket: Socket): StreamHandle | undefined {
+  const s = socket as unknown as {
+    _handle?: Partial<StreamHandle> | null;
+    _writableState?: { length: number; pendingcb: number };
+    encrypted?: boolean;
+  };
+  const h = s._handle;
+  if (
+    h === null ||
+    h === undefined ||
+    s.encrypted === true ||
+    socket.destroyed ||
+    socket.connecting ||
+    socket.readableLength > 0 ||
+    socket.readableEnded ||
+    socket.writableEnded ||
+    // A write in flight would complete into the Socket.
+    s._writableState?.length !== 0 ||
+    s._writableState.pendingcb !== 0 ||
+    !readsOwnBuffers(socket) ||
+    readBufferOf(socket) === undefined ||
+    typeof h.writeBuffer !== 'function' ||
+    typeof h.shutdown !== 'function' ||
+    typeof h.readStop !== 'function' ||
+    typeof h.close !== 'function' ||
+    probe(h) === null ||
+    h[internals!.owner] !== socket
+  )
+    return undefined;
+  return h as StreamHandle;
+}
+
+/** Whether sockets can be taken over on this Node (for tests: no silent fallback). */
+export function legsAreLean(socket: Socket): boolean {
+  return liftable(socket) !== undefined;
+}
+
+const F_PAUSED = 1;
+const F_ENDED = 2;
+const F_EOF = 4;
+const F_SHUT = 8;
+const F_DESTROYED = 16;
+const F_ERROR = 32;
+
+/** A write request kept for the next write while writes complete at once (then libuv never saw it). */
+let spare: WriteReq | undefined;
+
+class HandleLeg implements Leg {
+  readonly owner: LegOwner;
+  readonly handle: StreamHandle;
+  /** The buffer the handle reads into now. */
+  buf: Buffer;
+  flags = F_PAUSED;
+  /** Writes handed to libuv and not yet complete. */
+  queued = 0;
+
+  constructor(handle: StreamHandle, owner: LegOwner, buf: Buffer) {
+    this.handle = handle;
+    this.owner = owner;
+    this.buf = buf;
+  }
+
+  get lean(): boolean {
+    return true;
+  }
+
+  get destroyed(): boolean {
+    return (this.flags & F_DESTROYED) !== 0;
+  }
+
+  get writableEnded(): boolean {
+    return (this.flags & (F_ENDED | F_DESTROYED)) !== 0;
+  }
+
+  get bytesRead(): number {
+    return this.handle.bytesRead;
+  }
+
+  get bytesWritten(): number {
+    return this.handle.bytesWritten;
+  }
+
+  write(bytes: Buffer): boolean {
+    if ((this.flags & (F_ENDED | F_DESTROYED)) !== 0) return true;
+    const k = internals!;
+    const req = spare ?? new k.WriteWrap();
+    const err = this.handle.writeBuffer(req, bytes);
+    if (err !== 0) {
+      this.fail();
+      return true;
+    }
+    if (k.state[k.kLastWriteWasAsync] === 0) {
+      spare = req;
+      return true;
+    }
+    spare = undefined;
+    req.oncomplete = onWritten;
+    req.leg = this;
+    // libuv writes from it later: keep it alive until then.
+    req.buffer = bytes;
+    this.queued++;
+    return false;
+  }
+
+  end(): void {
+    if ((this.flags & (F_ENDED | F_DESTROYED)) !== 0) return;
+    this.flags |= F_ENDED;
+    const req = new internals!.ShutdownWrap();
+    req.oncomplete = onShutdown;
+    req.leg = this;
+    // libuv sends FIN after the queued writes.
+    if (this.handle.shutdown(req) !== 0) this.destroy();
+  }
+
+  destroy(): void {
+    if ((this.flags & F_DESTROYED) !== 0) return;
+    this.flags |= F_DESTROYED;
+    this.handle.close(onHandleClosed);
+  }
+
+  /** Close because of an error: the owner hears `error`. */
+  fail(): void {
+    this.flags |= F_ERROR;
+    this.destroy();
+  }
+
+  pause(): void {
+    if ((this.flags & (F_PAUSED | F_DESTROYED)) !== 0) return;
+    this.flags |= F_PAUSED;
+    this.handle.reading = false;
+    this.handle.readStop();
+  }
+
+  resume(): void {
+    if ((this.flags & (F_PAUSED | F_DESTROYED | F_EOF)) !== F_PAUSED) return;
+    this.flags &= ~F_PAUSED;
+    this.handle.reading = true;
+    if (this.handle.readStart() !== 0) this.fail();
+  }
+
+  /** FIN from the peer: reading is over; closed once our own FIN is out too. */
+  eof(): void {
+    this.flags |= F_EOF | F_PAUSED;
+    this.handle.reading = false;
+    this.handle.readStop();
+    this.owner.legEnd(this);
+    if ((this.flags & F_SHUT) !== 0) this.destroy();
+  }
+}
+
+function onHandleRead(this: StreamHandle): Buffer | undefined {
+  const k = internals!;
+  const leg = this[k.owner] as HandleLeg;
+  const n = k.state[k.kReadBytesOrError]!;
+  if (n > 0) {
+    const buf = leg.buf;
+    leg.owner.legRead(leg, n, buf);
+    // Always taken (it resets the hand-over); a closed leg gives its buffer back in onHandleClosed.
+    const next = nextReadBuffer();
+    if (next === buf) return undefined;
+    leg.buf = next;
+    return next;
+  }
+  if (n === 0 || (leg.flags & F_DESTROYED) !== 0) return undefined;
+  if (n === UV_EOF) leg.eof();
+  else leg.fail();
+  return undefined;
+}
+
+function onWritten(this: WriteReq, status: number): void {
+  const leg = this.leg!;
+  this.leg = undefined;
+  this.buffer = undefined;
+  leg.queued--;
+  if ((leg.flags & F_DESTROYED) !== 0) return;
+  if (status < 0) leg.fail();
+  else if (leg.queued === 0) leg.owner.legDrain(leg);
+}
+
+function onShutdown(this: ShutdownReq, status: number): void {
+  const leg = this.leg!;
+  this.leg = undefined;
+  if ((leg.flags & F_DESTROYED) !== 0) return;
+  leg.flags |= F_SHUT;
+  if (status < 0) leg.fail();
+  else if ((leg.flags & F_EOF) !== 0) leg.destroy();
+}
+
+function onHandleClosed(this: StreamHandle): void {
+  const leg = this[internals!.owner] as HandleLeg;
+  releaseReadBuffer(leg.buf);
+  leg.owner.legClose(leg, (leg.flags & F_ERROR) !== 0);
+}
+
+// ---- socket legs (fallback) ----
+
+const kLeg = Symbol('holdfast.leg');
+type LegSocket = Socket & { [kLeg]: SocketLeg };
+
+/** A leg over a net.Socket: TLS, or a socket the take-over could not lift. */
+class SocketLeg implements Leg {
+  readonly owner: LegOwner;
+  readonly socket: Socket;
+
+  constructor(socket: Socket, owner: LegOwner) {
+    this.socket = socket;
+    this.owner = owner;
+    const s = socket as LegSocket;
+    s[kLeg] = this;
+    if (socket.listenerCount('error') === 0) socket.on('error', noop);
+    socket.on('drain', onSocketDrain);
+    socket.on('end', onSocketEnd);
+    socket.on('close', onSocketClose);
+    readThrough(socket, onSocketRead);
+  }
+
+  get lean(): boolean {
+    return false;
+  }
+
+  get destroyed(): boolean {
+    return this.socket.destroyed;
+  }
+
+  get writableEnded(): boolean {
+    return this.socket.writableEnded || this.socket.destroyed;
+  }
+
+  get bytesRead(): number {
+    return this.socket.bytesRead;
+  }
+
+  get bytesWritten(): number {
+    return this.socket.bytesWritten;
+  }
+
+  write(bytes: Buffer): boolean {
+    const socket = this.socket;
+    if (socket.writableEnded || socket.destroyed) return true;
+    return socket.write(bytes) || socket.writableLength === 0;
+  }
+
+  end(): void {
+    if (!this.socket.writableEnded) this.socket.end();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+}
+
+const onSocketRead: ReadCallback = function (this: Socket, n: number, buf: Buffer): void {
+  const leg = (this as LegSocket)[kLeg];
+  leg.owner.legRead(leg, n, buf);
+};
+function onSocketDrain(this: LegSocket): void {
+  this[kLeg].owner.legDrain(this[kLeg]);
+}
+function onSocketEnd(this: LegSocket): void {
+  this[kLeg].owner.legEnd(this[kLeg]);
+}
+function onSocketClose(this: LegSocket, hadError: boolean): void {
+  releaseReads(this);
+  this[kLeg].owner.legClose(this[kLeg], hadError);
+}
