@@ -1,13 +1,16 @@
-import type { Socket } from 'node:net';
+import { connect, isIP, type NetConnectOpts, Socket, type SocketConstructorOpts } from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import {
+  connectReading,
   nextReadBuffer,
   type ReadCallback,
   readBufferOf,
   readsOwnBuffers,
+  readPlainly,
   readThrough,
   releaseReadBuffer,
   releaseReads,
+  SHARED_READ_BUFFER,
 } from './socket-reads.ts';
 
 /**
@@ -37,6 +40,8 @@ import {
 
 /** What a relay is told about its legs. Calls come from libuv callbacks, never from inside a leg method. */
 export interface LegOwner {
+  /** A leg made by `connectLeg` is connected; it is paused (resume it to read). */
+  legConnect?(leg: Leg): void;
   /**
    * `n` bytes were read into `buf[0, n)` (socket-reads.ts rules: keep or
    * forward them only through `ownBytes`; end with `afterRead`).
@@ -46,7 +51,10 @@ export interface LegOwner {
   legDrain(leg: Leg): void;
   /** The peer of `leg` ended its side (FIN). `leg` may still be written to. */
   legEnd(leg: Leg): void;
-  /** `leg` closed; `error`: cut by an error (reset, failed write), not a clean close. */
+  /**
+   * `leg` closed; `error`: cut by an error (refused or failed connect, reset,
+   * failed write), not a clean close. `leg.failure` says what, where known.
+   */
   legClose(leg: Leg, error: boolean): void;
 }
 
@@ -68,6 +76,8 @@ export interface Leg {
   readonly writableEnded: boolean;
   readonly bytesRead: number;
   readonly bytesWritten: number;
+  /** What cut the leg, for logs (`connect ECONNREFUSED 10.0.0.7:8080`), once it closed with an error. */
+  readonly failure: string | undefined;
 }
 
 /**
@@ -101,6 +111,74 @@ export function takeOver(socket: Socket, owner: LegOwner): Leg {
 
 function noop(): void {}
 
+/** Where and how `connectLeg` connects. */
+export interface LegConnectOptions {
+  host: string;
+  port: number;
+  /** Local address to bind, or undefined to let the kernel choose. */
+  localAddress: string | undefined;
+  /** TCP keepalive idle time (ms), or undefined for off. */
+  keepAliveMs: number | undefined;
+  /**
+   * Read into reused buffers (socket-reads.ts). False when the other leg is
+   * read plainly (TLS): then this one must be too.
+   */
+  ownBuffers: boolean;
+}
+
+/**
+ * Connect a new leg for `owner`: `legConnect` when connected (Nagle off,
+ * half-close allowed), `legClose(leg, true)` if the connect fails. To an IP
+ * address with reused buffers, no net.Socket is made at all; otherwise (a
+ * host name, TLS on the other leg, another Node) it is a leg over net.connect.
+ * Timeouts are the owner's: `destroy()` cancels a connect.
+ */
+export function connectLeg(o: LegConnectOptions, owner: LegOwner): Leg {
+  const family = isIP(o.host);
+  const k = family !== 0 && o.ownBuffers ? probe() : null;
+  if (k === null) {
+    const options: NetConnectOpts = {
+      host: o.host,
+      port: o.port,
+      localAddress: o.localAddress,
+      allowHalfOpen: true,
+      noDelay: true,
+      keepAlive: o.keepAliveMs !== undefined,
+      keepAliveInitialDelay: o.keepAliveMs ?? 0,
+    };
+    let socket: Socket;
+    if (o.ownBuffers) socket = connectReading(options, onSocketRead);
+    else {
+      socket = connect(options);
+      readPlainly(socket, onSocketRead);
+    }
+    socket.pause();
+    return new SocketLeg(socket, owner, true);
+  }
+  const handle = new k.TCP(k.SOCKET);
+  const leg = new HandleLeg(handle, owner, SHARED_READ_BUFFER);
+  leg.flags |= F_CONNECTING;
+  handle[k.owner] = leg;
+  const six = family === 6;
+  let err = 0;
+  if (o.localAddress !== undefined)
+    err = six ? handle.bind6(o.localAddress, 0, 0) : handle.bind(o.localAddress, 0);
+  if (err === 0) {
+    const req = new k.TCPConnectWrap();
+    req.oncomplete = onConnected;
+    req.address = o.host;
+    req.port = o.port;
+    req.keepAliveMs = o.keepAliveMs;
+    err = six ? handle.connect6(req, o.host, o.port) : handle.connect(req, o.host, o.port);
+  }
+  if (err !== 0) {
+    // Reported like a failed connect: from a callback, not from here.
+    leg.failure = `connect ${getSystemErrorName(err)} ${o.host}:${o.port}`;
+    leg.fail();
+  }
+  return leg;
+}
+
 // ---- handle legs ----
 
 /** Node's TCP handle (a libuv stream), as far as a leg drives it. */
@@ -118,6 +196,16 @@ interface StreamHandle {
   [owner: symbol]: unknown;
 }
 
+/** A TCP handle made here, before it is connected. */
+interface TcpHandle extends StreamHandle {
+  bind(address: string, port: number): number;
+  bind6(address: string, port: number, flags: number): number;
+  connect(req: ConnectReq, address: string, port: number): number;
+  connect6(req: ConnectReq, address: string, port: number): number;
+  setNoDelay(on: boolean): number;
+  setKeepAlive(on: boolean, delaySeconds: number): number;
+}
+
 /** A libuv write request; fields of ours are set only on those that went async. */
 interface WriteReq {
   oncomplete: ((this: WriteReq, status: number) => void) | undefined;
@@ -127,6 +215,12 @@ interface WriteReq {
 interface ShutdownReq {
   oncomplete: ((this: ShutdownReq, status: number) => void) | undefined;
   leg: HandleLeg | undefined;
+}
+interface ConnectReq {
+  oncomplete: ((this: ConnectReq, status: number, handle: TcpHandle) => void) | undefined;
+  address: string;
+  port: number;
+  keepAliveMs: number | undefined;
 }
 
 interface Internals {
@@ -138,6 +232,9 @@ interface Internals {
   kLastWriteWasAsync: number;
   /** The symbol under which a handle points at its owner (Node: its Socket). */
   owner: symbol;
+  TCP: new (type: number) => TcpHandle;
+  TCPConnectWrap: new () => ConnectReq;
+  SOCKET: number;
 }
 
 /** libuv's end-of-stream code (-4095 on every platform); checked against the system's error names. */
@@ -145,27 +242,53 @@ const UV_EOF = -4095;
 
 let internals: Internals | null | undefined;
 
-function probe(handle: object): Internals | null {
+interface StreamWrapBinding {
+  WriteWrap: new () => WriteReq;
+  ShutdownWrap: new () => ShutdownReq;
+  streamBaseState: Int32Array;
+  kReadBytesOrError: number;
+  kLastWriteWasAsync: number;
+}
+interface TcpWrapBinding {
+  TCP: new (type: number) => TcpHandle;
+  TCPConnectWrap: new () => ConnectReq;
+  constants: { SOCKET: number };
+}
+
+/** The Node internals legs use, looked up and checked once; null where any is missing. */
+function probe(): Internals | null {
   if (internals !== undefined) return internals;
   internals = null;
   try {
     const binding = (process as unknown as { binding?: (name: string) => unknown }).binding;
     if (typeof binding !== 'function' || getSystemErrorName(UV_EOF) !== 'EOF') return null;
-    const sw = binding.call(process, 'stream_wrap') as Partial<{
-      WriteWrap: new () => WriteReq;
-      ShutdownWrap: new () => ShutdownReq;
-      streamBaseState: Int32Array;
-      kReadBytesOrError: number;
-      kLastWriteWasAsync: number;
-    }>;
-    const owner = Object.getOwnPropertySymbols(handle).find((s) => s.description === 'owner_symbol');
+    const sw = binding.call(process, 'stream_wrap') as Partial<StreamWrapBinding>;
+    const tw = binding.call(process, 'tcp_wrap') as Partial<TcpWrapBinding>;
     if (
       typeof sw.WriteWrap !== 'function' ||
       typeof sw.ShutdownWrap !== 'function' ||
       !(sw.streamBaseState instanceof Int32Array) ||
       typeof sw.kReadBytesOrError !== 'number' ||
       typeof sw.kLastWriteWasAsync !== 'number' ||
-      owner === undefined
+      typeof tw.TCP !== 'function' ||
+      typeof tw.TCPConnectWrap !== 'function' ||
+      typeof tw.constants?.SOCKET !== 'number'
+    )
+      return null;
+    // A Socket made around a handle of our own shows the symbol it points at it by.
+    const handle = new tw.TCP(tw.constants.SOCKET);
+    // Not readable: a Socket around a handle would otherwise start reading it.
+    const opts = { handle, readable: false, writable: false };
+    const probeSocket = new Socket(opts as unknown as SocketConstructorOpts);
+    probeSocket.on('error', noop);
+    const owner = Object.getOwnPropertySymbols(handle).find(
+      (sym) => sym.description === 'owner_symbol' && handle[sym] === probeSocket,
+    );
+    probeSocket.destroy();
+    const methods = ['readStart', 'readStop', 'useUserBuffer', 'writeBuffer', 'shutdown', 'close', 'connect'];
+    if (
+      owner === undefined ||
+      methods.some((m) => typeof (handle as unknown as Record<string, unknown>)[m] !== 'function')
     )
       return null;
     internals = {
@@ -175,6 +298,9 @@ function probe(handle: object): Internals | null {
       kReadBytesOrError: sw.kReadBytesOrError,
       kLastWriteWasAsync: sw.kLastWriteWasAsync,
       owner,
+      TCP: tw.TCP,
+      TCPConnectWrap: tw.TCPConnectWrap,
+      SOCKET: tw.constants.SOCKET,
     };
   } catch {
     internals = null;
@@ -208,7 +334,7 @@ function liftable(socket: Socket): StreamHandle | undefined {
     typeof h.shutdown !== 'function' ||
     typeof h.readStop !== 'function' ||
     typeof h.close !== 'function' ||
-    probe(h) === null ||
+    probe() === null ||
     h[internals!.owner] !== socket
   )
     return undefined;
@@ -226,6 +352,7 @@ const F_EOF = 4;
 const F_SHUT = 8;
 const F_DESTROYED = 16;
 const F_ERROR = 32;
+const F_CONNECTING = 64;
 
 /** A write request kept for the next write while writes complete at once (then libuv never saw it). */
 let spare: WriteReq | undefined;
@@ -238,6 +365,7 @@ class HandleLeg implements Leg {
   flags = F_PAUSED;
   /** Writes handed to libuv and not yet complete. */
   queued = 0;
+  failure: string | undefined = undefined;
 
   constructor(handle: StreamHandle, owner: LegOwner, buf: Buffer) {
     this.handle = handle;
@@ -317,7 +445,7 @@ class HandleLeg implements Leg {
   }
 
   resume(): void {
-    if ((this.flags & (F_PAUSED | F_DESTROYED | F_EOF)) !== F_PAUSED) return;
+    if ((this.flags & (F_PAUSED | F_DESTROYED | F_EOF | F_CONNECTING)) !== F_PAUSED) return;
     this.flags &= ~F_PAUSED;
     this.handle.reading = true;
     if (this.handle.readStart() !== 0) this.fail();
@@ -352,14 +480,34 @@ function onHandleRead(this: StreamHandle): Buffer | undefined {
   return undefined;
 }
 
+function onConnected(this: ConnectReq, status: number, handle: TcpHandle): void {
+  const leg = handle[internals!.owner] as HandleLeg;
+  if ((leg.flags & F_DESTROYED) !== 0) return;
+  leg.flags &= ~F_CONNECTING;
+  if (status !== 0) {
+    leg.failure = `connect ${getSystemErrorName(status)} ${this.address}:${this.port}`;
+    leg.fail();
+    return;
+  }
+  handle.setNoDelay(true);
+  // Node's keepalive delay is in whole seconds.
+  if (this.keepAliveMs !== undefined)
+    handle.setKeepAlive(true, Math.max(1, Math.floor(this.keepAliveMs / 1000)));
+  handle.onread = onHandleRead;
+  handle.useUserBuffer(leg.buf);
+  leg.owner.legConnect?.(leg);
+}
+
 function onWritten(this: WriteReq, status: number): void {
   const leg = this.leg!;
   this.leg = undefined;
   this.buffer = undefined;
   leg.queued--;
   if ((leg.flags & F_DESTROYED) !== 0) return;
-  if (status < 0) leg.fail();
-  else if (leg.queued === 0) leg.owner.legDrain(leg);
+  if (status < 0) {
+    leg.failure = `write ${getSystemErrorName(status)}`;
+    leg.fail();
+  } else if (leg.queued === 0) leg.owner.legDrain(leg);
 }
 
 function onShutdown(this: ShutdownReq, status: number): void {
@@ -387,16 +535,20 @@ class SocketLeg implements Leg {
   readonly owner: LegOwner;
   readonly socket: Socket;
 
-  constructor(socket: Socket, owner: LegOwner) {
+  failure: string | undefined = undefined;
+
+  /** `connecting`: made by connectLeg, already reading through onSocketRead. */
+  constructor(socket: Socket, owner: LegOwner, connecting = false) {
     this.socket = socket;
     this.owner = owner;
     const s = socket as LegSocket;
     s[kLeg] = this;
-    if (socket.listenerCount('error') === 0) socket.on('error', noop);
+    socket.on('error', onSocketError);
     socket.on('drain', onSocketDrain);
     socket.on('end', onSocketEnd);
     socket.on('close', onSocketClose);
-    readThrough(socket, onSocketRead);
+    if (connecting) socket.once('connect', onSocketConnect);
+    else readThrough(socket, onSocketRead);
   }
 
   get lean(): boolean {
@@ -446,6 +598,12 @@ const onSocketRead: ReadCallback = function (this: Socket, n: number, buf: Buffe
   const leg = (this as LegSocket)[kLeg];
   leg.owner.legRead(leg, n, buf);
 };
+function onSocketConnect(this: LegSocket): void {
+  this[kLeg].owner.legConnect?.(this[kLeg]);
+}
+function onSocketError(this: LegSocket, err: Error): void {
+  this[kLeg].failure ??= err.message;
+}
 function onSocketDrain(this: LegSocket): void {
   this[kLeg].owner.legDrain(this[kLeg]);
 }

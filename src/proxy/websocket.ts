@@ -15,8 +15,8 @@ import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler, UpgradeRequest } from './http.ts';
 import { peerIp } from './socket-address.ts';
 import { afterRead, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
-import { type Leg, type LegOwner, takeOver } from './stream-leg.ts';
-import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
+import { connectLeg, type Leg, type LegOwner, takeOver } from './stream-leg.ts';
+import { type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
   CLOSE_GOING_AWAY,
@@ -223,8 +223,6 @@ function forwardedFor(ip: string): string {
 class Handshake {
   /** The client's socket until the connection opens (then a leg of the connection). */
   readonly client: Socket;
-  /** The backend socket being tried. */
-  upstream: HsSocket | undefined = undefined;
   req: UpgradeRequest;
   head: Buffer | undefined;
   readonly key: string;
@@ -295,15 +293,6 @@ function noop(): void {}
 function onClientClose(this: HsSocket): void {
   this[kConn].clientGone();
 }
-function onConnectError(this: HsSocket, err: Error): void {
-  this[kConn].connectFailed(this, err);
-}
-function onConnect(this: HsSocket): void {
-  this[kConn].connected(this);
-}
-function onHandshakeError(this: HsSocket, err: Error): void {
-  this[kConn].handshakeError(this, err);
-}
 /**
  * The client is paused until the connection opens; reads then go to its leg.
  * Bytes that still arrive (a paused net.Socket may read once more) wait with
@@ -312,11 +301,6 @@ function onHandshakeError(this: HsSocket, err: Error): void {
 function onClientRead(this: Socket, n: number, buf: Buffer): void {
   (this as HsSocket)[kConn].early(Buffer.from(buf.subarray(0, n)));
   this.pause();
-  afterRead(buf, n, false);
-}
-/** The backend's handshake response (the response head may span reads: a copy). */
-function onUpstreamRead(this: Socket, n: number, buf: Buffer): void {
-  (this as HsSocket)[kConn].handshakeData(this as HsSocket, Buffer.from(buf.subarray(0, n)));
   afterRead(buf, n, false);
 }
 
@@ -372,11 +356,11 @@ class WsConnection implements ProxiedConnection, LegOwner {
   }
 
   get bytesIn(): number {
-    return this.up?.bytesRead ?? this.hs?.upstream?.bytesRead ?? 0;
+    return this.up?.bytesRead ?? 0;
   }
 
   get bytesOut(): number {
-    return this.up?.bytesWritten ?? this.hs?.upstream?.bytesWritten ?? 0;
+    return this.up?.bytesWritten ?? 0;
   }
 
   start(): void {
@@ -412,18 +396,24 @@ class WsConnection implements ProxiedConnection, LegOwner {
         ? undefined
         : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
     const s = proxy.settings;
-    const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(client)) as HsSocket;
-    upstream[kConn] = this;
-    hs.upstream = upstream;
-    // Our own timer rather than socket.setTimeout(), whose Timeout object would
-    // stay on the socket for its whole life. It covers connect and handshake.
+    const { host, port } = backend.address;
+    const up = connectLeg(
+      {
+        host,
+        port,
+        localAddress: s.sources.next(host),
+        keepAliveMs: s.keepAliveMs,
+        ownBuffers: readsOwnBuffers(client),
+      },
+      this,
+    );
+    this.up = up;
+    // One timer covers connect and handshake.
     hs.timer?.cancel();
     hs.timer = ctx.clock.setTimer(
-      () => upstream.destroy(new Error('backend did not complete the WebSocket handshake in time')),
+      () => this.connectFailed(up, 'backend did not complete the WebSocket handshake in time'),
       s.connectTimeoutMs,
     );
-    upstream.on('error', onConnectError);
-    upstream.once('connect', onConnect);
   }
 
   #endHandshake(): void {
@@ -434,23 +424,23 @@ class WsConnection implements ProxiedConnection, LegOwner {
     this.proxy.upgradeEnded();
   }
 
-  connectFailed(upstream: HsSocket, err: Error): void {
+  /**
+   * The backend leg `up` failed before the connection opened (refused, closed,
+   * no valid answer in time: a frozen backend still accepts): try another
+   * backend, or answer the client.
+   */
+  connectFailed(up: Leg, why: string): void {
     const hs = this.hs;
-    if (hs === undefined || upstream !== hs.upstream) return;
+    if (hs === undefined || up !== this.up) return;
     const backend = this.backend!;
     const ctx = this.proxy.ctx;
     backend.connectFailures++;
     ctx.cluster.unregister(backend, this);
-    upstream.removeAllListeners();
-    upstream.on('error', noop);
-    upstream.destroy();
-    hs.upstream = undefined;
+    up.destroy();
+    this.up = undefined;
     this.backend = undefined;
     this.held = undefined;
-    ctx.log.warn(
-      { service: ctx.cluster.name, backend: backend.key, err: err.message },
-      'backend connect failed',
-    );
+    ctx.log.warn({ service: ctx.cluster.name, backend: backend.key, err: why }, 'backend connect failed');
     if (this.phase !== HANDSHAKE || hs.client.destroyed) return;
     hs.got = undefined;
     (hs.tried ??= new Set()).add(backend);
@@ -463,20 +453,14 @@ class WsConnection implements ProxiedConnection, LegOwner {
     this.start();
   }
 
-  /** Connected but no valid answer in time (a frozen backend still accepts): try another backend. */
-  handshakeError(upstream: HsSocket, err: Error): void {
-    if (this.phase === HANDSHAKE) this.connectFailed(upstream, err);
-  }
-
-  connected(upstream: HsSocket): void {
+  /** The backend leg connected: send the handshake and read the answer. */
+  legConnect(up: Leg): void {
     const hs = this.hs;
-    if (hs === undefined || upstream !== hs.upstream) return;
+    if (hs === undefined || up !== this.up) return;
     if (hs.client.destroyed) {
       this.#fail();
       return;
     }
-    upstream.off('error', onConnectError);
-    upstream.on('error', onHandshakeError);
     // The handshake as the client sent it, plus who the client is.
     const req = hs.req;
     const ip = hs.ip ?? '';
@@ -497,13 +481,14 @@ class WsConnection implements ProxiedConnection, LegOwner {
     head += `X-Forwarded-For: ${xff === undefined ? ip : `${xff}, ${ip}`}\r\n`;
     head += `Forwarded: ${fwd === undefined ? me : `${fwd}, ${me}`}\r\n`;
     if (req.headers['x-forwarded-proto'] === undefined) head += `X-Forwarded-Proto: ${proto}\r\n`;
-    upstream.write(`${head}\r\n`);
+    up.write(Buffer.from(`${head}\r\n`, 'latin1'));
+    up.resume();
   }
 
   /** Bytes of the backend's response head; at its end the connection opens (or fails). */
-  handshakeData(upstream: HsSocket, chunk: Buffer): void {
+  handshakeData(upstream: Leg, chunk: Buffer): void {
     const hs = this.hs;
-    if (hs === undefined || upstream !== hs.upstream) return;
+    if (hs === undefined || upstream !== this.up) return;
     const got = hs.got === undefined ? chunk : Buffer.concat([hs.got, chunk]);
     const end = got.indexOf('\r\n\r\n');
     if (end < 0) {
@@ -534,19 +519,16 @@ class WsConnection implements ProxiedConnection, LegOwner {
    * The handshake is over: both sockets become legs of this connection
    * (stream-leg.ts), both paused.
    */
-  #openLegs(hs: Handshake, upstream: HsSocket): { down: Leg; up: Leg } {
+  #openLegs(hs: Handshake): Leg {
     this.#endHandshake();
     const client = hs.client;
     client.off('close', onClientClose);
-    upstream.off('error', onHandshakeError);
     const down = takeOver(client, this);
-    const up = takeOver(upstream, this);
     this.down = down;
-    this.up = up;
-    return { down, up };
+    return down;
   }
 
-  #onResponse(hs: Handshake, upstream: HsSocket, head: Buffer, rest: Buffer): void {
+  #onResponse(hs: Handshake, up: Leg, head: Buffer, rest: Buffer): void {
     const text = head.toString('latin1');
     const status = /^HTTP\/1\.[01] (\d{3})/.exec(text);
     if (status === null) {
@@ -555,7 +537,7 @@ class WsConnection implements ProxiedConnection, LegOwner {
     }
     if (status[1] !== '101') {
       // The backend refused the upgrade (401, 403, 404…): the client gets its answer as is.
-      const { down, up } = this.#openLegs(hs, upstream);
+      const down = this.#openLegs(hs);
       down.write(head);
       if (rest.length > 0) down.write(rest);
       // The rest of the answer, byte for byte (legRead), then the backend's FIN.
@@ -583,7 +565,7 @@ class WsConnection implements ProxiedConnection, LegOwner {
     const proxy = this.proxy;
     const s = proxy.settings;
     const early = hs.head;
-    const { down, up } = this.#openLegs(hs, upstream);
+    const down = this.#openLegs(hs);
     this.phase = OPEN;
     if (compression) {
       this.uF |= F_COMPRESSION;
@@ -605,6 +587,12 @@ class WsConnection implements ProxiedConnection, LegOwner {
 
   legRead(leg: Leg, n: number, buf: Buffer): void {
     let ok: boolean;
+    if (this.phase === HANDSHAKE) {
+      // The backend's answer (its head may span reads: a copy).
+      this.handshakeData(leg, Buffer.from(buf.subarray(0, n)));
+      afterRead(buf, n, false);
+      return;
+    }
     if (leg === this.down) {
       this.uF |= F_RX;
       ok = this.push(true, ownBytes(buf, 0, n));
@@ -629,9 +617,17 @@ class WsConnection implements ProxiedConnection, LegOwner {
     if (other !== undefined && !other.writableEnded) other.end();
   }
 
-  legClose(_leg: Leg, error: boolean): void {
-    const down = this.down!;
-    const up = this.up!;
+  legClose(leg: Leg, error: boolean): void {
+    if (this.phase === HANDSHAKE) {
+      this.connectFailed(
+        leg,
+        leg.failure ?? 'the backend closed the connection during the WebSocket handshake',
+      );
+      return;
+    }
+    const down = this.down;
+    const up = this.up;
+    if (down === undefined || up === undefined) return;
     if (error) {
       down.destroy();
       up.destroy();
@@ -655,10 +651,8 @@ class WsConnection implements ProxiedConnection, LegOwner {
   #fail(): void {
     const hs = this.hs;
     this.#endHandshake();
-    if (hs !== undefined) {
-      hs.upstream?.destroy();
-      if (!hs.client.writableEnded) hs.client.destroy();
-    }
+    this.up?.destroy();
+    if (hs !== undefined && !hs.client.writableEnded) hs.client.destroy();
     this.#finish();
   }
 
