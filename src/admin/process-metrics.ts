@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { ownedReadBuffers, readBufferBoundHits } from '../proxy/socket-reads.ts';
+import { openLegs } from '../proxy/stream-leg.ts';
 
 /**
  * The process's own metrics (CPU, memory, heap, file descriptors, event-loop
@@ -119,6 +120,19 @@ export function registerProcessMetrics(registry: Registry, prefix: string): void
     collect() {
       this.reset();
       this.inc(readBufferBoundHits());
+    },
+  });
+  new Gauge({
+    name: `${prefix}relay_legs`,
+    help:
+      'Open relay sockets of WebSocket connections by how they are driven: "handle" (lean, libuv handle ' +
+      'directly) or "socket" (net.Socket: TLS, or a fallback where Node internals were missing).',
+    labelNames: ['kind'],
+    registers,
+    collect() {
+      const legs = openLegs();
+      this.set({ kind: 'handle' }, legs.handle);
+      this.set({ kind: 'socket' }, legs.socket);
     },
   });
   new Gauge({

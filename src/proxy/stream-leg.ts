@@ -111,6 +111,14 @@ export function takeOver(socket: Socket, owner: LegOwner): Leg {
 
 function noop(): void {}
 
+/** Open legs by kind: on handles (lean) and over net.Sockets (TLS, or a fallback). */
+const open = { handle: 0, socket: 0 };
+
+/** Relay legs open now, by kind (for metrics, and for tests: no silent fallback). */
+export function openLegs(): Readonly<{ handle: number; socket: number }> {
+  return open;
+}
+
 /** Where and how `connectLeg` connects. */
 export interface LegConnectOptions {
   host: string;
@@ -371,6 +379,7 @@ class HandleLeg implements Leg {
     this.handle = handle;
     this.owner = owner;
     this.buf = buf;
+    open.handle++;
   }
 
   get lean(): boolean {
@@ -521,6 +530,7 @@ function onShutdown(this: ShutdownReq, status: number): void {
 
 function onHandleClosed(this: StreamHandle): void {
   const leg = this[internals!.owner] as HandleLeg;
+  open.handle--;
   releaseReadBuffer(leg.buf);
   leg.owner.legClose(leg, (leg.flags & F_ERROR) !== 0);
 }
@@ -543,6 +553,7 @@ class SocketLeg implements Leg {
     this.owner = owner;
     const s = socket as LegSocket;
     s[kLeg] = this;
+    open.socket++;
     socket.on('error', onSocketError);
     socket.on('drain', onSocketDrain);
     socket.on('end', onSocketEnd);
@@ -611,6 +622,7 @@ function onSocketEnd(this: LegSocket): void {
   this[kLeg].owner.legEnd(this[kLeg]);
 }
 function onSocketClose(this: LegSocket, hadError: boolean): void {
+  open.socket--;
   releaseReads(this);
   this[kLeg].owner.legClose(this[kLeg], hadError);
 }

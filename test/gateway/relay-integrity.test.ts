@@ -12,6 +12,7 @@ import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocket } from 'ws';
 import { ownedReadBuffers, readsOwnBuffers, readThrough } from '../../src/proxy/socket-reads.ts';
+import { openLegs } from '../../src/proxy/stream-leg.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, startEchoBackend } from '../helpers/net.ts';
 import { serviceYaml, startWsBackend } from '../websocket/helpers.ts';
@@ -152,6 +153,32 @@ services:
       await waitUntil(() => ownedReadBuffers() === 0);
     },
   );
+
+  test('on this Node, WebSocket relays drive both sockets directly, without net.Socket (no silent fallback)', async () => {
+    // Lean legs (stream-leg.ts) rely on Node internals and fall back to legs
+    // over net.Sockets when they change: correct but ~2 KB larger per
+    // connection. This catches that on a Node upgrade.
+    const backend = await startWsBackend();
+    cleanups.push(() => backend.close());
+    const port = await freePort();
+    const g = await startGateway(serviceYaml({ port, backends: [backend.port] }));
+    cleanups.push(() => g.gateway.shutdown());
+    const clients = await Promise.all(
+      Array.from({ length: 3 }, async () => {
+        const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
+        ws.on('error', () => {});
+        await once(ws, 'message'); // the backend's greeting
+        ws.send('through the legs');
+        const [echo] = (await once(ws, 'message')) as [Buffer];
+        assert.equal(echo.toString(), 'through the legs');
+        return ws;
+      }),
+    );
+    assert.deepEqual({ ...openLegs() }, { handle: 6, socket: 0 });
+    for (const ws of clients) ws.close();
+    await waitUntil(() => openLegs().handle === 0);
+    assert.equal(openLegs().socket, 0);
+  });
 
   test('on this Node, accepted sockets switch to reused read buffers (no silent fallback)', async () => {
     // The switch relies on Node internals and falls back to plain reads when
