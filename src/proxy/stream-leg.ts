@@ -69,6 +69,8 @@ export interface Leg {
   end(): void;
   /** Close now; queued bytes are dropped. `legClose` follows. */
   destroy(): void;
+  /** Close with a TCP reset (RST), to pass a peer's reset on. `legClose` follows. */
+  reset(): void;
   pause(): void;
   resume(): void;
   readonly destroyed: boolean;
@@ -197,6 +199,7 @@ interface StreamHandle {
   writeBuffer(req: WriteReq, buf: Uint8Array): number;
   shutdown(req: ShutdownReq): number;
   close(cb: (this: StreamHandle) => void): void;
+  reset?(cb: (this: StreamHandle) => void): number;
   onread: ((this: StreamHandle) => Buffer | undefined) | null;
   reading: boolean;
   readonly bytesRead: number;
@@ -440,6 +443,17 @@ class HandleLeg implements Leg {
     this.handle.close(onHandleClosed);
   }
 
+  reset(): void {
+    if ((this.flags & F_DESTROYED) !== 0) return;
+    const handle = this.handle;
+    if (typeof handle.reset !== 'function') {
+      this.destroy();
+      return;
+    }
+    this.flags |= F_DESTROYED;
+    if (handle.reset(onHandleClosed) !== 0) handle.close(onHandleClosed);
+  }
+
   /** Close because of an error: the owner hears `error`. */
   fail(): void {
     this.flags |= F_ERROR;
@@ -594,6 +608,10 @@ class SocketLeg implements Leg {
 
   destroy(): void {
     this.socket.destroy();
+  }
+
+  reset(): void {
+    if (!this.socket.destroyed) this.socket.resetAndDestroy();
   }
 
   pause(): void {

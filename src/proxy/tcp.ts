@@ -6,8 +6,9 @@ import type { Cluster } from '../cluster/cluster.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import { afterRead, forward, ownBytes, readsOwnBuffers, readThrough, releaseReads } from './socket-reads.ts';
-import { connectUpstream, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
+import { afterRead, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
+import { connectLeg, type Leg, type LegOwner, takeOver } from './stream-leg.ts';
+import { type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 
 /** Settings of a TCP service that a reload may change; read per new connection. */
 export interface TcpSettings extends RelaySettings {
@@ -65,7 +66,8 @@ export class TcpProxy {
       settings: settings.rebalance,
       isHeld: (conn, backend) =>
         conn instanceof TcpConnection &&
-        cluster.affinity(new SocketPickContext(conn.client, clock.now())) === backend,
+        conn.held !== undefined &&
+        cluster.affinity({ ...conn.held, now: clock.now() }) === backend,
     });
   }
 
@@ -121,7 +123,7 @@ export class TcpProxy {
     if (limit <= 0) return;
     for (const backend of this.cluster.backends.values()) {
       for (const c of backend.connections) {
-        if (!(c instanceof TcpConnection) || c.upstream === undefined) continue;
+        if (!(c instanceof TcpConnection) || c.down === undefined) continue;
         const traffic = c.traffic;
         if (traffic !== c.idleBytes) {
           c.idleBytes = traffic;
@@ -137,80 +139,56 @@ export class TcpProxy {
 type Phase = 'connecting' | 'open' | 'leaving' | 'closed';
 
 /**
- * Listeners are shared module-level functions that find their connection
- * through this property, rather than closures made per connection: an idle
- * proxied connection then costs its two sockets and one small object.
+ * The client socket's listeners while the backend connects are shared
+ * module-level functions that find their connection through this property,
+ * rather than closures made per connection. Once both sides are up, the
+ * connection relays over two legs (stream-leg.ts) that report to it as their
+ * owner: an idle proxied connection is then one small object, two legs and
+ * the kernel's sockets.
  */
 const kConn = Symbol('holdfast.tcp');
-interface Leg extends Socket {
+interface ClientSocket extends Socket {
   [kConn]: TcpConnection;
 }
 
 function noop(): void {}
 
 /**
- * Relay `n` bytes read by `from` to `to`, pausing `from` while they stay
- * queued (backpressure; see socket-reads.ts for why a queued view matters).
+ * The client is paused until the backend is connected. Bytes that still
+ * arrive (a paused net.Socket may read once more) wait for the backend.
  */
-function relay(from: Socket, to: Socket | undefined, n: number, buf: Buffer): void {
-  let held = false;
-  if (to !== undefined && !to.writableEnded) {
-    held = forward(to, ownBytes(buf, 0, n));
-    if (held) from.pause();
-  }
-  afterRead(buf, n, held);
-}
 function onClientRead(this: Socket, n: number, buf: Buffer): void {
-  relay(this, (this as Leg)[kConn].upstream, n, buf);
+  (this as ClientSocket)[kConn].early(Buffer.from(buf.subarray(0, n)));
+  this.pause();
+  afterRead(buf, n, false);
 }
-function onUpstreamRead(this: Socket, n: number, buf: Buffer): void {
-  relay(this, (this as Leg)[kConn].client, n, buf);
-}
-function onClientDrain(this: Leg): void {
-  this[kConn].upstream?.resume();
-}
-function onUpstreamDrain(this: Leg): void {
-  this[kConn].client.resume();
-}
-// Half-close: a FIN from one side becomes a FIN to the other, never a reset.
-function onClientEnd(this: Leg): void {
-  this[kConn].upstream?.end();
-}
-function onUpstreamEnd(this: Leg): void {
-  this[kConn].client.end();
-}
-function onClientClose(this: Leg, hadError: boolean): void {
-  releaseReads(this);
-  const conn = this[kConn];
-  conn.sideClosed(hadError, conn.upstream);
-}
-function onUpstreamClose(this: Leg, hadError: boolean): void {
-  releaseReads(this);
-  const conn = this[kConn];
-  if (hadError && conn.backend !== undefined) conn.proxy.cluster.reportFailure(conn.backend, 'reset');
-  conn.sideClosed(hadError, conn.client);
-}
-class ConnectTimeoutError extends Error {
-  constructor(ms: number) {
-    super(`connect timed out after ${ms} ms`);
-  }
+/** The client went away (or was turned away) before the backend connection was up. */
+function onClientClose(this: ClientSocket): void {
+  this[kConn].clientGone();
 }
 
-function onConnectError(this: Leg, err: Error): void {
-  this[kConn].connectFailed(this, err);
-}
-function onConnect(this: Leg): void {
-  this[kConn].connected(this);
+/** What an affinity policy matched on; kept only when the policy holds the client on its backend. */
+interface HeldContext {
+  clientIp: string | undefined;
+  clientPort: number | undefined;
+  localIp: string | undefined;
+  localPort: number | undefined;
 }
 
-class TcpConnection implements ProxiedConnection {
+class TcpConnection implements ProxiedConnection, LegOwner {
   readonly openedAt: number;
   readonly proxy: TcpProxy;
-  readonly client: Leg;
-  upstream: Leg | undefined;
+  /** The accepted socket, until the backend is connected (then the `down` leg). */
+  client: ClientSocket | undefined;
+  /** The client's leg and the backend's. */
+  down: Leg | undefined = undefined;
+  up: Leg | undefined = undefined;
   backend: Backend | undefined;
+  /** The pick context, only if the policy holds this client on its backend (for the rebalancer). */
+  held: HeldContext | undefined = undefined;
   #tried: Set<Backend> | undefined;
   #connectTimer: Timer | undefined;
+  #early: Buffer | undefined;
   #phase: Phase = 'connecting';
   #closedSides = 0;
   /** Idle sweeping: traffic seen at the last sweep and when it last changed. */
@@ -219,8 +197,9 @@ class TcpConnection implements ProxiedConnection {
 
   constructor(proxy: TcpProxy, client: Socket) {
     this.proxy = proxy;
-    this.client = client as Leg;
-    this.client[kConn] = this;
+    const c = client as ClientSocket;
+    c[kConn] = this;
+    this.client = c;
     this.openedAt = proxy.clock.now();
     this.idleSince = this.openedAt;
     client.on('error', noop);
@@ -228,15 +207,15 @@ class TcpConnection implements ProxiedConnection {
   }
 
   get bytesIn(): number {
-    return this.upstream?.bytesRead ?? 0;
+    return this.up?.bytesRead ?? 0;
   }
 
   get bytesOut(): number {
-    return this.upstream?.bytesWritten ?? 0;
+    return this.up?.bytesWritten ?? 0;
   }
 
   start(): void {
-    const client = this.client;
+    const client = this.client!;
     const proxy = this.proxy;
     const ctx = new SocketPickContext(client, this.openedAt);
     const backend = proxy.cluster.pick(ctx, this.#tried);
@@ -244,7 +223,7 @@ class TcpConnection implements ProxiedConnection {
       const reason: RefusedReason = this.#tried === undefined ? 'no-backend' : 'connect-failed';
       proxy.stats.refused[reason]++;
       proxy.log.warn(
-        { service: proxy.cluster.name, client: client.remoteAddress, reason },
+        { service: proxy.cluster.name, client: ctx.clientIp, reason },
         reason === 'no-backend'
           ? 'no backend can take the connection'
           : 'every backend tried failed to connect',
@@ -254,22 +233,48 @@ class TcpConnection implements ProxiedConnection {
     }
     this.backend = backend;
     proxy.cluster.register(backend, this, ctx);
+    this.held =
+      proxy.cluster.affinity(ctx) === undefined
+        ? undefined
+        : {
+            clientIp: ctx.clientIp,
+            clientPort: ctx.clientPort,
+            localIp: ctx.localIp,
+            localPort: ctx.localPort,
+          };
     const s = proxy.settings;
-    const upstream = connectUpstream(backend, s, onUpstreamRead, readsOwnBuffers(this.client)) as Leg;
-    upstream[kConn] = this;
-    this.upstream = upstream;
-    // Our own timer rather than socket.setTimeout(): the socket would keep its
-    // Timeout object for the connection's whole life after we clear it.
+    const { host, port } = backend.address;
+    const up = connectLeg(
+      {
+        host,
+        port,
+        localAddress: s.sources.next(host),
+        keepAliveMs: s.keepAliveMs,
+        ownBuffers: readsOwnBuffers(client),
+      },
+      this,
+    );
+    this.up = up;
     this.#connectTimer = proxy.clock.setTimer(
-      () => upstream.destroy(new ConnectTimeoutError(s.connectTimeoutMs)),
+      () => this.connectFailed(up, `connect timed out after ${s.connectTimeoutMs} ms`),
       s.connectTimeoutMs,
     );
-    upstream.on('error', onConnectError);
-    upstream.once('connect', onConnect);
   }
 
-  connectFailed(upstream: Leg, err: Error): void {
-    if (upstream !== this.upstream) return;
+  /** Client bytes that arrived before the backend connected. */
+  early(bytes: Buffer): void {
+    this.#early = this.#early === undefined ? bytes : Buffer.concat([this.#early, bytes]);
+  }
+
+  clientGone(): void {
+    if (this.#phase !== 'connecting') return;
+    this.up?.destroy();
+    this.#finish();
+  }
+
+  /** The backend leg `up` failed to connect (refused, unreachable, timed out): try another backend. */
+  connectFailed(up: Leg, why: string): void {
+    if (up !== this.up) return;
     this.#connectTimer?.cancel();
     this.#connectTimer = undefined;
     const backend = this.backend!;
@@ -277,66 +282,85 @@ class TcpConnection implements ProxiedConnection {
     backend.connectFailures++;
     proxy.cluster.unregister(backend, this);
     proxy.cluster.reportFailure(backend, 'connect');
-    upstream.removeAllListeners();
-    upstream.on('error', noop);
-    this.upstream = undefined;
+    up.destroy();
+    this.up = undefined;
     this.backend = undefined;
-    proxy.log.warn(
-      { service: proxy.cluster.name, backend: backend.key, err: err.message },
-      'backend connect failed',
-    );
-    if (this.#phase !== 'connecting' || this.client.destroyed) return;
+    this.held = undefined;
+    proxy.log.warn({ service: proxy.cluster.name, backend: backend.key, err: why }, 'backend connect failed');
+    const client = this.client;
+    if (this.#phase !== 'connecting' || client === undefined || client.destroyed) return;
     (this.#tried ??= new Set()).add(backend);
     if (this.#tried.size >= proxy.settings.maxAttempts) {
       proxy.stats.refused['connect-failed']++;
-      this.client.destroy();
+      client.destroy();
       return;
     }
     this.start();
   }
 
-  connected(upstream: Leg): void {
-    const client = this.client;
+  legConnect(up: Leg): void {
+    if (up !== this.up) return;
     this.#connectTimer?.cancel();
     this.#connectTimer = undefined;
-    upstream.off('error', onConnectError);
-    upstream.on('error', noop);
-    if (this.#phase !== 'connecting' || client.destroyed) {
-      upstream.destroy();
+    const client = this.client;
+    if (this.#phase !== 'connecting' || client === undefined || client.destroyed) {
+      up.destroy();
       return;
     }
     this.#phase = 'open';
     this.proxy.cluster.reportSuccess(this.backend!);
-    upstream.on('close', onUpstreamClose);
-    // Relay (onClientRead, onUpstreamRead) with backpressure: a reader pauses
-    // while what it forwarded stays queued, and resumes when the writer drains.
-    upstream.on('drain', onUpstreamDrain);
-    client.on('drain', onClientDrain);
-    client.on('end', onClientEnd);
-    upstream.on('end', onUpstreamEnd);
+    client.off('close', onClientClose);
+    // Relay (legRead) with backpressure: a reader pauses while what it
+    // forwarded stays queued, and resumes when the writer drains.
+    const down = takeOver(client, this);
+    this.client = undefined;
+    this.down = down;
+    const early = this.#early;
+    this.#early = undefined;
+    if (early === undefined || up.write(early)) down.resume();
+    up.resume();
     this.idleSince = this.proxy.clock.now();
     this.proxy.watchIdle();
-    client.resume();
   }
 
-  /** Bytes moved through the client socket, both ways: what the idle sweep watches. */
-  get traffic(): number {
-    return this.client.bytesRead + this.client.bytesWritten;
+  legRead(leg: Leg, n: number, buf: Buffer): void {
+    const to = leg === this.down ? this.up : this.down;
+    let held = false;
+    if (to !== undefined && !to.writableEnded) {
+      held = !to.write(ownBytes(buf, 0, n));
+      if (held) leg.pause();
+    }
+    afterRead(buf, n, held);
   }
 
-  sideClosed(hadError: boolean, other: Socket | undefined): void {
+  legDrain(leg: Leg): void {
+    (leg === this.down ? this.up : this.down)?.resume();
+  }
+
+  /** Half-close: a FIN from one side becomes a FIN to the other, never a reset. */
+  legEnd(leg: Leg): void {
+    (leg === this.down ? this.up : this.down)?.end();
+  }
+
+  legClose(leg: Leg, error: boolean): void {
     if (this.#phase === 'connecting') {
-      // The client went away (or was turned away) before the backend connection was up.
-      this.upstream?.destroy();
-      this.#finish();
+      this.connectFailed(leg, leg.failure ?? 'the backend closed the connection');
       return;
     }
+    if (leg !== this.up && leg !== this.down) return;
+    const other = leg === this.down ? this.up : this.down;
+    if (error && leg === this.up && this.backend !== undefined)
+      this.proxy.cluster.reportFailure(this.backend, 'reset');
     this.#closedSides++;
-    if (hadError && other !== undefined && !other.destroyed) {
-      // A reset on one side is passed on as a reset, a clean close as a clean close.
-      other.resetAndDestroy();
-    }
-    if (this.#closedSides === 2) this.#finish();
+    // A reset on one side is passed on as a reset, a clean close as a clean close.
+    if (error && other !== undefined && !other.destroyed) other.reset();
+    if (this.#closedSides === 2 || other === undefined) this.#finish();
+  }
+
+  /** Bytes moved through the client's side, both ways: what the idle sweep watches. */
+  get traffic(): number {
+    const down = this.down;
+    return down === undefined ? 0 : down.bytesRead + down.bytesWritten;
   }
 
   #finish(): void {
@@ -344,8 +368,8 @@ class TcpConnection implements ProxiedConnection {
     this.#phase = 'closed';
     const backend = this.backend;
     if (backend !== undefined) {
-      backend.bytesReceivedClosed += this.upstream?.bytesRead ?? 0;
-      backend.bytesSentClosed += this.upstream?.bytesWritten ?? 0;
+      backend.bytesReceivedClosed += this.bytesIn;
+      backend.bytesSentClosed += this.bytesOut;
       this.proxy.cluster.unregister(backend, this);
     }
     this.proxy.done();
@@ -355,15 +379,16 @@ class TcpConnection implements ProxiedConnection {
     if (this.#phase === 'open') {
       this.#phase = 'leaving';
       // FIN both ways; the peers close their halves and the pair goes away cleanly.
-      this.client.end();
-      this.upstream?.end();
+      this.down?.end();
+      this.up?.end();
     } else if (this.#phase === 'connecting') {
       this.destroy();
     }
   }
 
   destroy(): void {
-    this.client.destroy();
-    this.upstream?.destroy();
+    this.client?.destroy();
+    this.down?.destroy();
+    this.up?.destroy();
   }
 }

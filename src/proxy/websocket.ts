@@ -627,7 +627,8 @@ class WsConnection implements ProxiedConnection, LegOwner {
     }
     const down = this.down;
     const up = this.up;
-    if (down === undefined || up === undefined) return;
+    // (A backend leg given up on during the handshake may report its close late.)
+    if (down === undefined || up === undefined || (leg !== down && leg !== up)) return;
     if (error) {
       down.destroy();
       up.destroy();

@@ -130,6 +130,36 @@ services:
     assert.equal(reply, 'received 11 bytes after your FIN');
   });
 
+  test("a backend's reset reaches the client as a reset (ECONNRESET), not as a clean end", async () => {
+    const port = await freePort();
+    const backendPort = await freePort();
+    const { createServer } = await import('node:net');
+    // A backend that aborts the connection (RST) when asked to.
+    const server = createServer((s) => {
+      s.on('error', () => {});
+      s.on('data', (d: Buffer) => {
+        if (d.toString().includes('reset')) s.resetAndDestroy();
+      });
+    });
+    server.listen(backendPort, '127.0.0.1');
+    await once(server, 'listening');
+    cleanups.push(() => void server.close());
+    await gateway(`
+services:
+  - name: resets
+    listen: 127.0.0.1:${port}
+    backends: { static: [127.0.0.1:${backendPort}] }
+`);
+    const client = await dial(port);
+    let ended = false;
+    client.on('end', () => (ended = true));
+    const failed = once(client, 'error') as Promise<[NodeJS.ErrnoException]>;
+    client.write('reset please');
+    const [err] = await failed;
+    assert.equal(err.code, 'ECONNRESET');
+    assert.equal(ended, false);
+  });
+
   test('a client over the service connection limit is closed at once and counted; the others are unaffected', async () => {
     const bs = await backends(1);
     const port = await freePort();
