@@ -73,7 +73,7 @@ const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')]
 const [line] = (await once(backendProc.stdout, 'data')) as [Buffer];
 const backend = Number(line.toString().trim());
 const port = 20000 + Math.floor(Math.random() * 20000);
-process.env.HOLDFAST_BENCH_NODE_FLAGS = `--max-semi-space-size=2 ${mode === 'cpu' ? (process.env.NOPROF === undefined ? `--cpu-prof --cpu-prof-dir=${dir}` : '') : '--heapsnapshot-signal=SIGUSR2'}`;
+process.env.HOLDFAST_BENCH_NODE_FLAGS = `--max-semi-space-size=2 --expose-gc ${mode === 'cpu' ? (process.env.NOPROF === undefined ? `--cpu-prof --cpu-prof-dir=${dir}` : '') : '--heapsnapshot-signal=SIGUSR2'}`;
 const hf = await startHoldfast(
   [
     'log: { level: warn }',

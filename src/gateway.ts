@@ -8,6 +8,7 @@ import { createMetrics } from './admin/metrics.ts';
 import { createBalancer } from './balance/index.ts';
 import type { Backend } from './cluster/backend.ts';
 import { type Clock, systemClock } from './cluster/clock.ts';
+import { exposedGc, MemoryReducer } from './memory-reducer.ts';
 import { Cluster } from './cluster/cluster.ts';
 import { Membership } from './discovery/membership.ts';
 import { formatHostPort } from './config/address.ts';
@@ -103,6 +104,7 @@ export class Gateway {
   readonly #worker: boolean;
   #draining = false;
   #reloading: Promise<void> = Promise.resolve();
+  readonly #memoryReducer: MemoryReducer;
 
   private constructor(config: Config, opts: GatewayOptions) {
     this.config = config;
@@ -114,6 +116,8 @@ export class Gateway {
         [...this.services.values()].map((s) => ({ ...s, stats: s.handler.stats, live: s.handler.live })),
       draining: () => this.#draining,
     });
+    this.#memoryReducer = new MemoryReducer({ clock: this.clock, log: this.log, gc: exposedGc() });
+    this.#memoryReducer.start();
   }
 
   /** Start every service and listener of `config`. Throws (and cleans up) if any cannot start. */
@@ -280,6 +284,7 @@ export class Gateway {
   async shutdown(): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
+    this.#memoryReducer.stop();
     for (const l of this.listeners.values()) l.close();
     this.listeners.clear();
     const live = [...this.services.values()].reduce((n, s) => n + s.handler.live, 0);

@@ -83,7 +83,7 @@ export async function startHoldfast(yaml: string, port: number): Promise<Running
   const file = join(dir, 'holdfast.yaml');
   writeFileSync(file, yaml);
   // The same V8 flags the `holdfast` launcher uses (see src/cli/main.ts's first line).
-  const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2')
+  const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2 --expose-gc')
     .split(' ')
     .filter((f) => f !== '');
   const child = spawn(NODE, [...flags, holdfastEntry(), 'serve', '--config', file, '--json'], {

@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { ownedReadBuffers, readBufferBoundHits } from '../proxy/socket-reads.ts';
+import { memoryReductions } from '../memory-reducer.ts';
 import { openLegs } from '../proxy/stream-leg.ts';
 
 /**
@@ -120,6 +121,15 @@ export function registerProcessMetrics(registry: Registry, prefix: string): void
     collect() {
       this.reset();
       this.inc(readBufferBoundHits());
+    },
+  });
+  new Counter({
+    name: `${prefix}memory_reductions_total`,
+    help: 'Memory-reducing collections asked of V8 once the process went quiet with much unused heap.',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(memoryReductions());
     },
   });
   new Gauge({

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=2
+#!/usr/bin/env -S node --max-semi-space-size=2 --expose-gc
 /**
  * The `holdfast` command: serve, check-config, --help, --version.
  *
@@ -6,7 +6,8 @@
  * garbage is short-lived buffers, so a small young generation is collected
  * cheaply and often, and resident memory stays near what live connections
  * need (about 2.6 KB per idle proxied TCP connection instead of 4.8 KB with
- * V8's default; see bench/RESULTS.md). `npm start` passes the same flag.
+ * V8's default; see bench/RESULTS.md). `--expose-gc` gives the memory
+ * reducer (src/memory-reducer.ts) its `gc`. `npm start` passes the same flags.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
