@@ -29,6 +29,12 @@ export interface HttpContext {
   readonly stats: ServiceStats;
   /** The current service config (replaced on reload). */
   config: ServiceConfig;
+  /**
+   * An accepted connection closed. Called by the accept path when its socket
+   * closes, and by a part that took the socket's handle over (WebSocket legs:
+   * the emptied net.Socket closes at once, the connection only later).
+   */
+  connectionClosed(): void;
 }
 
 /** One HTTP-family data plane (WebSocket, HTTP/1.1, HTTP/2). */
@@ -99,7 +105,17 @@ export class HttpProxy implements ProtocolHandler {
     log: Logger,
     parts: (ctx: HttpContext) => HttpParts,
   ) {
-    this.ctx = { cluster, clock, log, stats: this.stats, config };
+    this.ctx = {
+      cluster,
+      clock,
+      log,
+      stats: this.stats,
+      config,
+      connectionClosed: () => {
+        this.live--;
+        this.stats.closed++;
+      },
+    };
     const built = parts(this.ctx);
     this.#websocket = built.websocket;
     this.#http1 = built.http1;
@@ -188,9 +204,7 @@ interface CountedSocket extends Socket {
   [kProxy]: HttpProxy;
 }
 function onAcceptedClose(this: CountedSocket): void {
-  const proxy = this[kProxy];
-  proxy.live--;
-  proxy.stats.closed++;
+  this[kProxy].ctx.connectionClosed();
 }
 function ignore(): void {}
 

@@ -618,6 +618,9 @@ class WsConnection implements ProxiedConnection, LegOwner {
   }
 
   legClose(leg: Leg, error: boolean): void {
+    // A lean client leg took its socket out of the accept path's hands: the
+    // service's connection count is told here instead.
+    if (leg === this.down && leg.lean) this.proxy.ctx.connectionClosed();
     if (this.phase === HANDSHAKE) {
       this.connectFailed(
         leg,

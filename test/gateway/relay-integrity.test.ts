@@ -175,9 +175,14 @@ services:
       }),
     );
     assert.deepEqual({ ...openLegs() }, { handle: 6, socket: 0 });
+    // The service still counts them: the emptied net.Sockets closed, the connections did not.
+    const held = async (): Promise<string | undefined> =>
+      /holdfast_service_connections\{service="ws"\} (\d+)/.exec(await g.gateway.metrics.metrics())?.[1];
+    assert.equal(await held(), '3');
     for (const ws of clients) ws.close();
     await waitUntil(() => openLegs().handle === 0);
     assert.equal(openLegs().socket, 0);
+    assert.equal(await held(), '0');
   });
 
   test('on this Node, accepted sockets switch to reused read buffers (no silent fallback)', async () => {
