@@ -5,8 +5,8 @@
  * handed to the subclass (`request`) as soon as their head is complete and
  * valid; it answers through the stream it creates (stream.ts).
  *
- * Writing: frames produced while handling one read (or in one tick, when a
- * response is written from elsewhere) are gathered in a scratch buffer and
+ * Writing: frames produced while handling one read (or in one event-loop
+ * turn, when responses are written as backends answer) are gathered in a scratch buffer and
  * go to the socket in one write (cork/uncork when large DATA payloads are
  * passed by reference beside it).
  */
@@ -135,8 +135,22 @@ function onSocketEnd(this: ConnSocket): void {
 export function onConnectionRead(this: Socket, n: number, buf: Buffer): void {
   (this as ConnSocket)[kConn]?.received(buf, n);
 }
-function flushTick(conn: H2Connection): void {
-  conn.flushNow();
+/**
+ * Connections with frames produced outside their own read callback (responses
+ * written as backend data arrives) are flushed once per event-loop turn,
+ * after every socket ready in that turn was read: responses to many streams
+ * of one connection leave in one write.
+ */
+let toFlush: H2Connection[] = [];
+let spareFlush: H2Connection[] = [];
+let flushScheduled = false;
+function flushAll(): void {
+  flushScheduled = false;
+  const list = toFlush;
+  toFlush = spareFlush;
+  spareFlush = list;
+  for (let k = 0; k < list.length; k++) list[k]!.flushNow();
+  list.length = 0;
 }
 
 /** An outstanding PING of ours. */
@@ -1142,7 +1156,11 @@ export abstract class H2Connection implements HeaderSink {
   #schedule(): void {
     if (this.#inRead || this.#flushQueued || this.#closed) return;
     this.#flushQueued = true;
-    process.nextTick(flushTick, this);
+    toFlush.push(this);
+    if (!flushScheduled) {
+      flushScheduled = true;
+      setImmediate(flushAll);
+    }
   }
 
   /** Send the streams' DATA the windows allow, round-robin, one frame per stream per round. */
