@@ -89,7 +89,7 @@ class Session extends H2Connection {
   ageTimer: Timer | undefined;
 
   constructor(socket: Socket, limits: H2Limits, plane: HttpPlane, handler: Http2DownstreamHandler) {
-    super(socket, limits);
+    super(socket, limits, plane.ctx.clock);
     this.plane = plane;
     this.handler = handler;
     const a = socketAddresses(socket);
@@ -114,6 +114,16 @@ class Session extends H2Connection {
 
   protected count(kind: string): void {
     this.plane.count(kind);
+    if (kind.startsWith('h2-')) {
+      this.plane.ctx.log.debug({ service: this.plane.ctx.cluster.name, kind }, 'HTTP/2 client session error');
+    }
+  }
+
+  protected internalError(err: unknown): void {
+    this.plane.ctx.log.error(
+      { service: this.plane.ctx.cluster.name, err: (err as Error).message, stack: (err as Error).stack },
+      'HTTP/2 client session failed; closed it',
+    );
   }
 
   protected refuseHead(id: number, problem: HeadProblem, endStream: boolean): void {

@@ -669,3 +669,83 @@ services:
     });
   });
 });
+
+describe('HTTP/2 client sessions: keepalive PING and maxConnectionAge', () => {
+  let backend: HttpBackend;
+  let gateway: Gateway;
+  let kaPort: number;
+  let agePort: number;
+
+  before(async () => {
+    backend = await startH1Backend();
+    [kaPort, agePort] = [await freePort(), await freePort()];
+    ({ gateway } = await startGateway(`
+services:
+  - name: ka
+    protocol: http
+    listen: 127.0.0.1:${kaPort}
+    http2: { ping: { interval: 200ms, timeout: 300ms } }
+    backends: { static: [127.0.0.1:${backend.port}] }
+  - name: age
+    protocol: http
+    listen: 127.0.0.1:${agePort}
+    maxConnectionAge: 500ms
+    http2: { ping: { interval: off } }
+    backends: { static: [127.0.0.1:${backend.port}] }
+`));
+  });
+  after(async () => {
+    await gateway.shutdown();
+    await backend.close();
+  });
+
+  it('a client that never answers our PINGs is closed and counted', async () => {
+    const raw = await Raw.open(kaPort);
+    try {
+      assert.ok(await raw.next((f) => f.type === F.PING && (f.flags & 1) === 0), 'a PING came');
+      await raw.next(() => false, 3000);
+      assert.ok(raw.closed, 'closed for the missing ACK');
+      const errors = gateway.services.get('ka')!.handler.stats.errors ?? {};
+      assert.ok((errors['client-ping-timeout'] ?? 0) >= 1);
+    } finally {
+      raw.close();
+    }
+  });
+
+  it('a client that answers them stays', async () => {
+    const session = h2connect(`http://127.0.0.1:${kaPort}`);
+    try {
+      let pings = 0;
+      session.on('ping', () => pings++);
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.ok(pings >= 2, `${pings} PINGs answered`);
+      assert.equal(session.closed || session.destroyed, false);
+    } finally {
+      session.close();
+    }
+  });
+
+  it('maxConnectionAge: GOAWAY NO_ERROR, the stream in flight completes, then the connection closes', async () => {
+    const session = h2connect(`http://127.0.0.1:${agePort}`);
+    session.on('error', () => {});
+    try {
+      const goaway = new Promise<number>((resolve) =>
+        session.once('goaway', (code: number) => resolve(code)),
+      );
+      const closed = new Promise<void>((resolve) => session.once('close', () => resolve()));
+      const status = await new Promise<number>((resolve, reject) => {
+        const req = session.request({ ':path': '/slow?ms=1000' });
+        req.on('response', (h) => {
+          req.resume();
+          req.on('end', () => resolve(Number(h[':status'])));
+        });
+        req.on('error', reject);
+      });
+      assert.equal(await goaway, 0);
+      assert.equal(status, 200);
+      await closed;
+    } finally {
+      session.destroy();
+    }
+  });
+});

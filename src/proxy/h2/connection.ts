@@ -11,6 +11,7 @@
  * passed by reference beside it).
  */
 import type { Socket } from 'node:net';
+import type { Clock, Timer } from '../../cluster/clock.ts';
 import {
   CONTINUATION,
   COMPRESSION_ERROR,
@@ -27,6 +28,7 @@ import {
   FRAME_HEADER,
   FRAME_SIZE_ERROR,
   GOAWAY,
+  INTERNAL_ERROR,
   HEADERS,
   MAX_MAX_FRAME,
   MAX_WINDOW,
@@ -175,7 +177,8 @@ export abstract class H2Connection implements HeaderSink {
   /** A fatal error or close: nothing more is read or written. */
   #dead = false;
   #closed = false;
-  #destroyTimer: NodeJS.Timeout | undefined;
+  readonly #clock: Clock;
+  #destroyTimer: Timer | undefined;
 
   // Peer settings.
   peerInitialWindow = DEFAULT_WINDOW;
@@ -247,8 +250,9 @@ export abstract class H2Connection implements HeaderSink {
   #pingSeq = 0;
   #closeListeners: (() => void)[] | undefined;
 
-  constructor(socket: Socket, limits: H2Limits) {
+  constructor(socket: Socket, limits: H2Limits, clock: Clock) {
     this.socket = socket;
+    this.#clock = clock;
     this.limits = limits;
     this.streamWindow = limits.streamWindow;
     this.#recvWindow = limits.connectionWindow;
@@ -290,6 +294,8 @@ export abstract class H2Connection implements HeaderSink {
   protected abstract refuseHead(id: number, problem: HeadProblem, endStream: boolean): void;
   /** The connection is closed. */
   protected abstract closedHook(): void;
+  /** Something threw while a frame was handled (a bug): the connection was closed with INTERNAL_ERROR. */
+  protected abstract internalError(err: unknown): void;
 
   /** Streams open now. */
   get openStreams(): number {
@@ -324,6 +330,8 @@ export abstract class H2Connection implements HeaderSink {
     this.#inRead = true;
     try {
       this.#parse(buf, 0, n);
+    } catch (err) {
+      this.#crashed(err);
     } finally {
       this.#inRead = false;
     }
@@ -1198,7 +1206,23 @@ export abstract class H2Connection implements HeaderSink {
 
   flushNow(): void {
     this.#flushQueued = false;
-    this.#flush();
+    try {
+      this.#flush();
+    } catch (err) {
+      this.#crashed(err);
+    }
+  }
+
+  /** A bug surfaced while handling this connection: it alone is closed (INTERNAL_ERROR), the process goes on. */
+  #crashed(err: unknown): void {
+    this.#inRead = false;
+    try {
+      this.#fatal(INTERNAL_ERROR, 'h2-session-error');
+    } catch {
+      // Closing below regardless.
+    }
+    this.destroy();
+    this.internalError(err);
   }
 
   #flush(): void {
@@ -1239,17 +1263,14 @@ export abstract class H2Connection implements HeaderSink {
     this.#flush();
     const socket = this.socket;
     socket.end();
-    if (this.#destroyTimer === undefined) {
-      this.#destroyTimer = setTimeout(() => this.destroy(), 1000);
-      this.#destroyTimer.unref();
-    }
+    this.#destroyTimer ??= this.#clock.setTimer(() => this.destroy(), 1000);
   }
 
   socketClosed(): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#dead = true;
-    if (this.#destroyTimer !== undefined) clearTimeout(this.#destroyTimer);
+    this.#destroyTimer?.cancel();
     this.#closeAll();
     this.#pings.length = 0;
     this.#parts.length = 0;
