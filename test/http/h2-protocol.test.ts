@@ -13,7 +13,7 @@ import type { Gateway } from '../../src/gateway.ts';
 import * as F from '../../src/proxy/h2/frames.ts';
 import { HpackDecoder } from '../../src/proxy/h2/hpack.ts';
 import { startGateway } from '../helpers/gateway.ts';
-import { dial, freePort } from '../helpers/net.ts';
+import { dial, freePort, waitFor } from '../helpers/net.ts';
 import { type HttpBackend, startH1Backend } from './backends.ts';
 
 /** Deterministic body bytes. */
@@ -427,6 +427,21 @@ services:
       }
     });
 
+    it('a stream the client resets is cut upstream too (client-gone)', async () => {
+      const raw = await Raw.open(port);
+      try {
+        const before = errors()['client-gone'] ?? 0;
+        raw.request(1, GET('/slow?ms=3000'));
+        await waitFor(() => backend.served > 0, 5000, 'the request at the backend');
+        raw.send(F.RST_STREAM, 0, 1, u32(F.CANCEL));
+        await waitFor(() => (errors()['client-gone'] ?? 0) > before, 5000, 'client-gone counted');
+        raw.request(3, GET());
+        assert.equal(await raw.status(3), '200', 'the connection carries on');
+      } finally {
+        raw.close();
+      }
+    });
+
     it('WINDOW_UPDATE of 0 on a stream: RST_STREAM PROTOCOL_ERROR', async () => {
       const raw = await Raw.open(port);
       try {
@@ -568,6 +583,30 @@ services:
         assert.equal(await raw.status(1), '200');
       } finally {
         raw.close();
+      }
+    });
+
+    it('a client that lowers SETTINGS_HEADER_TABLE_SIZE gets a table size update first (nghttp2 insists)', async () => {
+      const raw = await Raw.open(port, [[1, 0]]);
+      try {
+        raw.request(1, GET());
+        const f = await raw.next((f) => f.type === F.HEADERS && f.id === 1);
+        assert.equal(f!.payload[0], 0x20);
+        assert.equal(await raw.status(1), '200');
+      } finally {
+        raw.close();
+      }
+      const session = h2connect(`http://127.0.0.1:${port}`, { settings: { headerTableSize: 0 } });
+      try {
+        const status = await new Promise<unknown>((resolve, reject) => {
+          const req = session.request({ ':path': '/' });
+          req.on('response', (h) => resolve(h[':status']));
+          req.on('error', reject);
+          req.resume();
+        });
+        assert.equal(status, 200);
+      } finally {
+        session.close();
       }
     });
 

@@ -43,6 +43,7 @@ import {
   RST_STREAM,
   SETTINGS,
   SETTINGS_ENABLE_PUSH,
+  SETTINGS_HEADER_TABLE_SIZE,
   SETTINGS_INITIAL_WINDOW_SIZE,
   SETTINGS_MAX_CONCURRENT_STREAMS,
   SETTINGS_MAX_FRAME_SIZE,
@@ -115,6 +116,9 @@ const BAD_VALUE = /[\0\r\n]|^[\t ]|[\t ]$/;
 /** Pseudo-header values that end up in a request line: no controls, no spaces. */
 const BAD_TARGET = /[\0-\x20\x7f]/;
 
+/** A dynamic table size update to 0 (RFC 7541 §6.3). */
+const TABLE_SIZE_ZERO = Buffer.from([0x20]);
+
 /** Small frames are written here, per connection while it has output, then copied out. */
 const SCRATCH_SIZE = 16 * 1024;
 const scratchPool: Buffer[] = [];
@@ -182,6 +186,13 @@ export abstract class H2Connection implements HeaderSink {
 
   // Peer settings.
   peerInitialWindow = DEFAULT_WINDOW;
+  /**
+   * The client lowered SETTINGS_HEADER_TABLE_SIZE: our next header block must
+   * start with a dynamic table size update (RFC 7541 §4.2). Our encoder never
+   * uses the table, so the update says 0.
+   */
+  #tableUpdate = false;
+  #encoderTable = 4096;
   #peerMaxFrame = DEFAULT_MAX_FRAME;
   /** Connection-level send window (the client's), and our receive window. */
   #sendWindow = DEFAULT_WINDOW;
@@ -816,7 +827,12 @@ export abstract class H2Connection implements HeaderSink {
           }
           this.#peerMaxFrame = value;
           break;
-        // HEADER_TABLE_SIZE: our encoder does not use the dynamic table, any size suits it.
+        case SETTINGS_HEADER_TABLE_SIZE:
+          if (value < this.#encoderTable) {
+            this.#encoderTable = 0;
+            this.#tableUpdate = true;
+          }
+          break;
         // MAX_CONCURRENT_STREAMS: we open no streams (no push). MAX_HEADER_LIST_SIZE: advisory.
         default:
           break;
@@ -1054,6 +1070,10 @@ export abstract class H2Connection implements HeaderSink {
   /** HEADERS (and CONTINUATIONs) carrying `block`. */
   headersFrame(stream: H2Stream, block: Buffer, endStream: boolean): void {
     if (this.#dead) return;
+    if (this.#tableUpdate) {
+      this.#tableUpdate = false;
+      block = Buffer.concat([TABLE_SIZE_ZERO, block]);
+    }
     const max = this.#peerMaxFrame;
     let off = 0;
     let type = HEADERS;
