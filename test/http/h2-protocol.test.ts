@@ -349,6 +349,10 @@ services:
       ['CR LF in a value', [...GET(), ['x-a', 'a\r\nx-b: c']]],
       ['a value with leading space', [...GET(), ['x-a', ' a']]],
       ['a bad content-length', [...GET(), ['content-length', '1x']]],
+      [
+        'a content-length on a request that has no body (END_STREAM on HEADERS)',
+        [...GET(), ['content-length', '3']],
+      ],
     ];
     for (const [what, fields] of cases) {
       it(what, async () => {

@@ -631,6 +631,9 @@ export abstract class H2Connection implements HeaderSink {
         (head.authority === undefined || head.path !== '' || head.scheme !== '')
       ) {
         this.#hMalformed = true;
+      } else if (endStream && head.contentLength > 0) {
+        // No DATA will come: a content-length that says otherwise is wrong (RFC 9113 §8.1.1).
+        this.#hMalformed = true;
       }
     }
     if (this.#hMalformed || priorityError) {
@@ -871,6 +874,12 @@ export abstract class H2Connection implements HeaderSink {
     if (len < 8) return this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
     const code = buf.readUInt32BE(p + 4);
     if (code === ENHANCE_YOUR_CALM) this.count('h2-enhance-your-calm');
+    if (code !== NO_ERROR) {
+      // The client ends the connection over an error: its streams are gone with it.
+      this.destroy();
+      return;
+    }
+    // A graceful goodbye: the streams in flight finish, then the connection closes.
     this.#peerGoaway = true;
     if (this.#streams.size === 0) this.#endSocket();
   }
