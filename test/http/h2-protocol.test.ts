@@ -87,6 +87,9 @@ class Raw {
   closed = false;
   #waiters: (() => void)[] = [];
   readonly hpack = new HpackDecoder();
+  /** DATA payload bytes received, per stream; with `dropData` their payloads are not kept. */
+  readonly dataBytes = new Map<number, number>();
+  dropData = false;
 
   constructor(socket: Socket) {
     this.socket = socket;
@@ -95,6 +98,13 @@ class Raw {
       while (this.#buf.length >= 9) {
         const len = this.#buf.readUIntBE(0, 3);
         if (this.#buf.length < 9 + len) break;
+        const type = this.#buf[3]!;
+        const sid = this.#buf.readUInt32BE(5) & 0x7fffffff;
+        if (type === F.DATA) this.dataBytes.set(sid, (this.dataBytes.get(sid) ?? 0) + len);
+        if (type === F.DATA && this.dropData && (this.#buf[4]! & F.FLAG_END_STREAM) === 0) {
+          this.#buf = this.#buf.subarray(9 + len);
+          continue;
+        }
         this.frames.push({
           type: this.#buf[3]!,
           flags: this.#buf[4]!,
@@ -180,6 +190,7 @@ describe('HTTP/2 server side', () => {
   let backend: HttpBackend;
   let gateway: Gateway;
   let port: number;
+  let hugeDone = false;
   const errors = (): Record<string, number> => gateway.services.get('h2')!.handler.stats.errors ?? {};
 
   before(async () => {
@@ -197,6 +208,22 @@ describe('HTTP/2 server side', () => {
             if (!ok) return void res.once('drain', more);
           }
           res.end();
+        };
+        more();
+        return true;
+      }
+      if (url.pathname === '/huge') {
+        // 64 MB, as fast as the proxy takes it; `hugeDone` says when the backend wrote it all.
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        const mb = Buffer.alloc(1 << 20, 0x61);
+        let left = 64;
+        const more = (): void => {
+          while (left > 0) {
+            left--;
+            if (!res.write(mb)) return void res.once('drain', more);
+          }
+          res.end(() => (hugeDone = true));
         };
         more();
         return true;
@@ -269,6 +296,25 @@ services:
         assert.equal(reply, `${BIG} ${sha(BIG_BODY)}`);
       } finally {
         session.close();
+      }
+    });
+
+    it('a client with wide-open windows that stops reading holds the backend back (socket backpressure)', async () => {
+      const raw = await Raw.open(port, [[4, 0x7fffffff]]);
+      raw.dropData = true;
+      try {
+        raw.send(F.WINDOW_UPDATE, 0, 0, u32(0x7fffffff - 65_535));
+        raw.socket.pause();
+        hugeDone = false;
+        raw.request(1, GET('/huge'));
+        await new Promise((r) => setTimeout(r, 1500));
+        assert.equal(hugeDone, false, 'the backend could not write 64 MB to a client that reads nothing');
+        raw.socket.resume();
+        assert.ok(await raw.next((f) => f.type === F.DATA && f.id === 1 && (f.flags & 1) === 1, 30_000));
+        assert.equal(raw.dataBytes.get(1), 64 << 20);
+        assert.equal(hugeDone, true);
+      } finally {
+        raw.close();
       }
     });
 
@@ -367,6 +413,19 @@ services:
         }
       });
     }
+
+    it('a request head split over HEADERS and CONTINUATION frames', async () => {
+      const raw = await Raw.open(port);
+      try {
+        const b = block([...GET(), ['x-long', 'v'.repeat(1500)]]);
+        raw.send(F.HEADERS, F.FLAG_END_STREAM, 1, b.subarray(0, 500));
+        raw.send(F.CONTINUATION, 0, 1, b.subarray(500, 1000));
+        raw.send(F.CONTINUATION, F.FLAG_END_HEADERS, 1, b.subarray(1000));
+        assert.equal(await raw.status(1), '200');
+      } finally {
+        raw.close();
+      }
+    });
 
     it('te: trailers is allowed', async () => {
       const raw = await Raw.open(port);
