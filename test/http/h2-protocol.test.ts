@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { connect as h2connect } from 'node:http2';
 import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { parseConfig } from '../../src/config/load.ts';
 import type { Gateway } from '../../src/gateway.ts';
 import * as F from '../../src/proxy/h2/frames.ts';
 import { HpackDecoder } from '../../src/proxy/h2/hpack.ts';
@@ -727,6 +728,27 @@ services:
       }
     });
 
+    it('SETTINGS flood from a client that does not read', async () => {
+      const raw = await Raw.open(port);
+      try {
+        raw.socket.pause();
+        const before = errors()['h2-control-flood'] ?? 0;
+        const many = Buffer.concat(
+          Array.from({ length: 1000 }, () => F.frame(F.SETTINGS, 0, 0, Buffer.alloc(0))),
+        );
+        let sent = 0;
+        for (; sent < 5000 && !raw.socket.destroyed; sent++) {
+          if (!raw.socket.write(many)) await new Promise((r) => setTimeout(r, 5));
+          if ((errors()['h2-control-flood'] ?? 0) > before) break;
+        }
+        assert.ok((errors()['h2-control-flood'] ?? 0) > before, `cut after ${sent}k SETTINGS`);
+        raw.socket.resume();
+        assert.equal(await raw.goaway(), F.ENHANCE_YOUR_CALM);
+      } finally {
+        raw.close();
+      }
+    });
+
     it('empty DATA frames on an open stream', async () => {
       const raw = await Raw.open(port);
       try {
@@ -824,6 +846,42 @@ services:
       assert.equal(session.closed || session.destroyed, false);
     } finally {
       session.close();
+    }
+  });
+
+  it('a reload that changes the http2 settings sends GOAWAY to existing sessions; new ones get the new SETTINGS', async () => {
+    const yaml = (streams: number): string => `
+services:
+  - name: ka
+    protocol: http
+    listen: 127.0.0.1:${kaPort}
+    http2: { ping: { interval: 200ms, timeout: 300ms }, maxConcurrentStreams: ${streams} }
+    backends: { static: [127.0.0.1:${backend.port}] }
+  - name: age
+    protocol: http
+    listen: 127.0.0.1:${agePort}
+    maxConnectionAge: 500ms
+    http2: { ping: { interval: off } }
+    backends: { static: [127.0.0.1:${backend.port}] }
+`;
+    const old = h2connect(`http://127.0.0.1:${kaPort}`);
+    old.on('error', () => {});
+    try {
+      await new Promise((resolve) => old.once('remoteSettings', resolve));
+      const goaway = new Promise<number>((resolve) => old.once('goaway', (code: number) => resolve(code)));
+      await gateway.reload(parseConfig(yaml(7), 'test.yaml'));
+      assert.equal(await goaway, 0);
+      const fresh = h2connect(`http://127.0.0.1:${kaPort}`);
+      try {
+        const settings = await new Promise<{ maxConcurrentStreams?: number }>((resolve) =>
+          fresh.once('remoteSettings', resolve),
+        );
+        assert.equal(settings.maxConcurrentStreams, 7);
+      } finally {
+        fresh.close();
+      }
+    } finally {
+      old.destroy();
     }
   });
 
