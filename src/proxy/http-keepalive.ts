@@ -4,8 +4,16 @@
  * the timeout is declared dead, so a peer that vanished without a FIN (frozen
  * process, lost node) is found in seconds rather than TCP's hours.
  */
-import type { Http2Session } from 'node:http2';
 import type { Clock, Timer } from '../cluster/clock.ts';
+
+/** What the keepalive needs of a session: node:http2's, or holdfast's own server connection (h2/connection.ts). */
+export interface Pingable {
+  readonly destroyed: boolean;
+  readonly closed: boolean;
+  /** Send a PING; `cb` runs on its ACK. False when too many are unacknowledged. */
+  ping(cb: (err: Error | null) => void): boolean;
+  once(event: 'close', listener: () => void): unknown;
+}
 
 export interface KeepaliveOptions {
   /** ms between PINGs; 0 = off. */
@@ -30,7 +38,7 @@ export function jittered(ms: number, jitter: number): number {
  * function that stops the keepalive.
  */
 export function startKeepalive(
-  session: Http2Session,
+  session: Pingable,
   opts: KeepaliveOptions,
   clock: Clock,
   onDead: () => void,

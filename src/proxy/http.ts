@@ -71,8 +71,8 @@ export interface RequestHandler extends HttpPart {
 }
 
 export interface Http2Handler extends HttpPart {
-  /** Take a socket whose first bytes are the HTTP/2 client preface (already unshifted back). */
-  handleConnection(socket: Socket): void;
+  /** Take a socket, paused, that speaks HTTP/2; `first`: bytes already read from it (the client preface, or its start). */
+  handleConnection(socket: Socket, first?: Buffer): void;
 }
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n');
@@ -188,8 +188,7 @@ export class HttpProxy implements ProtocolHandler {
       socket.removeListener('data', onFirst);
       socket.pause();
       if (h2) {
-        socket.unshift(seen);
-        this.#http2.handleConnection(socket);
+        this.#http2.handleConnection(socket, seen);
       } else {
         this.#http1.handleConnection(socket, this.#upgrade, seen);
       }

@@ -1,19 +1,12 @@
 /**
  * HTTP/2 downstream (cleartext prior knowledge, or TLS with ALPN `h2`): each
- * stream is balanced on its own (http-forward.ts). Sessions are pinged,
- * closed with GOAWAY at `maxConnectionAge`, on drain and on shutdown, and
- * guarded against rapid-reset and CONTINUATION floods (GOAWAY
- * ENHANCE_YOUR_CALM from node's HTTP/2 core).
+ * stream is balanced on its own (http-forward.ts). The protocol is holdfast's
+ * own (h2/connection.ts: framing, HPACK, flow control, flood guards); this
+ * file joins it to the data plane. Sessions are pinged, closed with GOAWAY at
+ * `maxConnectionAge`, on drain, reload of their settings and shutdown, and
+ * after `clientIdle` without streams.
  */
-import {
-  constants as h2c,
-  createServer,
-  type Http2Server,
-  type Http2Session,
-  type IncomingHttpHeaders,
-  type ServerHttp2Session,
-  type ServerHttp2Stream,
-} from 'node:http2';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
@@ -29,13 +22,22 @@ import {
   maxAge,
 } from './http-headers.ts';
 import { jittered, SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
+import type { RawResponseHead } from './http-upstream.ts';
+import {
+  type H2Limits,
+  H2Connection,
+  type HeadProblem,
+  onConnectionRead,
+  type RequestHead,
+} from './h2/connection.ts';
+import { CANCEL, INTERNAL_ERROR } from './h2/frames.ts';
+import { sharedEncoder as encoder } from './h2/hpack.ts';
+import { H2Stream } from './h2/stream.ts';
+import { socketAddresses } from './socket-address.ts';
+import { readThrough } from './socket-reads.ts';
 
-const ignore = (): void => {};
-const END_STREAM = { endStream: true };
-const WAIT_TRAILERS = { waitForTrailers: true };
-const NO_TRAILERS = { waitForTrailers: false };
-const STATUS_TEXT: Record<number, string> = {};
-for (let code = 100; code < 600; code++) STATUS_TEXT[code] = String(code);
+/** Per-stream receive window we advertise (SETTINGS_INITIAL_WINDOW_SIZE). */
+const STREAM_WINDOW = 1 << 20;
 
 /** A client session's addresses and its `Forwarded` element, computed once per session. */
 class Peer {
@@ -61,166 +63,153 @@ class Peer {
     return this.#fwd;
   }
 }
-const NO_PEER = new Peer('unknown');
 
-/**
- * Rapid reset (CVE-2023-44487): streams the client opens and resets at once
- * cost the proxy (and perhaps a backend) work each. A session may reset
- * RESET_BURST streams at once and RESET_RATE a second after that; beyond, it
- * gets GOAWAY ENHANCE_YOUR_CALM and is closed. Tighter than nghttp2's own
- * limit, which closes with INTERNAL_ERROR.
- */
-const RESET_BURST = 100;
-const RESET_RATE = 50;
+function limitsOf(config: ServiceConfig): H2Limits {
+  return {
+    maxConcurrentStreams: config.http2.maxConcurrentStreams,
+    maxHeaderListSize: config.headerLimits.maxSize,
+    maxHeaderCount: config.headerLimits.maxCount,
+    streamWindow: STREAM_WINDOW,
+    connectionWindow: SESSION_WINDOW,
+  };
+}
 
-/** What holdfast keeps for each client session, on the session object itself (one property). */
-class SessionState {
-  /** The service's plane (for its counters); undefined only for NO_STATE. */
-  readonly plane: HttpPlane | undefined;
-  #peer: Peer | undefined;
-  /** Rapid-reset token bucket: tokens left, and when they were last topped up. */
-  resetTokens = RESET_BURST;
-  resetAt = 0;
+/** One client connection, with what the data plane keeps for it. */
+class Session extends H2Connection {
+  readonly plane: HttpPlane;
+  readonly handler: Http2DownstreamHandler;
+  readonly peer: Peer;
   /** Streams forwarded so far, and those still open (for the idle sweep). */
   started = 0;
   open = 0;
   /** The idle sweep's view: `started` at its last pass, and since when nothing started or was open. */
   idleMark = -1;
   idleSince = 0;
+  stopPing: () => void = ignore;
+  ageTimer: Timer | undefined;
 
-  constructor(plane?: HttpPlane) {
+  constructor(socket: Socket, limits: H2Limits, plane: HttpPlane, handler: Http2DownstreamHandler) {
+    super(socket, limits, plane.ctx.clock);
     this.plane = plane;
+    this.handler = handler;
+    const a = socketAddresses(socket);
+    this.peer = new Peer(a.ip ?? 'unknown', a.port, a.localIp, a.localPort);
+    this.idleSince = plane.ctx.clock.now();
   }
 
-  /** The client's addresses, read once (session.socket is a Proxy: slow per stream). */
-  peer(session: Http2Session): Peer {
-    let p = this.#peer;
-    if (p === undefined) {
-      const socket = session.socket;
-      p = new Peer(
-        socket.remoteAddress ?? 'unknown',
-        socket.remotePort,
-        socket.localAddress,
-        socket.localPort,
+  protected request(id: number, head: RequestHead, endStream: boolean): void {
+    if (head.method === 'CONNECT') {
+      simpleResponse(
+        new H2Stream(this, id, endStream),
+        405,
+        { 'x-holdfast-error': 'connect-not-supported' },
+        undefined,
       );
-      this.#peer = p;
+      return;
     }
-    return p;
+    this.started++;
+    this.open++;
+    this.plane.forward(new Http2Downstream(this, id, head, endStream));
+  }
+
+  protected count(kind: string): void {
+    this.plane.count(kind);
+    if (kind.startsWith('h2-')) {
+      this.plane.ctx.log.debug({ service: this.plane.ctx.cluster.name, kind }, 'HTTP/2 client session error');
+    }
+  }
+
+  protected internalError(err: unknown): void {
+    this.plane.ctx.log.error(
+      { service: this.plane.ctx.cluster.name, err: (err as Error).message, stack: (err as Error).stack },
+      'HTTP/2 client session failed; closed it',
+    );
+  }
+
+  protected refuseHead(id: number, problem: HeadProblem, endStream: boolean): void {
+    const body = `431 request header fields too large (holdfast: ${problem})\n`;
+    simpleResponse(
+      new H2Stream(this, id, endStream),
+      431,
+      {
+        'content-type': 'text/plain; charset=utf-8',
+        'content-length': String(body.length),
+        'x-holdfast-error': problem,
+      },
+      body,
+    );
+  }
+
+  protected closedHook(): void {
+    this.handler.forget(this);
+    this.stopPing();
+    this.ageTimer?.cancel();
   }
 }
-const kState = Symbol('holdfast.h2.session');
-interface TrackedSession extends ServerHttp2Session {
-  [kState]?: SessionState;
-}
-const NO_STATE = new SessionState();
 
-/** A client reset one of its streams before the response was complete. */
-function onAborted(this: ServerHttp2Stream): void {
-  const session = this.session as TrackedSession | undefined;
-  const st = session?.[kState];
-  if (session === undefined || session.destroyed || st === undefined) return;
-  const now = performance.now();
-  if (st.resetAt === 0) st.resetAt = now;
-  st.resetTokens = Math.min(RESET_BURST, st.resetTokens + ((now - st.resetAt) / 1000) * RESET_RATE);
-  st.resetAt = now;
-  if (--st.resetTokens >= 0) return;
-  st.plane?.count('h2-rapid-reset');
-  session.goaway(h2c.NGHTTP2_ENHANCE_YOUR_CALM);
-  session.destroy();
+const ignore = (): void => {};
+
+/** A response the proxy makes up itself (405, 431). */
+function simpleResponse(
+  stream: H2Stream,
+  status: number,
+  headers: HeaderMap,
+  body: string | undefined,
+): void {
+  encoder.begin();
+  encoder.status(status);
+  for (const name in headers) encoder.field(name, headers[name] as string);
+  stream.sendHeaders(encoder.block(), body === undefined);
+  if (body !== undefined) {
+    stream.writeData(Buffer.from(body));
+    stream.finish(undefined);
+  }
 }
 
 export class Http2DownstreamHandler implements Http2Handler {
   readonly #plane: HttpPlane;
-  #server: Http2Server;
-  readonly #sessions = new Set<TrackedSession>();
+  readonly #sessions = new Set<Session>();
   #idleSweep: Timer | undefined;
   #config: ServiceConfig;
+  #limits: H2Limits;
   #draining = false;
 
   constructor(plane: HttpPlane) {
     this.#plane = plane;
     this.#config = plane.ctx.config;
-    this.#server = this.#makeServer(this.#config);
-  }
-
-  #makeServer(config: ServiceConfig): Http2Server {
-    const server = createServer({
-      settings: {
-        maxConcurrentStreams: config.http2.maxConcurrentStreams,
-        maxHeaderListSize: config.headerLimits.maxSize,
-        enablePush: false,
-        initialWindowSize: 1 << 20,
-      },
-      maxHeaderListPairs: config.headerLimits.maxCount,
-      // Flood guards: invalid frames and rapid resets end the session with GOAWAY.
-      maxSessionInvalidFrames: 100,
-      maxSessionRejectedStreams: 100,
-      streamResetBurst: 200,
-      streamResetRate: 50,
-      maxSessionMemory: 32,
-      unknownProtocolTimeout: 5_000,
-    });
-    server.on('session', (session: ServerHttp2Session) => this.#onSession(session, config));
-    server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number) =>
-      this.#onStream(stream, headers, flags),
-    );
-    server.on('sessionError', (err: Error) => {
-      // nghttp2's own guards (CONTINUATION floods, its rapid-reset limit, bad frames) end here,
-      // after it sent GOAWAY: count them by kind.
-      const flood = /CONTINUATION/i.test(err.message);
-      this.#plane.count(flood ? 'h2-continuation-flood' : 'h2-session-error');
-      this.#plane.ctx.log.debug(
-        { service: this.#plane.ctx.cluster.name, err: err.message },
-        'HTTP/2 session error',
-      );
-    });
-    return server;
+    this.#limits = limitsOf(this.#config);
   }
 
   configure(config: ServiceConfig): void {
-    const listenerChanged =
+    const changed =
       JSON.stringify([config.http2, config.headerLimits]) !==
       JSON.stringify([this.#config.http2, this.#config.headerLimits]);
     this.#config = config;
-    if (listenerChanged) {
+    if (changed) {
       // New settings apply to new sessions; existing ones are asked to reconnect.
-      this.#server = this.#makeServer(config);
-      for (const s of this.#sessions) goAway(s);
+      this.#limits = limitsOf(config);
+      for (const s of this.#sessions) s.goAway();
     }
   }
 
   /** GOAWAY to every client session; streams in flight finish. */
   drain(): void {
     this.#draining = true;
-    for (const s of this.#sessions) goAway(s);
+    for (const s of this.#sessions) s.goAway();
   }
 
-  handleConnection(socket: Socket): void {
-    this.#server.emit('connection', socket);
+  forget(session: Session): void {
+    this.#sessions.delete(session);
   }
 
-  #onSession(session: TrackedSession, config: ServiceConfig): void {
+  handleConnection(socket: Socket, first?: Buffer): void {
     const plane = this.#plane;
-    if (this.#draining) {
-      goAway(session);
-      return;
-    }
-    const state = new SessionState(plane);
-    state.idleSince = plane.ctx.clock.now();
-    session[kState] = state;
+    const config = this.#config;
+    // Cleartext sockets read into the shared read buffer (socket-reads.ts); TLS through 'data'.
+    readThrough(socket, onConnectionRead);
+    const session = new Session(socket, this.#limits, plane, this);
     this.#sessions.add(session);
-    session.on('error', ignore);
-    // A wide connection window, so many concurrent request bodies are not throttled by it.
-    try {
-      session.setLocalWindowSize(SESSION_WINDOW);
-    } catch {
-      // not connected any more: nothing to widen
-    }
-    session.on('frameError', () => plane.count('h2-frame-error'));
-    session.on('goaway', (code: number) => {
-      if (code === h2c.NGHTTP2_ENHANCE_YOUR_CALM) plane.count('h2-enhance-your-calm');
-    });
-    const stopPing = startKeepalive(
+    session.stopPing = startKeepalive(
       session,
       {
         intervalMs: config.http2.ping.interval,
@@ -234,22 +223,18 @@ export class Http2DownstreamHandler implements Http2Handler {
       },
     );
     const age = maxAge(config);
-    const ageTimer =
-      age > 0 ? plane.ctx.clock.setTimer(() => goAway(session), jittered(age, 0.1)) : undefined;
+    if (age > 0) session.ageTimer = plane.ctx.clock.setTimer(() => session.goAway(), jittered(age, 0.1));
+    if (this.#draining) session.goAway();
     this.#scheduleIdleSweep();
-    session.once('close', () => {
-      this.#sessions.delete(session);
-      stopPing();
-      ageTimer?.cancel();
-    });
+    session.start(first);
+    if (!session.destroyed) socket.resume();
   }
 
   /**
    * Idle sessions (no stream open, none started) get GOAWAY after `clientIdle`
    * (between 1 and 1.25 times it), found by one sweep over the sessions rather
-   * than a session timeout, which node:http2 would refresh on every frame.
-   * PINGs do not count as activity, so a client that only answers our
-   * keepalive is still idle.
+   * than a timer per session. PINGs do not count as activity, so a client that
+   * only answers our keepalive is still idle.
    */
   #scheduleIdleSweep(): void {
     const idle = this.#config.httpTimeouts.clientIdle;
@@ -260,49 +245,23 @@ export class Http2DownstreamHandler implements Http2Handler {
         this.#idleSweep = undefined;
         const now = clock.now();
         const limit = this.#config.httpTimeouts.clientIdle;
-        for (const session of this.#sessions) {
-          const st = session[kState];
-          if (st === undefined) continue;
+        for (const st of this.#sessions) {
           if (st.open > 0 || st.started !== st.idleMark) {
             st.idleMark = st.started;
             st.idleSince = now;
-          } else if (limit > 0 && now - st.idleSince >= limit) goAway(session);
+          } else if (limit > 0 && now - st.idleSince >= limit) st.goAway();
         }
         this.#scheduleIdleSweep();
       },
       Math.max(10, Math.min(idle / 4, 60_000)),
     );
   }
-
-  #onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
-    // Module-level listeners: no per-stream closures. 'aborted' (emitted while nghttp2 reads the
-    // RST_STREAM) rather than 'close' (a tick later), so a rapid reset is cut before nghttp2's own
-    // limit ends the session with INTERNAL_ERROR.
-    stream.on('error', ignore);
-    stream.on('aborted', onAborted);
-    stream.on('close', onStreamClose);
-    const method = headers[':method'];
-    if (method === 'CONNECT') {
-      stream.respond({ ':status': 405, 'x-holdfast-error': 'connect-not-supported' }, END_STREAM);
-      return;
-    }
-    const state = (stream.session as TrackedSession | undefined)?.[kState] ?? NO_STATE;
-    state.started++;
-    state.open++;
-    const down = new Http2Downstream(stream, headers, flags, state);
-    (stream as DownstreamStream)[kDown] = down;
-    this.#plane.forward(down);
-  }
 }
 
-/**
- * A backend's response head as node:http2's flat header list (`[name, value,
- * …]`, `:status` first): the same fields `forwardableHeaders` keeps (no
- * hop-by-hop ones, none the `Connection` header names), without building a
- * header object that node would copy again.
- */
-function responseHeaderList(status: number, headers: IncomingHttpHeaders): string[] {
-  const list: string[] = [':status', STATUS_TEXT[status] ?? String(status)];
+/** The fields of a backend's response head the proxy forwards, HPACK-encoded after `:status`. */
+function encodeHeaders(status: number, headers: IncomingHttpHeaders): Buffer {
+  encoder.begin();
+  encoder.status(status);
   const connection = headers.connection;
   // `keep-alive` and `close` name only hop-by-hop headers: no set needed for them.
   const named =
@@ -313,10 +272,10 @@ function responseHeaderList(status: number, headers: IncomingHttpHeaders): strin
     const value = headers[name];
     if (value === undefined || name.charCodeAt(0) === 58 /* ':' */) continue;
     if (HOP_BY_HOP.has(name) || named?.has(name) === true) continue;
-    if (typeof value === 'string') list.push(name, value);
-    else for (const one of value) list.push(name, one);
+    if (typeof value === 'string') encoder.field(name, value);
+    else for (const one of value) encoder.field(name, one);
   }
-  return list;
+  return encoder.block();
 }
 
 function connectionNamed(connection: string | string[]): Set<string> {
@@ -325,53 +284,67 @@ function connectionNamed(connection: string | string[]): Set<string> {
   return named;
 }
 
-const kDown = Symbol('holdfast.h2.downstream');
-interface DownstreamStream extends ServerHttp2Stream {
-  [kDown]?: Http2Downstream;
+/**
+ * An HTTP/1.1 backend's field lines (`Name: value\r\n`…, hop-by-hop and
+ * framing fields already dropped) HPACK-encoded after `:status`, names made
+ * lowercase, byte for byte: no header map.
+ */
+function encodeRawHead(head: RawResponseHead): Buffer {
+  encoder.begin();
+  encoder.status(head.status);
+  const lines = head.lines;
+  const end = lines.length;
+  let i = 0;
+  while (i < end) {
+    let eol = lines.indexOf(10, i);
+    if (eol < 0) eol = end;
+    let colon = i;
+    while (colon < eol && lines[colon] !== 58) colon++;
+    if (colon > i && colon < eol) {
+      let v0 = colon + 1;
+      let v1 = eol;
+      if (v1 > v0 && lines[v1 - 1] === 13) v1--;
+      while (v0 < v1 && (lines[v0] === 32 || lines[v0] === 9)) v0++;
+      while (v1 > v0 && (lines[v1 - 1] === 32 || lines[v1 - 1] === 9)) v1--;
+      encoder.fieldBytes(lines, i, colon, v0, v1);
+    }
+    i = eol + 1;
+  }
+  return encoder.block();
 }
 
-/** A stream closed: tell its exchange. */
-function onStreamClose(this: DownstreamStream): void {
-  const down = this[kDown];
-  if (down === undefined) return;
-  this[kDown] = undefined;
-  down.closed();
-}
-
-class Http2Downstream implements Downstream {
+class Http2Downstream extends H2Stream implements Downstream {
   readonly method: string;
   readonly path: string;
   readonly authority: string | undefined;
   readonly headers: HeaderMap;
-  readonly body;
   readonly grpc: boolean;
   readonly pick;
-  readonly #stream: ServerHttp2Stream;
-  #trailers: HeaderMap | undefined;
-  #wantTrailers = false;
-  /** The first body chunk, held so that a one-chunk response goes out with its end. */
-  #first: Buffer | undefined;
+  readonly #session: Session;
+  #onClose: ((complete: boolean) => void) | undefined;
 
-  readonly #session: SessionState;
-
-  constructor(stream: ServerHttp2Stream, h: IncomingHttpHeaders, flags: number, session: SessionState) {
-    this.#stream = stream;
+  constructor(session: Session, id: number, head: RequestHead, endStream: boolean) {
+    super(session, id, endStream);
     this.#session = session;
-    this.method = h[':method'] ?? 'GET';
-    this.path = h[':path'] ?? '/';
-    this.authority = h[':authority'] ?? h.host;
-    this.grpc = isGrpc(h['content-type']);
-    const headers = forwardableHeaders(h);
-    const http2Session = stream.session;
-    const peer = http2Session === undefined ? NO_PEER : session.peer(http2Session);
-    const proto = h[':scheme'] === 'https' ? 'https' : 'http';
+    this.method = head.method;
+    this.path = head.path;
+    this.authority = head.authority;
+    this.contentLength = head.contentLength;
+    const headers = head.headers;
+    this.grpc = isGrpc(headers['content-type']);
+    const peer = session.peer;
+    const proto = head.scheme === 'https' ? 'https' : 'http';
+    // The balancer sees the request as the client sent it.
+    let seen: HeaderMap = headers;
     if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined && proto === 'http') {
       headers['x-forwarded-for'] = peer.ip;
       if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = proto;
       headers.forwarded = peer.forwardedFor(this.authority);
-    } else appendForwarded(headers, { ip: peer.ip, proto, host: this.authority });
+    } else {
+      seen = { ...headers };
+      appendForwarded(headers, { ip: peer.ip, proto, host: this.authority });
+    }
     this.headers = headers;
-    this.body = (flags & h2c.NGHTTP2_FLAG_END_STREAM) !== 0 ? undefined : stream;
     this.pick = {
       now: 0,
       clientIp: peer.ip,
@@ -380,123 +353,79 @@ class Http2Downstream implements Downstream {
       localPort: peer.localPort,
       host: this.authority,
       path: this.path,
-      headers: h,
+      headers: seen,
     };
   }
 
-  /** Sends the trailers when node:http2 asks for them; made only for responses that wait for some. */
-  #sendTrailers(): void {
-    this.#stream.sendTrailers(this.#trailers ?? {});
-  }
-
   get gone(): boolean {
-    return this.#stream.destroyed;
+    return this.closed;
   }
 
   respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
-    const stream = this.#stream;
-    if (stream.headersSent || stream.destroyed) return;
-    // Trailers are only waited for where they are expected (gRPC, a declared `Trailer`):
-    // other responses end with their last DATA frame.
-    this.#wantTrailers =
-      !endStream && (this.grpc || isGrpc(headers['content-type']) || headers.trailer !== undefined);
-    if (this.#wantTrailers) stream.once('wantTrailers', () => this.#sendTrailers());
-    stream.respond(
-      responseHeaderList(status, headers),
-      endStream ? END_STREAM : this.#wantTrailers ? WAIT_TRAILERS : NO_TRAILERS,
-    );
+    if (this.headersSent || this.closed) return;
+    this.sendHeaders(encodeHeaders(status, headers), endStream);
+  }
+
+  respondRaw(head: RawResponseHead, endStream: boolean): void {
+    if (this.headersSent || this.closed) return;
+    this.sendHeaders(encodeRawHead(head), endStream);
   }
 
   write(chunk: Buffer): boolean {
-    const stream = this.#stream;
-    if (stream.destroyed) return true;
-    if (!this.#wantTrailers && this.#first === undefined && stream.writableLength === 0) {
-      // Held until the next chunk or the end: a small response leaves in one call.
-      this.#first = chunk;
-      return true;
-    }
-    this.#flushFirst();
-    return stream.write(chunk);
-  }
-
-  #flushFirst(): void {
-    const first = this.#first;
-    if (first === undefined) return;
-    this.#first = undefined;
-    this.#stream.write(first);
+    return this.writeData(chunk);
   }
 
   onDrain(fn: () => void): void {
-    this.#stream.once('drain', fn);
+    this.onDrained(fn);
   }
 
   end(trailers: IncomingHttpHeaders | undefined): void {
-    const stream = this.#stream;
-    if (stream.destroyed || stream.writableEnded) return;
-    if (trailers !== undefined) this.#trailers = forwardableHeaders(trailers);
-    const first = this.#first;
-    this.#first = undefined;
-    if (first !== undefined) stream.end(first);
-    else stream.end();
+    if (this.closed || this.ending) return;
+    this.finish(trailers === undefined ? undefined : forwardableHeaders(trailers));
   }
 
   fail(kind: ProxyFailure): void {
-    const stream = this.#stream;
-    if (stream.destroyed) return;
-    this.#flushFirst();
-    if (!stream.headersSent) {
+    if (this.closed) return;
+    if (!this.headersSent) {
       if (this.grpc) {
-        stream.respond({ ':status': 200, ...grpcErrorHeaders(kind) }, { endStream: true });
+        encoder.begin();
+        encoder.status(200);
+        const h = grpcErrorHeaders(kind);
+        for (const name in h) encoder.field(name, h[name] as string);
+        this.sendHeaders(encoder.block(), true);
       } else {
         const reply = errorReply(kind);
-        stream.respond({ ':status': reply.status, ...reply.headers });
-        stream.end(reply.body);
+        simpleResponse(this, reply.status, reply.headers, reply.body);
       }
-    } else if (this.#wantTrailers && this.grpc && !stream.writableEnded) {
+    } else if (this.grpc && !this.ending) {
       // gRPC clients read the outcome from trailers: say what happened there.
-      this.#trailers = grpcErrorHeaders(kind);
-      delete this.#trailers['content-type'];
-      stream.end();
+      const trailers = grpcErrorHeaders(kind);
+      delete trailers['content-type'];
+      this.finish(trailers);
     } else {
-      stream.close(h2c.NGHTTP2_INTERNAL_ERROR);
+      this.reset(INTERNAL_ERROR);
     }
     // Stop reading a request body nobody will send anywhere.
-    if (this.body !== undefined && !stream.readableEnded) stream.resume();
+    if (!this.closed && !this.remoteClosed) this.discardBody();
   }
 
   leave(): void {
-    const session = this.#stream.session;
-    if (session !== undefined) goAway(session);
+    this.#session.goAway();
   }
 
   abort(): void {
-    if (!this.#stream.destroyed) this.#stream.close(h2c.NGHTTP2_CANCEL);
+    this.reset(CANCEL);
   }
-
-  #onClose: ((complete: boolean) => void) | undefined;
 
   onClose(fn: (complete: boolean) => void): void {
     this.#onClose = fn;
   }
 
-  /** The stream closed (onStreamClose). */
-  closed(): void {
+  protected override closedHook(complete: boolean): void {
     this.#session.open--;
     const fn = this.#onClose;
     if (fn === undefined) return;
     this.#onClose = undefined;
-    const stream = this.#stream;
-    fn(stream.writableFinished && stream.rstCode === h2c.NGHTTP2_NO_ERROR);
+    fn(complete);
   }
-}
-
-/**
- * Tell the client to open no more streams here (GOAWAY NO_ERROR naming the
- * last stream we will process), let the streams in flight finish, then close.
- * node's `close()` alone would only send GOAWAY once the last stream is done.
- */
-function goAway(session: Http2Session): void {
-  if (session.closed || session.destroyed) return;
-  session.goaway(h2c.NGHTTP2_NO_ERROR);
-  session.close();
 }
