@@ -6,9 +6,9 @@ import type { Cluster } from '../cluster/cluster.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import { afterRead, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
-import { connectLeg, type Leg, type LegOwner, takeOver } from './stream-leg.ts';
-import { type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
+import { afterRead, ownBytes, readThrough } from './socket-reads.ts';
+import { type Leg, type LegOwner, takeOver } from './stream-leg.ts';
+import { connectBackend, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 
 /** Settings of a TCP service that a reload may change; read per new connection. */
 export interface TcpSettings extends RelaySettings {
@@ -243,17 +243,7 @@ class TcpConnection implements ProxiedConnection, LegOwner {
             localPort: ctx.localPort,
           };
     const s = proxy.settings;
-    const { host, port } = backend.address;
-    const up = connectLeg(
-      {
-        host,
-        port,
-        localAddress: s.sources.next(host),
-        keepAliveMs: s.keepAliveMs,
-        ownBuffers: readsOwnBuffers(client),
-      },
-      this,
-    );
+    const up = connectBackend(backend, s, client, this);
     this.up = up;
     this.#connectTimer = proxy.clock.setTimer(
       () => this.connectFailed(up, `connect timed out after ${s.connectTimeoutMs} ms`),

@@ -1,9 +1,10 @@
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import { socketAddresses } from './socket-address.ts';
-import { connectReading, type ReadCallback, readPlainly } from './socket-reads.ts';
+import { readsOwnBuffers } from './socket-reads.ts';
+import { connectLeg, type Leg, type LegOwner } from './stream-leg.ts';
 import { SourceAddressPool } from './source-address.ts';
 
 /**
@@ -32,36 +33,27 @@ export function relaySettings(config: ServiceConfig): RelaySettings {
 }
 
 /**
- * Open the gateway's leg to a backend for a relayed connection: the next
- * source address round the list, half-close allowed (a FIN is passed on, not
- * turned into a close), Nagle off (the client's writes are already
- * segmented), TCP keepalive so a silent backend host is found. The connect
- * timeout is the caller's: it knows what else it waits for.
+ * Open the gateway's leg to a backend for a relayed connection (stream-leg.ts):
+ * the next source address round the list, half-close allowed (a FIN is
+ * passed on, not turned into a close), Nagle off (the client's writes are
+ * already segmented), TCP keepalive so a silent backend host is found. The
+ * connect timeout is the caller's: it knows what else it waits for.
  *
- * Reads go to `read` (see socket-reads.ts): into reused buffers where
- * `ownBuffers`, else in Node's buffers through 'data' events (when the
- * client leg could not be taken over).
+ * `client`: the other leg's socket; where it is read plainly (TLS), so is
+ * this leg (see socket-reads.ts).
  */
-export function connectUpstream(
-  backend: Backend,
-  s: RelaySettings,
-  read: ReadCallback,
-  ownBuffers: boolean,
-): Socket {
+export function connectBackend(backend: Backend, s: RelaySettings, client: Socket, owner: LegOwner): Leg {
   const { host, port } = backend.address;
-  const options = {
-    host,
-    port,
-    localAddress: s.sources.next(host),
-    allowHalfOpen: true,
-    noDelay: true,
-    keepAlive: s.keepAliveMs !== undefined,
-    keepAliveInitialDelay: s.keepAliveMs ?? 0,
-  };
-  if (ownBuffers) return connectReading(options, read);
-  const socket = connect(options);
-  readPlainly(socket, read);
-  return socket;
+  return connectLeg(
+    {
+      host,
+      port,
+      localAddress: s.sources.next(host),
+      keepAliveMs: s.keepAliveMs,
+      ownBuffers: readsOwnBuffers(client),
+    },
+    owner,
+  );
 }
 
 /**

@@ -14,9 +14,9 @@ import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler, UpgradeRequest } from './http.ts';
 import { peerIp } from './socket-address.ts';
-import { afterRead, ownBytes, readsOwnBuffers, readThrough } from './socket-reads.ts';
-import { connectLeg, type Leg, type LegOwner, takeOver } from './stream-leg.ts';
-import { type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
+import { afterRead, ownBytes, readThrough } from './socket-reads.ts';
+import { type Leg, type LegOwner, takeOver } from './stream-leg.ts';
+import { connectBackend, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
   CLOSE_GOING_AWAY,
@@ -396,17 +396,7 @@ class WsConnection implements ProxiedConnection, LegOwner {
         ? undefined
         : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
     const s = proxy.settings;
-    const { host, port } = backend.address;
-    const up = connectLeg(
-      {
-        host,
-        port,
-        localAddress: s.sources.next(host),
-        keepAliveMs: s.keepAliveMs,
-        ownBuffers: readsOwnBuffers(client),
-      },
-      this,
-    );
+    const up = connectBackend(backend, s, client, this);
     this.up = up;
     // One timer covers connect and handshake.
     hs.timer?.cancel();
