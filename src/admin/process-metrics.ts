@@ -135,7 +135,7 @@ export function registerProcessMetrics(registry: Registry, prefix: string): void
   new Gauge({
     name: `${prefix}relay_legs`,
     help:
-      'Open relay sockets of WebSocket connections by how they are driven: "handle" (lean, libuv handle ' +
+      'Open relay sockets (TCP and WebSocket connections) by how they are driven: "handle" (lean, libuv handle ' +
       'directly) or "socket" (net.Socket: TLS, or a fallback where Node internals were missing).',
     labelNames: ['kind'],
     registers,
