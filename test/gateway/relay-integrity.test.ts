@@ -88,6 +88,13 @@ services:
 `);
       cleanups.push(() => g.gateway.shutdown());
       const total = 6 * 1024 * 1024;
+      // While they relay, both sides of every connection are driven directly (no net.Socket).
+      let mostLean = 0;
+      let anySocketLeg = false;
+      const sampler = setInterval(() => {
+        mostLean = Math.max(mostLean, openLegs().handle);
+        anySocketLeg ||= openLegs().socket > 0;
+      }, 5);
       await Promise.all(
         Array.from({ length: 12 }, async (_, i) => {
           const s = await dial(port);
@@ -97,6 +104,11 @@ services:
           assert.equal(await received, sent, `connection ${i}: echoed bytes differ from those sent`);
           s.end();
         }),
+      );
+      clearInterval(sampler);
+      assert.ok(
+        mostLean >= 2 && !anySocketLeg,
+        `legs: up to ${mostLean} lean, socket legs seen: ${anySocketLeg}`,
       );
       // Busy sockets held read buffers of their own; closing gives every one back.
       await backend.close();
