@@ -21,11 +21,15 @@ import {
   type ResponseSink,
   type Upstream,
   type UpstreamCall,
+  type UpstreamRequest,
   type UpstreamSettings,
 } from './http-upstream.ts';
 
-/** One client request or stream, as HTTP/1.1 and HTTP/2 both present it. */
-export interface Downstream {
+/**
+ * One client request or stream, as HTTP/1.1 and HTTP/2 both present it. It is
+ * also the request each attempt sends upstream (the same on every attempt).
+ */
+export interface Downstream extends UpstreamRequest {
   readonly method: string;
   readonly path: string;
   readonly authority: string | undefined;
@@ -314,17 +318,8 @@ class Exchange implements ProxiedConnection, ResponseSink {
     cluster.register(backend, this);
     // The request timeout starts with the first attempt and covers the retries.
     if (this.deadlineAt === 0) plane.startDeadline(this, pick.now);
-    this.#call = plane.upstream.request(
-      backend,
-      {
-        method: down.method,
-        path: down.path,
-        authority: down.authority,
-        headers: down.headers, // upstreams only add what is the same on every attempt
-        body: down.body,
-      },
-      this,
-    );
+    // Upstreams only add to the request what is the same on every attempt.
+    this.#call = plane.upstream.request(backend, down, this);
   }
 
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {

@@ -54,12 +54,30 @@ export interface UpstreamCall {
   resume(): void;
 }
 
+/**
+ * A request head as an HTTP/1.x client sent it, ready for an HTTP/1.1
+ * backend: no header map is built for it unless something asks for one.
+ */
+export interface RawRequestHead {
+  /**
+   * The whole head to send: the client's start line and field lines (in their
+   * case and order, hop-by-hop ones left out), this hop's forwarding fields,
+   * the framing field when the body goes chunked, and the blank line.
+   */
+  readonly text: string;
+  /** The body is sent chunked (the client sent it so; no Content-Length is among the fields). */
+  readonly chunked: boolean;
+}
+
 export interface UpstreamRequest {
   method: string;
   path: string;
   authority: string | undefined;
+  /** Read only when needed: with `rawHead`, an HTTP/1.1 upstream never reads it. */
   headers: HeaderMap;
   body: Readable | undefined;
+  /** Optional: the head as an HTTP/1.x client sent it, which HTTP/1.1 upstreams send instead of `headers`. */
+  readonly rawHead?: RawRequestHead | undefined;
 }
 
 export interface UpstreamSettings {

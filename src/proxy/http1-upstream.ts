@@ -248,8 +248,10 @@ class Conn {
   write(call: Call): void {
     this.call = call;
     call.conn = this;
-    const chunked = chunkedBody(call.req);
-    const head = requestHead(call.req, chunked, this.pool.hostHeader);
+    const req = call.req;
+    const raw = req.rawHead;
+    const chunked = raw !== undefined ? raw.chunked : chunkedBody(req);
+    const head = raw !== undefined ? raw.text : requestHead(req, chunked, this.pool.hostHeader);
     call.chunkedBody = chunked;
     const body = call.req.body;
     if (body === undefined) {

@@ -19,7 +19,7 @@ import { socketAddresses } from './socket-address.ts';
 import { ownBytes, readThrough } from './socket-reads.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
-import type { RawResponseHead } from './http-upstream.ts';
+import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
 import { appendForwarded, forwardableHeaders, type HeaderMap, maxAge } from './http-headers.ts';
 import { jittered } from './http-keepalive.ts';
 import {
@@ -29,7 +29,9 @@ import {
   hasToken,
   HttpParseError,
   type MessageHead,
+  type ParsedHeaders,
   parseHead,
+  type RawFields,
 } from './http1-parser.ts';
 
 /** Response headers never forwarded to the client (the proxy writes its own framing). */
@@ -182,6 +184,19 @@ class ClientConn implements ChunkSink {
   readonly localPort: number | undefined;
   #fwdHost: string | undefined;
   #fwd = '';
+  /** This hop's forwarding field lines for a head passed through (cached while the Host stays the same). */
+  #fwdLinesHost: string | undefined;
+  #fwdLines = '';
+  /** Where the field lines of the request head being parsed are (reused). */
+  readonly rawFields: RawFields = {
+    start: 0,
+    end: 0,
+    drop: [],
+    dropped: 0,
+    opaque: false,
+    host: '',
+    forwardedProto: false,
+  };
   /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
   idleBytes = 0;
   idleSince = 0;
@@ -227,6 +242,21 @@ class ClientConn implements ChunkSink {
       if (host !== undefined) this.#fwd += `;host="${host.replace(/["\\]/g, '')}"`;
     }
     return this.#fwd;
+  }
+
+  /**
+   * The forwarding field lines this hop appends to a head passed through:
+   * X-Forwarded-For, X-Forwarded-Proto (unless the client sent one), Forwarded.
+   */
+  forwardingLines(host: string, withProto: boolean): string {
+    if (!withProto) {
+      return `x-forwarded-for: ${this.ip}\r\nforwarded: ${this.forwardedFor(host)}\r\n`;
+    }
+    if (host !== this.#fwdLinesHost || this.#fwdLines === '') {
+      this.#fwdLinesHost = host;
+      this.#fwdLines = `x-forwarded-for: ${this.ip}\r\nx-forwarded-proto: ${this.proto}\r\nforwarded: ${this.forwardedFor(host)}\r\n`;
+    }
+    return this.#fwdLines;
   }
 
   /** Write a response's last bytes; the request completes once they are flushed. */
@@ -325,7 +355,9 @@ class ClientConn implements ChunkSink {
 
   /** Parse the next request head and start forwarding it; false while the head is incomplete. */
   #startRequest(buf: Buffer): boolean {
-    const head = parseHead(buf, 0, true, this.handler.limits);
+    const limits = this.handler.limits;
+    const raw = this.rawFields;
+    let head = parseHead(buf, 0, true, limits, buf.length, raw);
     if (head === undefined) {
       this.#buf = buf;
       this.#watchHead();
@@ -335,34 +367,40 @@ class ClientConn implements ChunkSink {
       this.#headTimer.cancel();
       this.#headTimer = undefined;
     }
-    const h = head.headers;
-    if (h.upgrade !== undefined && hasToken(String(h.connection ?? '').toLowerCase(), 'upgrade')) {
-      // WebSocket (or another upgrade): the WebSocket handler takes it from here.
-      this.#buf = undefined;
-      this.socket.removeListener('end', this.#onEnd);
-      this.#gone = true;
-      this.#ageTimer?.cancel();
-      // Let go of the socket entirely, so that nothing of this connection
-      // stays alive for the upgraded connection's whole life.
-      this.socket.removeListener('close', this.onClose);
-      (this.socket as ClientSocket)[kClientConn] = undefined;
-      this.handler.forget(this);
-      const after = head.end < buf.length ? Buffer.from(buf.subarray(head.end)) : EMPTY;
-      this.#upgrade(upgradeRequest(head, buf), this.socket, after);
-      return false;
-    }
-    const expect = h.expect;
-    if (expect !== undefined && String(expect).toLowerCase() !== '100-continue') {
-      this.#buf = undefined;
-      this.socket.end(
-        'HTTP/1.1 417 Expectation Failed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
-        'latin1',
-      );
-      this.#gone = true;
-      return false;
+    // Most heads pass through as they came; the rest (HTTP/1.0, upgrades,
+    // Expect, forwarding fields to append to, …) are parsed again into a map.
+    const passThrough = !raw.opaque && head.minor === 1;
+    if (!passThrough) {
+      head = parseHead(buf, 0, true, limits)!;
+      const h = head.headers;
+      if (h.upgrade !== undefined && hasToken(String(h.connection ?? '').toLowerCase(), 'upgrade')) {
+        // WebSocket (or another upgrade): the WebSocket handler takes it from here.
+        this.#buf = undefined;
+        this.socket.removeListener('end', this.#onEnd);
+        this.#gone = true;
+        this.#ageTimer?.cancel();
+        // Let go of the socket entirely, so that nothing of this connection
+        // stays alive for the upgraded connection's whole life.
+        this.socket.removeListener('close', this.onClose);
+        (this.socket as ClientSocket)[kClientConn] = undefined;
+        this.handler.forget(this);
+        const after = head.end < buf.length ? Buffer.from(buf.subarray(head.end)) : EMPTY;
+        this.#upgrade(upgradeRequest(head, buf), this.socket, after);
+        return false;
+      }
+      const expect = h.expect;
+      if (expect !== undefined && String(expect).toLowerCase() !== '100-continue') {
+        this.#buf = undefined;
+        this.socket.end(
+          'HTTP/1.1 417 Expectation Failed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
+          'latin1',
+        );
+        this.#gone = true;
+        return false;
+      }
     }
     const hasBody = head.chunked || head.contentLength > 0;
-    const down = new Http1Downstream(this, head, hasBody, expect !== undefined);
+    const down = new Http1Downstream(this, head, hasBody, passThrough ? buf : undefined);
     this.cur = down;
     this.#buf = buf.subarray(head.end);
     if (hasBody) {
@@ -439,18 +477,61 @@ class ClientConn implements ChunkSink {
   }
 }
 
+/** A request's pick context: the header map is built only if a policy reads it. */
+class RequestPick implements PickContext {
+  now = 0;
+  readonly clientIp: string;
+  readonly clientPort: number | undefined;
+  readonly localIp: string | undefined;
+  readonly localPort: number | undefined;
+  readonly host: string | undefined;
+  readonly path: string;
+  readonly #down: Http1Downstream;
+
+  constructor(conn: ClientConn, down: Http1Downstream) {
+    this.clientIp = conn.ip;
+    this.clientPort = conn.port;
+    this.localIp = conn.localIp;
+    this.localPort = conn.localPort;
+    this.host = down.authority;
+    this.path = down.path;
+    this.#down = down;
+  }
+
+  /** The request's headers as the client sent them (lower-case names). */
+  get headers(): ParsedHeaders {
+    return this.#down.clientHeaders();
+  }
+}
+
+/** The head of a request passed through (see RawRequestHead). */
+class PassedHead implements RawRequestHead {
+  readonly text: string;
+  readonly chunked: boolean;
+
+  constructor(text: string, chunked: boolean) {
+    this.text = text;
+    this.chunked = chunked;
+  }
+}
+
 /** One request from a client connection, as the forwarding plane sees it. */
 class Http1Downstream implements Downstream {
   readonly method: string;
   readonly path: string;
   readonly authority: string | undefined;
-  readonly headers: HeaderMap;
   readonly body: Readable | undefined;
   readonly grpc = false;
   readonly pick: PickContext;
+  /** Set when the head passes through as the client sent it. */
+  readonly rawHead: PassedHead | undefined;
   readonly #conn: ClientConn;
   readonly #minor: number;
   readonly #clientKeepAlive: boolean;
+  /** The client's head as sent (passed through), for a header map built on demand. */
+  readonly #requestText: string | undefined;
+  #clientHeaders: ParsedHeaders | undefined;
+  #headers: HeaderMap | undefined;
   bodyDone: boolean;
   headSent = false;
   /**
@@ -468,46 +549,86 @@ class Http1Downstream implements Downstream {
   #closeFn: ((complete: boolean) => void) | undefined;
   #closedAlready = false;
 
-  constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, expectContinue: boolean) {
+  /** `passed`: the bytes the head was parsed from in pass-through mode (`conn.rawFields` says where its lines are). */
+  constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, passed: Buffer | undefined) {
     this.#conn = conn;
-    const h = head.headers;
     this.method = head.method;
     this.path = head.target;
-    const host = h.host as string | undefined;
-    this.authority = host;
     this.#minor = head.minor;
     this.#clientKeepAlive = head.keepAlive;
-    const headers = forwardableHeaders(h);
-    if (headers.expect !== undefined) delete headers.expect;
-    const socket = conn.socket;
-    if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined) {
-      // The common case, from strings cached on the connection.
-      headers['x-forwarded-for'] = conn.ip;
-      if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = conn.proto;
-      headers.forwarded = conn.forwardedFor(host);
-    } else appendForwarded(headers, { ip: conn.ip, proto: conn.proto, host });
-    this.headers = headers;
+    if (passed !== undefined) {
+      const raw = conn.rawFields;
+      const host = raw.host!;
+      this.authority = host;
+      const text = passed.toString('latin1', 0, head.end);
+      this.#requestText = text;
+      // The start line and the field lines this hop keeps, as they came.
+      let kept: string;
+      if (raw.dropped === 0) kept = text.slice(0, raw.end);
+      else {
+        kept = '';
+        let from = 0;
+        const drop = raw.drop;
+        for (let k = 0; k < raw.dropped; k += 2) {
+          kept += text.slice(from, drop[k]);
+          from = drop[k + 1]!;
+        }
+        kept += text.slice(from, raw.end);
+      }
+      const chunked = hasBody && head.chunked;
+      kept += conn.forwardingLines(host, !raw.forwardedProto);
+      this.rawHead = new PassedHead(
+        chunked ? `${kept}transfer-encoding: chunked\r\n\r\n` : `${kept}\r\n`,
+        chunked,
+      );
+    } else {
+      this.authority = head.headers.host as string | undefined;
+      this.#requestText = undefined;
+      this.#clientHeaders = head.headers;
+      this.#headers = this.#forwardable();
+      this.rawHead = undefined;
+    }
+    const expectContinue = this.#clientHeaders?.expect !== undefined;
     this.bodyDone = !hasBody;
     if (hasBody) {
       const body = new Readable({ read: () => conn.readBody(), highWaterMark: 65_536 });
       body.on('error', ignore); // a client gone mid-body: the exchange sees the close
       if (expectContinue && head.minor === 1) {
+        const socket = conn.socket;
         body.once('resume', () => {
           if (!this.headSent && !socket.destroyed) socket.write(CONTINUE);
         });
       }
       this.body = body;
     } else this.body = undefined;
-    this.pick = {
-      now: 0,
-      clientIp: conn.ip,
-      clientPort: conn.port,
-      localIp: conn.localIp,
-      localPort: conn.localPort,
-      host,
-      path: this.path,
-      headers: h,
-    };
+    this.pick = new RequestPick(conn, this);
+  }
+
+  /** The request's headers as the client sent them (lower-case names, repeated fields joined). */
+  clientHeaders(): ParsedHeaders {
+    return (this.#clientHeaders ??= parseHead(Buffer.from(this.#requestText!, 'latin1'), 0, true, {
+      maxSize: Infinity,
+      maxCount: Infinity,
+    })!.headers);
+  }
+
+  /** Headers to forward (hop-by-hop removed, forwarding headers appended), built when first read. */
+  get headers(): HeaderMap {
+    return (this.#headers ??= this.#forwardable());
+  }
+
+  #forwardable(): HeaderMap {
+    const conn = this.#conn;
+    const headers = forwardableHeaders(this.clientHeaders());
+    if (headers.expect !== undefined) delete headers.expect;
+    const host = this.authority;
+    if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined) {
+      // The common case, from strings cached on the connection.
+      headers['x-forwarded-for'] = conn.ip;
+      if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = conn.proto;
+      headers.forwarded = conn.forwardedFor(host);
+    } else appendForwarded(headers, { ip: conn.ip, proto: conn.proto, host });
+    return headers;
   }
 
   get gone(): boolean {
