@@ -218,7 +218,7 @@ export function parseHead(
       bad('bad HTTP version');
     }
     if (buf[i + 8] !== CR || buf[i + 9] !== LF) bad('start line does not end with CRLF');
-    minor = m! - 48;
+    minor = m - 48;
     pos = i + 10;
   } else {
     // HTTP/1.x SSS reason
