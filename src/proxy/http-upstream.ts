@@ -23,14 +23,18 @@ import { type ProxyFailure, UpstreamError } from './http-errors.ts';
 
 /**
  * A response head as an HTTP/1.1 backend sent it, for an HTTP/1.1 client:
- * its field lines pass through without a header map being built.
+ * its field lines pass through without a header map being built. While the
+ * read that delivered it lasts, the lines are read from the read buffer
+ * itself; the head copies them out before that buffer is read into again.
  */
 export interface RawResponseHead {
   readonly status: number;
-  /** The field lines, each ending in CRLF, without hop-by-hop and framing fields (a copy: safe to keep). */
-  readonly lines: Buffer;
   /** Content-Length, -1 when none was given (the lines keep it). */
   readonly contentLength: number;
+  /** Bytes of the field lines (each ending in CRLF, without hop-by-hop and framing fields). */
+  readonly linesLength: number;
+  /** Copy the field lines into `out` at `offset`; returns the bytes copied (`linesLength`). */
+  copyLines(out: Buffer, offset: number): number;
   /** The same fields as a header map (parsed when asked). */
   headers(): IncomingHttpHeaders;
 }

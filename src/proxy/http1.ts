@@ -17,6 +17,7 @@ import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
 import { ownBytes, readThrough } from './socket-reads.ts';
+import { directWritePending, writeDirect } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
 import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
@@ -262,9 +263,14 @@ class ClientConn implements ChunkSink {
   /** Write a response's last bytes; the request completes once they are flushed. */
   writeLast(down: Http1Downstream, tail: string | Buffer): void {
     const socket = this.socket;
-    if (tail.length === 0 && socket.writableLength === 0 && this.#flushing.length === 0) {
-      down.closed(true);
-      return;
+    if (this.#flushing.length === 0 && socket.writableLength === 0 && !directWritePending(socket)) {
+      // Nothing queued: done once the kernel has the tail (nearly always at once).
+      if (tail.length === 0 || writeDirect(socket, tail)) {
+        down.closed(true);
+        return;
+      }
+      // The rest is queued: an empty write behind it says when it is flushed.
+      tail = '';
     }
     this.#flushing.push(down);
     socket.write(tail, 'latin1', this.#onFlushed);
@@ -541,7 +547,7 @@ class Http1Downstream implements Downstream {
    */
   #headPending = false;
   #headText = '';
-  #headLines: Buffer | undefined;
+  #headRaw: RawResponseHead | undefined;
   #headTail = '';
   #chunked = false;
   #keepAlive = false;
@@ -655,7 +661,7 @@ class Http1Downstream implements Downstream {
       else for (const one of v) head += `${name}: ${one}\r\n`;
     }
     this.#headText = head;
-    this.#headLines = undefined;
+    this.#headRaw = undefined;
     this.#framing(status, hasLength, endStream);
   }
 
@@ -664,7 +670,7 @@ class Http1Downstream implements Downstream {
     if (this.headSent || this.#ended || this.#conn.socket.destroyed) return;
     this.headSent = true;
     this.#headText = statusLine(head.status);
-    this.#headLines = head.lines;
+    this.#headRaw = head;
     this.#framing(head.status, head.contentLength >= 0, endStream);
   }
 
@@ -692,7 +698,7 @@ class Http1Downstream implements Downstream {
   /** Bytes of the pending head (0 once written). */
   #headLength(): number {
     if (!this.#headPending) return 0;
-    return this.#headText.length + (this.#headLines?.length ?? 0) + this.#headTail.length;
+    return this.#headText.length + (this.#headRaw?.linesLength ?? 0) + this.#headTail.length;
   }
 
   /** Copy the pending head into `out` at 0; returns where it ends. */
@@ -700,10 +706,10 @@ class Http1Downstream implements Downstream {
     if (!this.#headPending) return 0;
     this.#headPending = false;
     let o = out.write(this.#headText, 0, 'latin1');
-    const lines = this.#headLines;
-    if (lines !== undefined) o += lines.copy(out, o);
+    const lines = this.#headRaw;
+    if (lines !== undefined) o += lines.copyLines(out, o);
     o += out.write(this.#headTail, o, 'latin1');
-    this.#headLines = undefined;
+    this.#headRaw = undefined;
     return o;
   }
 
@@ -730,7 +736,7 @@ class Http1Downstream implements Downstream {
         chunk.copy(out, o);
         out[out.length - 2] = 13;
         out[out.length - 1] = 10;
-        return socket.write(out);
+        return writeDirect(socket, out);
       }
       socket.cork();
       if (this.#headPending) socket.write(this.#takeHead(size));
@@ -740,11 +746,11 @@ class Http1Downstream implements Downstream {
       socket.uncork();
       return ok;
     }
-    if (!this.#headPending) return socket.write(chunk);
+    if (!this.#headPending) return writeDirect(socket, chunk);
     if (len < 16_384) {
       const out = Buffer.allocUnsafe(this.#headLength() + len);
       chunk.copy(out, this.#putHead(out));
-      return socket.write(out);
+      return writeDirect(socket, out);
     }
     socket.cork();
     socket.write(this.#takeHead());
