@@ -98,7 +98,7 @@ function onDirectDone(this: WriteReq, status: number): void {
     socket.destroy(writeError(status));
     return;
   }
-  if (left > 0) return;
+  if (left > 0 || socket.writableEnded) return;
   if (socket.writableLength === 0) socket.emit('drain');
   else if (!socket.writableNeedDrain) {
     // Writes queued behind this one in the Writable will not end in a 'drain'
