@@ -304,7 +304,8 @@ class Exchange implements ProxiedConnection, ResponseSink {
     const down = this.#down;
     const cluster = plane.ctx.cluster;
     const pick = down.pick;
-    pick.now = plane.ctx.clock.now();
+    // The first attempt starts when the exchange opened (one clock read a request).
+    pick.now = this.#attempts === 0 ? this.openedAt : plane.ctx.clock.now();
     const backend = cluster.pick(pick, this.#tried);
     if (backend === undefined) {
       const last = this.#lastFailure;

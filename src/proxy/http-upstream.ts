@@ -33,7 +33,11 @@ export interface RawResponseHead {
   readonly contentLength: number;
   /** Bytes of the field lines (each ending in CRLF, without hop-by-hop and framing fields). */
   readonly linesLength: number;
-  /** Copy the field lines into `out` at `offset`; returns the bytes copied (`linesLength`). */
+  /**
+   * Copy the field lines into `out` at `offset`; returns the bytes copied
+   * (`linesLength`). For writing the head out, once: a head whose lines were
+   * copied during the read that delivered it keeps no copy of them.
+   */
   copyLines(out: Buffer, offset: number): number;
   /** The same fields as a header map (parsed when asked). */
   headers(): IncomingHttpHeaders;

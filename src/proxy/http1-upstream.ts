@@ -75,15 +75,29 @@ class RawHead implements RawResponseHead {
     this.linesLength = len;
   }
 
+  /** The lines were copied out by the sink during the read (it writes them once): nothing to keep. */
+  #taken = false;
+
   copyLines(out: Buffer, offset: number): number {
-    const lines = this.#lines;
-    if (lines !== undefined) return lines.copy(out, offset);
-    return copyLines(this.#buf!, this.#raw!, out, offset);
+    if (this.#lines === undefined) this.#taken = true;
+    return this.#copy(out, offset);
   }
 
-  /** The read is over: keep a copy of the lines (when anything still might read them). */
+  #copy(out: Buffer, offset: number): number {
+    const lines = this.#lines;
+    if (lines !== undefined) return lines.copy(out, offset);
+    if (this.#buf === undefined) throw new Error('the response head was read after it was written');
+    return copyLines(this.#buf, this.#raw!, out, offset);
+  }
+
+  /** The read is over: keep a copy of the lines, unless the sink has already written them. */
   settle(): void {
     if (this.#buf === undefined) return;
+    if (this.#taken) {
+      this.#buf = undefined;
+      this.#raw = undefined;
+      return;
+    }
     const out = Buffer.allocUnsafe(this.linesLength);
     copyLines(this.#buf, this.#raw!, out, 0);
     this.#lines = out;
@@ -93,7 +107,7 @@ class RawHead implements RawResponseHead {
 
   headers(): IncomingHttpHeaders {
     const lines = Buffer.allocUnsafe(this.linesLength);
-    this.copyLines(lines, 0);
+    this.#copy(lines, 0);
     const head = Buffer.concat([Buffer.from(`HTTP/1.1 ${this.status} -\r\n`, 'latin1'), lines, CRLF]);
     return parseHead(head, 0, false, { maxSize: head.length, maxCount: Infinity })!.headers;
   }

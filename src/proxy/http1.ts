@@ -16,7 +16,7 @@ import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
-import { ownBytes, readThrough } from './socket-reads.ts';
+import { readThrough, SHARED_READ_BUFFER } from './socket-reads.ts';
 import { directWritePending, writeDirect } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
@@ -157,7 +157,11 @@ interface ClientSocket extends Socket {
   [kClientConn]: ClientConn | undefined;
 }
 function onClientRead(this: Socket, n: number, buf: Buffer): void {
-  (this as ClientSocket)[kClientConn]?.received(ownBytes(buf, 0, n));
+  const conn = (this as ClientSocket)[kClientConn];
+  if (conn === undefined) return;
+  // The shared read buffer is parsed in place (what is kept is copied); Node's own chunks are kept as they are.
+  if (buf === SHARED_READ_BUFFER) conn.receivedInPlace(buf.subarray(0, n));
+  else conn.received(buf.subarray(0, n));
 }
 
 /** One client connection: its unparsed bytes, the request being served and its body. */
@@ -324,9 +328,36 @@ class ClientConn implements ChunkSink {
     this.#process();
   }
 
+  /** `#buf` is a view of the shared read buffer: whatever is kept of it is copied. */
+  #inPlace = false;
+
+  /**
+   * Bytes from the client in the shared read buffer, valid during this call
+   * only: parsed where they are; body bytes and unconsumed bytes are copied.
+   */
+  receivedInPlace(data: Buffer): void {
+    if (this.#gone) return;
+    const buf = this.#buf;
+    if (buf !== undefined && buf.length > 0) {
+      // Joined to what came before: a copy.
+      this.#buf = Buffer.concat([buf, data]);
+      this.#process();
+      return;
+    }
+    this.#buf = data;
+    this.#inPlace = true;
+    try {
+      this.#process();
+    } finally {
+      this.#inPlace = false;
+      const rest = this.#buf;
+      if (rest !== undefined) this.#buf = rest.length === 0 ? undefined : Buffer.from(rest);
+    }
+  }
+
   chunkData(data: Buffer): void {
     const body = this.cur?.body;
-    if (body !== undefined && !body.push(data)) this.socket.pause();
+    if (body !== undefined && !body.push(this.#inPlace ? Buffer.from(data) : data)) this.socket.pause();
   }
 
   /** Consume buffered bytes: the current request's body, then (once its response is done) the next head. */
