@@ -439,12 +439,13 @@ class ClientConn implements ChunkSink {
     const hasBody = head.chunked || head.contentLength > 0;
     const down = new Http1Downstream(this, head, hasBody, passThrough ? buf : undefined);
     this.cur = down;
-    this.#buf = buf.subarray(head.end);
+    const rest = head.end < buf.length ? buf.subarray(head.end) : undefined;
+    this.#buf = rest;
     if (hasBody) {
       this.#decoder = head.chunked ? new ChunkedDecoder(this.handler.limits.maxSize) : undefined;
       this.#bodyLeft = head.contentLength;
       // Body bytes that came with the head are checked before anything reaches a backend.
-      if (this.#buf.length > 0) this.#feedBody(down, this.#buf);
+      if (rest !== undefined) this.#feedBody(down, rest);
     }
     if (this.cur === down) this.handler.plane.forward(down);
     return true;
