@@ -44,8 +44,14 @@ export interface Downstream extends UpstreamRequest {
   respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void;
   /** Optional: respond with a head an HTTP/1.1 backend sent, passed through as it came. */
   respondRaw?(head: RawResponseHead, endStream: boolean): void;
-  /** Returns false when the client's buffer is full; `onDrain` fires once it empties. */
-  write(chunk: Buffer): boolean;
+  /**
+   * Returns false when the client's buffer is full; `onDrain` fires once it
+   * empties. `transient` (only where `takesViews`): the chunk is valid only
+   * during the call, copy what is kept.
+   */
+  write(chunk: Buffer, transient?: boolean): boolean;
+  /** True when `write` accepts transient chunks (copying only what it keeps). */
+  readonly takesViews?: boolean;
   onDrain(fn: () => void): void;
   end(trailers: IncomingHttpHeaders | undefined): void;
   /** Answer with a proxy error (before response headers) or cut the response (after). */
@@ -355,9 +361,11 @@ class Exchange implements ProxiedConnection, ResponseSink {
     this.deadlines?.remove(this);
   }
 
-  onData(chunk: Buffer): boolean {
+  onData(chunk: Buffer, transient = false): boolean {
     if (this.#finished) return true;
-    const ok = this.#down.write(chunk);
+    const down = this.#down;
+    const ok =
+      !transient || down.takesViews === true ? down.write(chunk, transient) : down.write(Buffer.from(chunk));
     if (!ok) this.#down.onDrain(() => this.#call?.resume());
     return ok;
   }

@@ -50,8 +50,12 @@ export interface ResponseSink {
   readonly takesRawHead?: boolean;
   /** Optional, instead of onHeaders: the head as an HTTP/1.1 backend sent it. */
   onRawHead?(head: RawResponseHead, endStream: boolean): void;
-  /** Return false to pause the backend until `resume()`. */
-  onData(chunk: Buffer): boolean;
+  /**
+   * Return false to pause the backend until `resume()`. `transient`: the
+   * chunk is a view of a read buffer, valid only during this call (copy what
+   * is kept); otherwise it is the sink's to keep.
+   */
+  onData(chunk: Buffer, transient?: boolean): boolean;
   onEnd(trailers: IncomingHttpHeaders | undefined): void;
   onError(err: UpstreamError): void;
 }

@@ -173,9 +173,9 @@ class Call implements UpstreamCall, ChunkSink {
     this.sink = sink;
   }
 
-  /** `data` is a view of the shared read buffer: the sink gets a copy. */
+  /** `data` is a view of the shared read buffer: the sink copies what it keeps. */
   chunkData(data: Buffer): void {
-    if (!this.sink.onData(Buffer.from(data))) this.conn?.pause();
+    if (!this.sink.onData(data, true)) this.conn?.pause();
   }
 
   abort(): void {

@@ -753,12 +753,18 @@ class Http1Downstream implements Downstream {
     return out;
   }
 
-  write(chunk: Buffer): boolean {
+  /** Chunks may be views of a read buffer: the small first one is copied with the head anyway. */
+  readonly takesViews = true;
+
+  write(data: Buffer, transient = false): boolean {
     const socket = this.#conn.socket;
     if (this.#ended || socket.destroyed) return true;
     if (this.method === 'HEAD') return true;
-    const len = chunk.length;
+    const len = data.length;
     if (len === 0) return true;
+    // A chunk written as it is (not copied into one buffer with the head or its chunk size) must be ours to keep.
+    const asIs = len >= 16_384 || (!this.#chunked && !this.#headPending);
+    const chunk = transient && asIs ? Buffer.from(data) : data;
     if (this.#chunked) {
       const size = `${len.toString(16)}\r\n`;
       if (len < 16_384) {
