@@ -21,11 +21,15 @@ import {
   type ResponseSink,
   type Upstream,
   type UpstreamCall,
+  type UpstreamRequest,
   type UpstreamSettings,
 } from './http-upstream.ts';
 
-/** One client request or stream, as HTTP/1.1 and HTTP/2 both present it. */
-export interface Downstream {
+/**
+ * One client request or stream, as HTTP/1.1 and HTTP/2 both present it. It is
+ * also the request each attempt sends upstream (the same on every attempt).
+ */
+export interface Downstream extends UpstreamRequest {
   readonly method: string;
   readonly path: string;
   readonly authority: string | undefined;
@@ -40,8 +44,14 @@ export interface Downstream {
   respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void;
   /** Optional: respond with a head an HTTP/1.1 backend sent, passed through as it came. */
   respondRaw?(head: RawResponseHead, endStream: boolean): void;
-  /** Returns false when the client's buffer is full; `onDrain` fires once it empties. */
-  write(chunk: Buffer): boolean;
+  /**
+   * Returns false when the client's buffer is full; `onDrain` fires once it
+   * empties. `transient` (only where `takesViews`): the chunk is valid only
+   * during the call, copy what is kept.
+   */
+  write(chunk: Buffer, transient?: boolean): boolean;
+  /** True when `write` accepts transient chunks (copying only what it keeps). */
+  readonly takesViews?: boolean;
   onDrain(fn: () => void): void;
   end(trailers: IncomingHttpHeaders | undefined): void;
   /** Answer with a proxy error (before response headers) or cut the response (after). */
@@ -300,7 +310,8 @@ class Exchange implements ProxiedConnection, ResponseSink {
     const down = this.#down;
     const cluster = plane.ctx.cluster;
     const pick = down.pick;
-    pick.now = plane.ctx.clock.now();
+    // The first attempt starts when the exchange opened (one clock read a request).
+    pick.now = this.#attempts === 0 ? this.openedAt : plane.ctx.clock.now();
     const backend = cluster.pick(pick, this.#tried);
     if (backend === undefined) {
       const last = this.#lastFailure;
@@ -314,17 +325,8 @@ class Exchange implements ProxiedConnection, ResponseSink {
     cluster.register(backend, this);
     // The request timeout starts with the first attempt and covers the retries.
     if (this.deadlineAt === 0) plane.startDeadline(this, pick.now);
-    this.#call = plane.upstream.request(
-      backend,
-      {
-        method: down.method,
-        path: down.path,
-        authority: down.authority,
-        headers: down.headers, // upstreams only add what is the same on every attempt
-        body: down.body,
-      },
-      this,
-    );
+    // Upstreams only add to the request what is the same on every attempt.
+    this.#call = plane.upstream.request(backend, down, this);
   }
 
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {
@@ -359,9 +361,11 @@ class Exchange implements ProxiedConnection, ResponseSink {
     this.deadlines?.remove(this);
   }
 
-  onData(chunk: Buffer): boolean {
+  onData(chunk: Buffer, transient = false): boolean {
     if (this.#finished) return true;
-    const ok = this.#down.write(chunk);
+    const down = this.#down;
+    const ok =
+      !transient || down.takesViews === true ? down.write(chunk, transient) : down.write(Buffer.from(chunk));
     if (!ok) this.#down.onDrain(() => this.#call?.resume());
     return ok;
   }

@@ -23,14 +23,22 @@ import { type ProxyFailure, UpstreamError } from './http-errors.ts';
 
 /**
  * A response head as an HTTP/1.1 backend sent it, for an HTTP/1.1 client:
- * its field lines pass through without a header map being built.
+ * its field lines pass through without a header map being built. While the
+ * read that delivered it lasts, the lines are read from the read buffer
+ * itself; the head copies them out before that buffer is read into again.
  */
 export interface RawResponseHead {
   readonly status: number;
-  /** The field lines, each ending in CRLF, without hop-by-hop and framing fields (a copy: safe to keep). */
-  readonly lines: Buffer;
   /** Content-Length, -1 when none was given (the lines keep it). */
   readonly contentLength: number;
+  /** Bytes of the field lines (each ending in CRLF, without hop-by-hop and framing fields). */
+  readonly linesLength: number;
+  /**
+   * Copy the field lines into `out` at `offset`; returns the bytes copied
+   * (`linesLength`). For writing the head out, once: a head whose lines were
+   * copied during the read that delivered it keeps no copy of them.
+   */
+  copyLines(out: Buffer, offset: number): number;
   /** The same fields as a header map (parsed when asked). */
   headers(): IncomingHttpHeaders;
 }
@@ -42,8 +50,12 @@ export interface ResponseSink {
   readonly takesRawHead?: boolean;
   /** Optional, instead of onHeaders: the head as an HTTP/1.1 backend sent it. */
   onRawHead?(head: RawResponseHead, endStream: boolean): void;
-  /** Return false to pause the backend until `resume()`. */
-  onData(chunk: Buffer): boolean;
+  /**
+   * Return false to pause the backend until `resume()`. `transient`: the
+   * chunk is a view of a read buffer, valid only during this call (copy what
+   * is kept); otherwise it is the sink's to keep.
+   */
+  onData(chunk: Buffer, transient?: boolean): boolean;
   onEnd(trailers: IncomingHttpHeaders | undefined): void;
   onError(err: UpstreamError): void;
 }
@@ -54,12 +66,30 @@ export interface UpstreamCall {
   resume(): void;
 }
 
+/**
+ * A request head as an HTTP/1.x client sent it, ready for an HTTP/1.1
+ * backend: no header map is built for it unless something asks for one.
+ */
+export interface RawRequestHead {
+  /**
+   * The whole head to send: the client's start line and field lines (in their
+   * case and order, hop-by-hop ones left out), this hop's forwarding fields,
+   * the framing field when the body goes chunked, and the blank line.
+   */
+  readonly text: string;
+  /** The body is sent chunked (the client sent it so; no Content-Length is among the fields). */
+  readonly chunked: boolean;
+}
+
 export interface UpstreamRequest {
   method: string;
   path: string;
   authority: string | undefined;
+  /** Read only when needed: with `rawHead`, an HTTP/1.1 upstream never reads it. */
   headers: HeaderMap;
   body: Readable | undefined;
+  /** Optional: the head as an HTTP/1.x client sent it, which HTTP/1.1 upstreams send instead of `headers`. */
+  readonly rawHead?: RawRequestHead | undefined;
 }
 
 export interface UpstreamSettings {

@@ -50,9 +50,9 @@ export interface HeadLimits {
 }
 
 /**
- * Where a response head's field lines are, for passing them through without
- * a header map (`parseHead` fills it in place of `headers`). Reused: one per
- * upstream connection.
+ * Where a head's field lines are, for passing them through without a header
+ * map (`parseHead` fills it in place of `headers`). Reused: one per upstream
+ * connection (responses) or client connection (requests).
  */
 export interface RawFields {
   /** Offset of the first field line, and of the CRLF that ends the head. */
@@ -61,8 +61,17 @@ export interface RawFields {
   /** [from, to) offsets of the field lines a proxy drops (hop-by-hop and framing), in order: the first `dropped` numbers (the array is reused). */
   readonly drop: number[];
   dropped: number;
-  /** The fields cannot be passed through line by line (a Connection option naming other fields, a repeated Content-Length): parse them into a map instead. */
+  /**
+   * The fields cannot be passed through line by line: parse them into a map
+   * instead. Responses: a Connection option naming other fields, a repeated
+   * Content-Length. Requests: the same, and fields a proxy rewrites or acts on
+   * (Upgrade, Expect, TE, X-Forwarded-For, Forwarded).
+   */
   opaque: boolean;
+  /** Requests: the Host value ('' when none). */
+  host?: string;
+  /** Requests: an X-Forwarded-Proto field is present (this hop adds none). */
+  forwardedProto?: boolean;
 }
 
 /** Names the raw mode looks at, by id. */
@@ -71,8 +80,15 @@ const N_CONTENT_LENGTH = 1;
 const N_TRANSFER_ENCODING = 2;
 const N_CONNECTION = 3;
 const N_HOST = 4;
-/** Response fields never forwarded (the proxy writes its own framing). */
+/** Hop-by-hop fields never forwarded, either way. */
 const N_DROP = 5;
+/** Upgrade: dropped from responses; a request with it is handled from a map. */
+const N_UPGRADE = 6;
+/** Hop-by-hop fields only requests drop (responses pass them on, as node:http would). */
+const N_REQUEST_DROP = 7;
+/** Request fields this hop rewrites or acts on: such a request is handled from a map. */
+const N_REQUEST_OPAQUE = 8;
+const N_FORWARDED_PROTO = 9;
 const NAMES: readonly (readonly [Buffer, number])[] = [
   ['content-length', N_CONTENT_LENGTH],
   ['transfer-encoding', N_TRANSFER_ENCODING],
@@ -80,8 +96,16 @@ const NAMES: readonly (readonly [Buffer, number])[] = [
   ['host', N_HOST],
   ['keep-alive', N_DROP],
   ['proxy-connection', N_DROP],
-  ['upgrade', N_DROP],
   ['trailer', N_DROP],
+  ['upgrade', N_UPGRADE],
+  ['proxy-authenticate', N_REQUEST_DROP],
+  ['proxy-authorization', N_REQUEST_DROP],
+  ['http2-settings', N_REQUEST_DROP],
+  ['expect', N_REQUEST_OPAQUE],
+  ['te', N_REQUEST_OPAQUE],
+  ['x-forwarded-for', N_REQUEST_OPAQUE],
+  ['forwarded', N_REQUEST_OPAQUE],
+  ['x-forwarded-proto', N_FORWARDED_PROTO],
 ].map(([name, id]) => [Buffer.from(name as string, 'latin1'), id as number] as const);
 /** Candidates by name length. */
 const NAMES_BY_LENGTH: (readonly [Buffer, number])[][] = [];
@@ -97,6 +121,30 @@ function nameId(buf: Buffer, from: number, to: number): number {
     return id;
   }
   return N_OTHER;
+}
+
+/** `HTTP/1.` at `buf[i]`. */
+function isHttp1(buf: Buffer, i: number): boolean {
+  return (
+    buf[i] === 72 &&
+    buf[i + 1] === 84 &&
+    buf[i + 2] === 84 &&
+    buf[i + 3] === 80 &&
+    buf[i + 4] === 47 &&
+    buf[i + 5] === 49 &&
+    buf[i + 6] === 46
+  );
+}
+
+/** The method at `buf[from..to)`: the common ones without a new string. */
+function methodName(buf: Buffer, from: number, to: number): string {
+  const n = to - from;
+  const c = buf[from];
+  if (n === 3 && c === 71 && buf[from + 1] === 69 && buf[from + 2] === 84) return 'GET';
+  if (n === 4 && c === 80 && buf[from + 1] === 79 && buf[from + 2] === 83 && buf[from + 3] === 84) {
+    return 'POST';
+  }
+  return buf.toString('latin1', from, to);
 }
 
 const NO_HEADERS: ParsedHeaders = Object.freeze({});
@@ -144,55 +192,66 @@ export function parseHead(
     return undefined;
   }
   if (stop + 4 - start > limits.maxSize) throw new HttpParseError('header-too-large', 'header too large');
-  // Start line.
-  let eol = buf.indexOf(LF, start);
-  if (eol < 1 || buf[eol - 1] !== CR) bad('start line does not end with CRLF');
-  const lineEnd = eol - 1;
+  // Start line. Every byte is checked, and lines are found by the same scans
+  // (a CR ends each scan: at the latest the one at `stop`).
+  let pos: number;
   let method = '';
   let target = '';
   let status = 0;
   let minor: number;
   if (isRequest) {
     let i = start;
-    while (i < lineEnd && TCHAR[buf[i]!] === 1) i++;
+    while (TCHAR[buf[i]!] === 1) i++;
     if (i === start || buf[i] !== 32) bad('bad method');
-    method = buf.toString('latin1', start, i);
+    method = methodName(buf, start, i);
     const t0 = ++i;
-    while (i < lineEnd && TARGET[buf[i]!] === 1) i++;
+    while (TARGET[buf[i]!] === 1) i++;
     if (i === t0 || buf[i] !== 32) bad('bad request target');
     target = buf.toString('latin1', t0, i);
     i++;
+    const m = buf[i + 7];
     if (
-      lineEnd - i !== 8 ||
-      buf.toString('latin1', i, i + 7) !== 'HTTP/1.' ||
-      (buf[i + 7] !== 49 /* 1 */ && buf[i + 7] !== 48) /* 0 */
+      !isHttp1(buf, i) ||
+      (m !== 49 /* 1 */ && m !== 48) /* 0 */ ||
+      (buf[i + 8] !== CR && buf[i + 8] !== LF)
     ) {
       bad('bad HTTP version');
     }
-    minor = buf[i + 7]! - 48;
+    if (buf[i + 8] !== CR || buf[i + 9] !== LF) bad('start line does not end with CRLF');
+    minor = m - 48;
+    pos = i + 10;
   } else {
     // HTTP/1.x SSS reason
-    if (lineEnd - start < 12 || buf.toString('latin1', start, start + 7) !== 'HTTP/1.')
-      bad('bad status line');
+    if (!isHttp1(buf, start)) bad('bad status line');
     const m = buf[start + 7]!;
-    if ((m !== 48 && m !== 49) || buf[start + 8] !== 32 || (lineEnd - start > 12 && buf[start + 12] !== 32)) {
-      bad('bad status line');
-    }
+    if (m !== 48 && m !== 49) bad('bad status line');
+    if (buf[start + 8] !== 32) bad('bad status line');
     minor = m - 48;
     for (let k = start + 9; k < start + 12; k++) {
       const d = buf[k]!;
       if (d < 48 || d > 57) bad('bad status code');
       status = status * 10 + d - 48;
     }
-    for (let k = start + 12; k < lineEnd; k++) if (VCHAR[buf[k]!] !== 1) bad('bad reason phrase');
+    let k = start + 12;
+    if (buf[k] !== CR) {
+      if (buf[k] !== 32) bad('bad status line');
+      while (VCHAR[buf[++k]!] === 1);
+      if (buf[k] !== CR && buf[k] !== LF) bad('bad reason phrase');
+    }
+    if (buf[k] !== CR || buf[k + 1] !== LF) bad('start line does not end with CRLF');
+    pos = k + 2;
   }
   // Header fields.
   const headers: ParsedHeaders = raw === undefined ? {} : NO_HEADERS;
   if (raw !== undefined) {
-    raw.start = eol + 1;
+    raw.start = pos;
     raw.end = stop + 2;
     raw.dropped = 0;
     raw.opaque = false;
+    if (isRequest) {
+      raw.host = '';
+      raw.forwardedProto = false;
+    }
   }
   let count = 0;
   let contentLength = -1;
@@ -200,33 +259,39 @@ export function parseHead(
   let sawTe = false;
   let connection = '';
   let hosts = 0;
-  let pos = eol + 1;
   const end = stop + 2; // the CRLF ending the last field line (or the start line)
   while (pos < end) {
-    eol = buf.indexOf(LF, pos);
-    if (buf[eol - 1] !== CR) bad('field line does not end with CRLF');
-    const le = eol - 1;
     const first = buf[pos];
     if (first === 32 || first === 9) bad('obsolete line folding');
     let i = pos;
     let upper = false;
-    for (let c = buf[i]!; i < le && TCHAR[c] === 1; c = buf[++i]!) if (c >= 65 && c <= 90) upper = true;
+    for (let c = buf[i]!; TCHAR[c] === 1; c = buf[++i]!) if (c >= 65 && c <= 90) upper = true;
     if (i === pos || buf[i] !== 58 /* : */) bad('bad header field name');
     if (++count > limits.maxCount) throw new HttpParseError('too-many-headers', 'too many header fields');
     let v0 = i + 1;
-    while (v0 < le && (buf[v0] === 32 || buf[v0] === 9)) v0++;
+    while (buf[v0] === 32 || buf[v0] === 9) v0++;
+    let le = v0;
+    while (VCHAR[buf[le]!] === 1) le++;
+    if (buf[le] !== CR || buf[le + 1] !== LF) {
+      bad(
+        buf[le] === CR || buf[le] === LF
+          ? 'field line does not end with CRLF'
+          : 'bad character in a header value',
+      );
+    }
     let v1 = le;
     while (v1 > v0 && (buf[v1 - 1] === 32 || buf[v1 - 1] === 9)) v1--;
-    for (let k = v0; k < v1; k++) if (VCHAR[buf[k]!] !== 1) bad('bad character in a header value');
     const lineStart = pos;
-    pos = eol + 1;
+    pos = le + 2;
     if (raw !== undefined) {
       // The same checks as below, without a string for every name and value.
-      const id = nameId(buf, lineStart, i);
-      if (id === N_OTHER) continue;
-      const value = buf.toString('latin1', v0, v1);
+      let id = nameId(buf, lineStart, i);
+      if (id >= N_REQUEST_DROP && !isRequest) id = N_OTHER;
       switch (id) {
+        case N_OTHER:
+          continue;
         case N_CONTENT_LENGTH: {
+          const value = buf.toString('latin1', v0, v1);
           if (!/^\d{1,15}$/.test(value)) bad('bad Content-Length');
           const n = Number(value);
           if (contentLength >= 0 && contentLength !== n) bad('conflicting Content-Length');
@@ -235,17 +300,32 @@ export function parseHead(
           continue;
         }
         case N_TRANSFER_ENCODING:
-          if (sawTe || value.toLowerCase() !== 'chunked') bad('unsupported Transfer-Encoding');
+          if (sawTe || buf.toString('latin1', v0, v1).toLowerCase() !== 'chunked') {
+            bad('unsupported Transfer-Encoding');
+          }
           sawTe = true;
           chunked = true;
           break;
         case N_CONNECTION: {
-          const v = value.toLowerCase();
+          const v = buf.toString('latin1', v0, v1).toLowerCase();
           connection = connection === '' ? v : `${connection}, ${v}`;
           break;
         }
         case N_HOST:
           hosts++;
+          if (isRequest) raw.host = buf.toString('latin1', v0, v1);
+          continue;
+        case N_UPGRADE:
+          if (isRequest) {
+            raw.opaque = true;
+            continue;
+          }
+          break;
+        case N_REQUEST_OPAQUE:
+          raw.opaque = true;
+          continue;
+        case N_FORWARDED_PROTO:
+          raw.forwardedProto = true;
           continue;
       }
       raw.drop[raw.dropped++] = lineStart;

@@ -32,6 +32,7 @@ import type {
   UpstreamSettings,
 } from './http-upstream.ts';
 import { SHARED_READ_BUFFER } from './socket-reads.ts';
+import { writeDirect } from './socket-writes.ts';
 
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
 /** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
@@ -48,39 +49,82 @@ const READ_BUFFER = SHARED_READ_BUFFER;
 
 const CRLF = Buffer.from('\r\n');
 
-/** A response head whose field lines pass through (see RawResponseHead). */
+/**
+ * A response head whose field lines pass through (see RawResponseHead): read
+ * from the read buffer (where `raw` says they are) until `settle()` copies
+ * them out, at the end of the read that delivered it.
+ */
 class RawHead implements RawResponseHead {
   readonly status: number;
-  readonly lines: Buffer;
   readonly contentLength: number;
+  readonly linesLength: number;
+  /** The read buffer, and where the lines are in it; undefined once settled. */
+  #buf: Buffer | undefined;
+  #raw: RawFields | undefined;
+  /** The lines, copied out. */
+  #lines: Buffer | undefined;
 
-  constructor(status: number, lines: Buffer, contentLength: number) {
+  constructor(status: number, contentLength: number, buf: Buffer, raw: RawFields) {
     this.status = status;
-    this.lines = lines;
     this.contentLength = contentLength;
+    this.#buf = buf;
+    this.#raw = raw;
+    let len = raw.end - raw.start;
+    const drop = raw.drop;
+    for (let k = 0; k < raw.dropped; k += 2) len -= drop[k + 1]! - drop[k]!;
+    this.linesLength = len;
+  }
+
+  /** The lines were copied out by the sink during the read (it writes them once): nothing to keep. */
+  #taken = false;
+
+  copyLines(out: Buffer, offset: number): number {
+    if (this.#lines === undefined) this.#taken = true;
+    return this.#copy(out, offset);
+  }
+
+  #copy(out: Buffer, offset: number): number {
+    const lines = this.#lines;
+    if (lines !== undefined) return lines.copy(out, offset);
+    if (this.#buf === undefined) throw new Error('the response head was read after it was written');
+    return copyLines(this.#buf, this.#raw!, out, offset);
+  }
+
+  /** The read is over: keep a copy of the lines, unless the sink has already written them. */
+  settle(): void {
+    if (this.#buf === undefined) return;
+    if (this.#taken) {
+      this.#buf = undefined;
+      this.#raw = undefined;
+      return;
+    }
+    const out = Buffer.allocUnsafe(this.linesLength);
+    copyLines(this.#buf, this.#raw!, out, 0);
+    this.#lines = out;
+    this.#buf = undefined;
+    this.#raw = undefined;
   }
 
   headers(): IncomingHttpHeaders {
-    const head = Buffer.concat([Buffer.from(`HTTP/1.1 ${this.status} -\r\n`, 'latin1'), this.lines, CRLF]);
+    const lines = Buffer.allocUnsafe(this.linesLength);
+    this.#copy(lines, 0);
+    const head = Buffer.concat([Buffer.from(`HTTP/1.1 ${this.status} -\r\n`, 'latin1'), lines, CRLF]);
     return parseHead(head, 0, false, { maxSize: head.length, maxCount: Infinity })!.headers;
   }
 }
 
-/** The field lines `raw` found in `buf`, without the dropped ones, copied out. */
-function copyLines(buf: Buffer, raw: RawFields): Buffer {
+/** Copy the field lines `raw` found in `buf`, without the dropped ones, into `out` at `offset`. */
+function copyLines(buf: Buffer, raw: RawFields, out: Buffer, offset: number): number {
   const drop = raw.drop;
-  let len = raw.end - raw.start;
   const n = raw.dropped;
-  for (let k = 0; k < n; k += 2) len -= drop[k + 1]! - drop[k]!;
-  const out = Buffer.allocUnsafe(len);
-  let o = 0;
+  let o = offset;
   let from = raw.start;
   for (let k = 0; k < n; k += 2) {
     o += buf.copy(out, o, from, drop[k]);
     from = drop[k + 1]!;
   }
-  buf.copy(out, o, from, raw.end);
-  return out;
+  o += buf.copy(out, o, from, raw.end);
+  return o - offset;
 }
 
 /** The body goes chunked: there is one and no Content-Length says how long. */
@@ -129,9 +173,9 @@ class Call implements UpstreamCall, ChunkSink {
     this.sink = sink;
   }
 
-  /** `data` is a view of the shared read buffer: the sink gets a copy. */
+  /** `data` is a view of the shared read buffer: the sink copies what it keeps. */
   chunkData(data: Buffer): void {
-    if (!this.sink.onData(Buffer.from(data))) this.conn?.pause();
+    if (!this.sink.onData(data, true)) this.conn?.pause();
   }
 
   abort(): void {
@@ -248,13 +292,15 @@ class Conn {
   write(call: Call): void {
     this.call = call;
     call.conn = this;
-    const chunked = chunkedBody(call.req);
-    const head = requestHead(call.req, chunked, this.pool.hostHeader);
+    const req = call.req;
+    const raw = req.rawHead;
+    const chunked = raw !== undefined ? raw.chunked : chunkedBody(req);
+    const head = raw !== undefined ? raw.text : requestHead(req, chunked, this.pool.hostHeader);
     call.chunkedBody = chunked;
     const body = call.req.body;
     if (body === undefined) {
       call.sent = true;
-      this.socket.write(head, 'latin1');
+      writeDirect(this.socket, head);
       return;
     }
     // A body is read only once the socket is connected: a request whose connection fails
@@ -309,11 +355,24 @@ class Conn {
     if (call.done) this.#release(call);
   };
 
+  /** A head delivered during the current read, still reading its lines from the read buffer. */
+  #unsettled: RawHead | undefined;
+
   /**
    * `nread` bytes arrived in READ_BUFFER (see there: copy what is kept).
    * Returns false to stop reading (backpressure: the sink is full).
    */
   readonly #onRead = (nread: number, data: Buffer): boolean => {
+    const more = this.#read(nread, data);
+    const head = this.#unsettled;
+    if (head !== undefined) {
+      this.#unsettled = undefined;
+      head.settle();
+    }
+    return more;
+  };
+
+  #read(nread: number, data: Buffer): boolean {
     const call = this.call;
     if (call === undefined || call.done) {
       // Bytes nobody asked for: the socket is out of step.
@@ -395,7 +454,7 @@ class Conn {
       call.sink.onError(new UpstreamError('bad-response', true, err.message, { cause: err }));
     }
     return true;
-  };
+  }
 
   /** Hand a head parsed in raw mode to the sink: its lines as they came, or a header map when they cannot pass as they are. */
   #deliverHead(
@@ -409,7 +468,9 @@ class Conn {
     const sink = call.sink;
     const raw = this.#raw;
     if (!raw.opaque) {
-      sink.onRawHead!(new RawHead(head.status, copyLines(buf, raw), head.contentLength), endStream);
+      const rawHead = new RawHead(head.status, head.contentLength, buf, raw);
+      this.#unsettled = rawHead;
+      sink.onRawHead!(rawHead, endStream);
       return;
     }
     // Parsed again, into a map (rare: a Connection option naming fields, a repeated Content-Length).

@@ -16,10 +16,11 @@ import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
-import { ownBytes, readThrough } from './socket-reads.ts';
+import { readThrough, SHARED_READ_BUFFER } from './socket-reads.ts';
+import { directWritePending, writeDirect } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { Downstream, HttpPlane } from './http-forward.ts';
-import type { RawResponseHead } from './http-upstream.ts';
+import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
 import { appendForwarded, forwardableHeaders, type HeaderMap, maxAge } from './http-headers.ts';
 import { jittered } from './http-keepalive.ts';
 import {
@@ -29,7 +30,9 @@ import {
   hasToken,
   HttpParseError,
   type MessageHead,
+  type ParsedHeaders,
   parseHead,
+  type RawFields,
 } from './http1-parser.ts';
 
 /** Response headers never forwarded to the client (the proxy writes its own framing). */
@@ -154,7 +157,11 @@ interface ClientSocket extends Socket {
   [kClientConn]: ClientConn | undefined;
 }
 function onClientRead(this: Socket, n: number, buf: Buffer): void {
-  (this as ClientSocket)[kClientConn]?.received(ownBytes(buf, 0, n));
+  const conn = (this as ClientSocket)[kClientConn];
+  if (conn === undefined) return;
+  // The shared read buffer is parsed in place (what is kept is copied); Node's own chunks are kept as they are.
+  if (buf === SHARED_READ_BUFFER) conn.receivedInPlace(buf.subarray(0, n));
+  else conn.received(buf.subarray(0, n));
 }
 
 /** One client connection: its unparsed bytes, the request being served and its body. */
@@ -182,6 +189,19 @@ class ClientConn implements ChunkSink {
   readonly localPort: number | undefined;
   #fwdHost: string | undefined;
   #fwd = '';
+  /** This hop's forwarding field lines for a head passed through (cached while the Host stays the same). */
+  #fwdLinesHost: string | undefined;
+  #fwdLines = '';
+  /** Where the field lines of the request head being parsed are (reused). */
+  readonly rawFields: RawFields = {
+    start: 0,
+    end: 0,
+    drop: [],
+    dropped: 0,
+    opaque: false,
+    host: '',
+    forwardedProto: false,
+  };
   /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
   idleBytes = 0;
   idleSince = 0;
@@ -229,12 +249,32 @@ class ClientConn implements ChunkSink {
     return this.#fwd;
   }
 
+  /**
+   * The forwarding field lines this hop appends to a head passed through:
+   * X-Forwarded-For, X-Forwarded-Proto (unless the client sent one), Forwarded.
+   */
+  forwardingLines(host: string, withProto: boolean): string {
+    if (!withProto) {
+      return `x-forwarded-for: ${this.ip}\r\nforwarded: ${this.forwardedFor(host)}\r\n`;
+    }
+    if (host !== this.#fwdLinesHost || this.#fwdLines === '') {
+      this.#fwdLinesHost = host;
+      this.#fwdLines = `x-forwarded-for: ${this.ip}\r\nx-forwarded-proto: ${this.proto}\r\nforwarded: ${this.forwardedFor(host)}\r\n`;
+    }
+    return this.#fwdLines;
+  }
+
   /** Write a response's last bytes; the request completes once they are flushed. */
   writeLast(down: Http1Downstream, tail: string | Buffer): void {
     const socket = this.socket;
-    if (tail.length === 0 && socket.writableLength === 0 && this.#flushing.length === 0) {
-      down.closed(true);
-      return;
+    if (this.#flushing.length === 0 && socket.writableLength === 0 && !directWritePending(socket)) {
+      // Nothing queued: done once the kernel has the tail (nearly always at once).
+      if (tail.length === 0 || writeDirect(socket, tail)) {
+        down.closed(true);
+        return;
+      }
+      // The rest is queued: an empty write behind it says when it is flushed.
+      tail = '';
     }
     this.#flushing.push(down);
     socket.write(tail, 'latin1', this.#onFlushed);
@@ -288,9 +328,36 @@ class ClientConn implements ChunkSink {
     this.#process();
   }
 
+  /** `#buf` is a view of the shared read buffer: whatever is kept of it is copied. */
+  #inPlace = false;
+
+  /**
+   * Bytes from the client in the shared read buffer, valid during this call
+   * only: parsed where they are; body bytes and unconsumed bytes are copied.
+   */
+  receivedInPlace(data: Buffer): void {
+    if (this.#gone) return;
+    const buf = this.#buf;
+    if (buf !== undefined && buf.length > 0) {
+      // Joined to what came before: a copy.
+      this.#buf = Buffer.concat([buf, data]);
+      this.#process();
+      return;
+    }
+    this.#buf = data;
+    this.#inPlace = true;
+    try {
+      this.#process();
+    } finally {
+      this.#inPlace = false;
+      const rest = this.#buf;
+      if (rest !== undefined) this.#buf = rest.length === 0 ? undefined : Buffer.from(rest);
+    }
+  }
+
   chunkData(data: Buffer): void {
     const body = this.cur?.body;
-    if (body !== undefined && !body.push(data)) this.socket.pause();
+    if (body !== undefined && !body.push(this.#inPlace ? Buffer.from(data) : data)) this.socket.pause();
   }
 
   /** Consume buffered bytes: the current request's body, then (once its response is done) the next head. */
@@ -325,7 +392,9 @@ class ClientConn implements ChunkSink {
 
   /** Parse the next request head and start forwarding it; false while the head is incomplete. */
   #startRequest(buf: Buffer): boolean {
-    const head = parseHead(buf, 0, true, this.handler.limits);
+    const limits = this.handler.limits;
+    const raw = this.rawFields;
+    let head = parseHead(buf, 0, true, limits, buf.length, raw);
     if (head === undefined) {
       this.#buf = buf;
       this.#watchHead();
@@ -335,41 +404,48 @@ class ClientConn implements ChunkSink {
       this.#headTimer.cancel();
       this.#headTimer = undefined;
     }
-    const h = head.headers;
-    if (h.upgrade !== undefined && hasToken(String(h.connection ?? '').toLowerCase(), 'upgrade')) {
-      // WebSocket (or another upgrade): the WebSocket handler takes it from here.
-      this.#buf = undefined;
-      this.socket.removeListener('end', this.#onEnd);
-      this.#gone = true;
-      this.#ageTimer?.cancel();
-      // Let go of the socket entirely, so that nothing of this connection
-      // stays alive for the upgraded connection's whole life.
-      this.socket.removeListener('close', this.onClose);
-      (this.socket as ClientSocket)[kClientConn] = undefined;
-      this.handler.forget(this);
-      const after = head.end < buf.length ? Buffer.from(buf.subarray(head.end)) : EMPTY;
-      this.#upgrade(upgradeRequest(head, buf), this.socket, after);
-      return false;
-    }
-    const expect = h.expect;
-    if (expect !== undefined && String(expect).toLowerCase() !== '100-continue') {
-      this.#buf = undefined;
-      this.socket.end(
-        'HTTP/1.1 417 Expectation Failed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
-        'latin1',
-      );
-      this.#gone = true;
-      return false;
+    // Most heads pass through as they came; the rest (HTTP/1.0, upgrades,
+    // Expect, forwarding fields to append to, …) are parsed again into a map.
+    const passThrough = !raw.opaque && head.minor === 1;
+    if (!passThrough) {
+      head = parseHead(buf, 0, true, limits)!;
+      const h = head.headers;
+      if (h.upgrade !== undefined && hasToken(String(h.connection ?? '').toLowerCase(), 'upgrade')) {
+        // WebSocket (or another upgrade): the WebSocket handler takes it from here.
+        this.#buf = undefined;
+        this.socket.removeListener('end', this.#onEnd);
+        this.#gone = true;
+        this.#ageTimer?.cancel();
+        // Let go of the socket entirely, so that nothing of this connection
+        // stays alive for the upgraded connection's whole life.
+        this.socket.removeListener('close', this.onClose);
+        (this.socket as ClientSocket)[kClientConn] = undefined;
+        this.handler.forget(this);
+        const after = head.end < buf.length ? Buffer.from(buf.subarray(head.end)) : EMPTY;
+        this.#upgrade(upgradeRequest(head, buf), this.socket, after);
+        return false;
+      }
+      const expect = h.expect;
+      if (expect !== undefined && String(expect).toLowerCase() !== '100-continue') {
+        this.#buf = undefined;
+        this.socket.end(
+          'HTTP/1.1 417 Expectation Failed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
+          'latin1',
+        );
+        this.#gone = true;
+        return false;
+      }
     }
     const hasBody = head.chunked || head.contentLength > 0;
-    const down = new Http1Downstream(this, head, hasBody, expect !== undefined);
+    const down = new Http1Downstream(this, head, hasBody, passThrough ? buf : undefined);
     this.cur = down;
-    this.#buf = buf.subarray(head.end);
+    const rest = head.end < buf.length ? buf.subarray(head.end) : undefined;
+    this.#buf = rest;
     if (hasBody) {
       this.#decoder = head.chunked ? new ChunkedDecoder(this.handler.limits.maxSize) : undefined;
       this.#bodyLeft = head.contentLength;
       // Body bytes that came with the head are checked before anything reaches a backend.
-      if (this.#buf.length > 0) this.#feedBody(down, this.#buf);
+      if (rest !== undefined) this.#feedBody(down, rest);
     }
     if (this.cur === down) this.handler.plane.forward(down);
     return true;
@@ -439,18 +515,61 @@ class ClientConn implements ChunkSink {
   }
 }
 
+/** A request's pick context: the header map is built only if a policy reads it. */
+class RequestPick implements PickContext {
+  now = 0;
+  readonly clientIp: string;
+  readonly clientPort: number | undefined;
+  readonly localIp: string | undefined;
+  readonly localPort: number | undefined;
+  readonly host: string | undefined;
+  readonly path: string;
+  readonly #down: Http1Downstream;
+
+  constructor(conn: ClientConn, down: Http1Downstream) {
+    this.clientIp = conn.ip;
+    this.clientPort = conn.port;
+    this.localIp = conn.localIp;
+    this.localPort = conn.localPort;
+    this.host = down.authority;
+    this.path = down.path;
+    this.#down = down;
+  }
+
+  /** The request's headers as the client sent them (lower-case names). */
+  get headers(): ParsedHeaders {
+    return this.#down.clientHeaders();
+  }
+}
+
+/** The head of a request passed through (see RawRequestHead). */
+class PassedHead implements RawRequestHead {
+  readonly text: string;
+  readonly chunked: boolean;
+
+  constructor(text: string, chunked: boolean) {
+    this.text = text;
+    this.chunked = chunked;
+  }
+}
+
 /** One request from a client connection, as the forwarding plane sees it. */
 class Http1Downstream implements Downstream {
   readonly method: string;
   readonly path: string;
   readonly authority: string | undefined;
-  readonly headers: HeaderMap;
   readonly body: Readable | undefined;
   readonly grpc = false;
   readonly pick: PickContext;
+  /** Set when the head passes through as the client sent it. */
+  readonly rawHead: PassedHead | undefined;
   readonly #conn: ClientConn;
   readonly #minor: number;
   readonly #clientKeepAlive: boolean;
+  /** The client's head as sent (passed through), for a header map built on demand. */
+  readonly #requestText: string | undefined;
+  #clientHeaders: ParsedHeaders | undefined;
+  #headers: HeaderMap | undefined;
   bodyDone: boolean;
   headSent = false;
   /**
@@ -460,7 +579,7 @@ class Http1Downstream implements Downstream {
    */
   #headPending = false;
   #headText = '';
-  #headLines: Buffer | undefined;
+  #headRaw: RawResponseHead | undefined;
   #headTail = '';
   #chunked = false;
   #keepAlive = false;
@@ -468,46 +587,86 @@ class Http1Downstream implements Downstream {
   #closeFn: ((complete: boolean) => void) | undefined;
   #closedAlready = false;
 
-  constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, expectContinue: boolean) {
+  /** `passed`: the bytes the head was parsed from in pass-through mode (`conn.rawFields` says where its lines are). */
+  constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, passed: Buffer | undefined) {
     this.#conn = conn;
-    const h = head.headers;
     this.method = head.method;
     this.path = head.target;
-    const host = h.host as string | undefined;
-    this.authority = host;
     this.#minor = head.minor;
     this.#clientKeepAlive = head.keepAlive;
-    const headers = forwardableHeaders(h);
-    if (headers.expect !== undefined) delete headers.expect;
-    const socket = conn.socket;
-    if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined) {
-      // The common case, from strings cached on the connection.
-      headers['x-forwarded-for'] = conn.ip;
-      if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = conn.proto;
-      headers.forwarded = conn.forwardedFor(host);
-    } else appendForwarded(headers, { ip: conn.ip, proto: conn.proto, host });
-    this.headers = headers;
+    if (passed !== undefined) {
+      const raw = conn.rawFields;
+      const host = raw.host!;
+      this.authority = host;
+      const text = passed.toString('latin1', 0, head.end);
+      this.#requestText = text;
+      // The start line and the field lines this hop keeps, as they came.
+      let kept: string;
+      if (raw.dropped === 0) kept = text.slice(0, raw.end);
+      else {
+        kept = '';
+        let from = 0;
+        const drop = raw.drop;
+        for (let k = 0; k < raw.dropped; k += 2) {
+          kept += text.slice(from, drop[k]);
+          from = drop[k + 1]!;
+        }
+        kept += text.slice(from, raw.end);
+      }
+      const chunked = hasBody && head.chunked;
+      kept += conn.forwardingLines(host, !raw.forwardedProto);
+      this.rawHead = new PassedHead(
+        chunked ? `${kept}transfer-encoding: chunked\r\n\r\n` : `${kept}\r\n`,
+        chunked,
+      );
+    } else {
+      this.authority = head.headers.host as string | undefined;
+      this.#requestText = undefined;
+      this.#clientHeaders = head.headers;
+      this.#headers = this.#forwardable();
+      this.rawHead = undefined;
+    }
+    const expectContinue = this.#clientHeaders?.expect !== undefined;
     this.bodyDone = !hasBody;
     if (hasBody) {
       const body = new Readable({ read: () => conn.readBody(), highWaterMark: 65_536 });
       body.on('error', ignore); // a client gone mid-body: the exchange sees the close
       if (expectContinue && head.minor === 1) {
+        const socket = conn.socket;
         body.once('resume', () => {
           if (!this.headSent && !socket.destroyed) socket.write(CONTINUE);
         });
       }
       this.body = body;
     } else this.body = undefined;
-    this.pick = {
-      now: 0,
-      clientIp: conn.ip,
-      clientPort: conn.port,
-      localIp: conn.localIp,
-      localPort: conn.localPort,
-      host,
-      path: this.path,
-      headers: h,
-    };
+    this.pick = new RequestPick(conn, this);
+  }
+
+  /** The request's headers as the client sent them (lower-case names, repeated fields joined). */
+  clientHeaders(): ParsedHeaders {
+    return (this.#clientHeaders ??= parseHead(Buffer.from(this.#requestText!, 'latin1'), 0, true, {
+      maxSize: Infinity,
+      maxCount: Infinity,
+    })!.headers);
+  }
+
+  /** Headers to forward (hop-by-hop removed, forwarding headers appended), built when first read. */
+  get headers(): HeaderMap {
+    return (this.#headers ??= this.#forwardable());
+  }
+
+  #forwardable(): HeaderMap {
+    const conn = this.#conn;
+    const headers = forwardableHeaders(this.clientHeaders());
+    if (headers.expect !== undefined) delete headers.expect;
+    const host = this.authority;
+    if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined) {
+      // The common case, from strings cached on the connection.
+      headers['x-forwarded-for'] = conn.ip;
+      if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = conn.proto;
+      headers.forwarded = conn.forwardedFor(host);
+    } else appendForwarded(headers, { ip: conn.ip, proto: conn.proto, host });
+    return headers;
   }
 
   get gone(): boolean {
@@ -534,7 +693,7 @@ class Http1Downstream implements Downstream {
       else for (const one of v) head += `${name}: ${one}\r\n`;
     }
     this.#headText = head;
-    this.#headLines = undefined;
+    this.#headRaw = undefined;
     this.#framing(status, hasLength, endStream);
   }
 
@@ -543,7 +702,7 @@ class Http1Downstream implements Downstream {
     if (this.headSent || this.#ended || this.#conn.socket.destroyed) return;
     this.headSent = true;
     this.#headText = statusLine(head.status);
-    this.#headLines = head.lines;
+    this.#headRaw = head;
     this.#framing(head.status, head.contentLength >= 0, endStream);
   }
 
@@ -571,7 +730,7 @@ class Http1Downstream implements Downstream {
   /** Bytes of the pending head (0 once written). */
   #headLength(): number {
     if (!this.#headPending) return 0;
-    return this.#headText.length + (this.#headLines?.length ?? 0) + this.#headTail.length;
+    return this.#headText.length + (this.#headRaw?.linesLength ?? 0) + this.#headTail.length;
   }
 
   /** Copy the pending head into `out` at 0; returns where it ends. */
@@ -579,10 +738,10 @@ class Http1Downstream implements Downstream {
     if (!this.#headPending) return 0;
     this.#headPending = false;
     let o = out.write(this.#headText, 0, 'latin1');
-    const lines = this.#headLines;
-    if (lines !== undefined) o += lines.copy(out, o);
+    const lines = this.#headRaw;
+    if (lines !== undefined) o += lines.copyLines(out, o);
     o += out.write(this.#headTail, o, 'latin1');
-    this.#headLines = undefined;
+    this.#headRaw = undefined;
     return o;
   }
 
@@ -594,12 +753,18 @@ class Http1Downstream implements Downstream {
     return out;
   }
 
-  write(chunk: Buffer): boolean {
+  /** Chunks may be views of a read buffer: the small first one is copied with the head anyway. */
+  readonly takesViews = true;
+
+  write(data: Buffer, transient = false): boolean {
     const socket = this.#conn.socket;
     if (this.#ended || socket.destroyed) return true;
     if (this.method === 'HEAD') return true;
-    const len = chunk.length;
+    const len = data.length;
     if (len === 0) return true;
+    // A chunk written as it is (not copied into one buffer with the head or its chunk size) must be ours to keep.
+    const asIs = len >= 16_384 || (!this.#chunked && !this.#headPending);
+    const chunk = transient && asIs ? Buffer.from(data) : data;
     if (this.#chunked) {
       const size = `${len.toString(16)}\r\n`;
       if (len < 16_384) {
@@ -609,7 +774,7 @@ class Http1Downstream implements Downstream {
         chunk.copy(out, o);
         out[out.length - 2] = 13;
         out[out.length - 1] = 10;
-        return socket.write(out);
+        return writeDirect(socket, out);
       }
       socket.cork();
       if (this.#headPending) socket.write(this.#takeHead(size));
@@ -619,11 +784,11 @@ class Http1Downstream implements Downstream {
       socket.uncork();
       return ok;
     }
-    if (!this.#headPending) return socket.write(chunk);
+    if (!this.#headPending) return writeDirect(socket, chunk);
     if (len < 16_384) {
       const out = Buffer.allocUnsafe(this.#headLength() + len);
       chunk.copy(out, this.#putHead(out));
-      return socket.write(out);
+      return writeDirect(socket, out);
     }
     socket.cork();
     socket.write(this.#takeHead());

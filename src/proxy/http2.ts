@@ -284,16 +284,21 @@ function connectionNamed(connection: string | string[]): Set<string> {
   return named;
 }
 
+/** Where a backend's field lines are copied to be encoded (one head at a time, synchronously). */
+let rawLines = Buffer.allocUnsafeSlow(4096);
+
 /**
  * An HTTP/1.1 backend's field lines (`Name: value\r\n`…, hop-by-hop and
  * framing fields already dropped) HPACK-encoded after `:status`, names made
  * lowercase, byte for byte: no header map.
  */
 function encodeRawHead(head: RawResponseHead): Buffer {
+  const end = head.linesLength;
+  if (rawLines.length < end) rawLines = Buffer.allocUnsafeSlow(Math.max(end, rawLines.length * 2));
+  const lines = rawLines;
+  head.copyLines(lines, 0);
   encoder.begin();
   encoder.status(head.status);
-  const lines = head.lines;
-  const end = lines.length;
   let i = 0;
   while (i < end) {
     let eol = lines.indexOf(10, i);
