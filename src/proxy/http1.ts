@@ -504,6 +504,24 @@ class ClientConn implements ChunkSink {
       this.socket.end();
       return;
     }
+    const socket = this.socket;
+    if (this.#flushing.length > 0 || socket.writableLength > 0 || directWritePending(socket)) {
+      // The client is slower to read its responses than to pipeline requests:
+      // serve the next one once this response has gone out, so that a client
+      // that never reads cannot make the gateway fetch and queue responses
+      // without bound. (An empty write completes after everything before it.)
+      socket.write('', 'latin1', this.#onResponseFlushed);
+      return;
+    }
+    this.#next();
+  }
+
+  readonly #onResponseFlushed = (err?: Error | null): void => {
+    if (err == null && !this.#gone && this.cur === undefined && !this.socket.destroyed) this.#next();
+  };
+
+  /** Serve the next request (pipelined or still to come), or close after a half-close. */
+  #next(): void {
     this.socket.resume();
     this.#process();
     if (this.#clientEnded && this.cur === undefined) this.socket.end();
