@@ -1,10 +1,11 @@
 /**
- * `npm run bench -- http [--json] [--seconds N] [--runs N]`: requests/s and latency
- * through one proxy process to one backend, side by side in one run:
- * holdfast, nginx, HAProxy and a plain node:http proxy. HTTP/1.1 keep-alive
- * load from wrk (p99 from its --latency report), HTTP/2 (h2c prior
- * knowledge) from h2load (mean latency; h2load reports no percentiles).
- * Missing tools or peers are reported and skipped.
+ * `npm run bench -- http [--json] [--seconds N] [--runs N] [--warmup N]`:
+ * requests/s and latency through one proxy process to one backend, side by
+ * side in one run: holdfast, nginx, HAProxy and a plain node:http proxy.
+ * HTTP/1.1 keep-alive load from wrk (p99 from its --latency report), HTTP/2
+ * (h2c prior knowledge) from h2load (mean latency; h2load reports no
+ * percentiles). Each peer first gets `--warmup` seconds (default 1) of the
+ * same load, not measured. Missing tools or peers are reported and skipped.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
@@ -117,11 +118,16 @@ function child(script: string, args: number[]): RunningPeer {
 export async function run(args: BenchArgs): Promise<void> {
   const { values } = parseArgs({
     args: args.rest,
-    options: { seconds: { type: 'string', default: '5' }, runs: { type: 'string', default: '1' } },
+    options: {
+      seconds: { type: 'string', default: '5' },
+      runs: { type: 'string', default: '1' },
+      warmup: { type: 'string', default: '1' },
+    },
     strict: false,
   });
   const seconds = Number(values.seconds);
   const runs = Math.max(1, Number(values.runs));
+  const warmup = Math.max(0, Number(values.warmup));
   const say = (msg: string): void =>
     args.json ? console.log(JSON.stringify({ skipped: msg })) : console.log(`# ${msg}`);
   const haveWrk = which('wrk') !== undefined;
@@ -150,6 +156,12 @@ export async function run(args: BenchArgs): Promise<void> {
     const peer = await start();
     if (typeof peer === 'string') return say(`${name}: ${peer}`);
     try {
+      // Every peer gets the same load unmeasured first (JIT compilation, heap growth, connection
+      // pools): the figures are for a proxy that has been running, not for its first second.
+      if (warmup > 0) {
+        if (haveWrk && h1Port !== undefined) runWrk(h1Port, warmup);
+        if (haveH2load && h2Port !== undefined) runH2load(h2Port, warmup);
+      }
       if (haveWrk && h1Port !== undefined)
         rows.push({ proxy: name, load: 'http1', ...runWrk(h1Port, seconds) });
       if (haveH2load && h2Port !== undefined)
