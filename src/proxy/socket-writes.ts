@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { streamBinding, type WriteReq as BindingWriteReq } from './stream-binding.ts';
 
 /**
  * Writes straight to a socket's handle when nothing is queued.
@@ -28,18 +29,9 @@ import type { Socket } from 'node:net';
  * Node we ship takes the direct path).
  */
 
-/** What the stream binding offers, as far as direct writes use it. */
-interface StreamBinding {
-  WriteWrap: new () => WriteReq;
-  streamBaseState: Int32Array;
-  kLastWriteWasAsync: number;
-}
-
-/** A write request object, as the handle fills it in when the write goes asynchronous. */
-interface WriteReq {
-  oncomplete: (this: WriteReq, status: number) => void;
+/** A write request of ours: the socket and bytes are set only on a write in flight. */
+interface WriteReq extends BindingWriteReq {
   handle?: unknown;
-  /** Ours, for a write in flight: its socket and the bytes libuv still reads from. */
   socket?: Socket | undefined;
   buffer?: string | Buffer | undefined;
 }
@@ -57,31 +49,11 @@ interface SocketFields {
 
 const kInFlight = Symbol('holdfast.writes.inFlight');
 
-function loadBinding(): StreamBinding | null {
-  try {
-    const p = process as unknown as { binding?: (name: string) => unknown };
-    if (typeof p.binding !== 'function') return null;
-    // process.binding is deprecated in documentation only (DEP0111): no warning, and checked below.
-    const b = p.binding('stream_wrap') as Partial<StreamBinding> | undefined;
-    if (
-      b === undefined ||
-      typeof b.WriteWrap !== 'function' ||
-      !(b.streamBaseState instanceof Int32Array) ||
-      typeof b.kLastWriteWasAsync !== 'number'
-    ) {
-      return null;
-    }
-    return b as StreamBinding;
-  } catch {
-    return null;
-  }
-}
-
-const binding = loadBinding();
+const binding = streamBinding();
 /** Writes that took the direct path, and writes that went through `socket.write()` (for tests). */
 let direct = 0;
 let plain = 0;
-const state = binding?.streamBaseState;
+const state = binding?.state;
 /** A request object for the next write: reused while writes complete at once (the handle keeps none of it then). */
 let spare: WriteReq | undefined;
 

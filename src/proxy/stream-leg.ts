@@ -12,6 +12,11 @@ import {
   releaseReads,
   SHARED_READ_BUFFER,
 } from './socket-reads.ts';
+import {
+  type ShutdownReq as BindingShutdownReq,
+  streamBinding,
+  type WriteReq as BindingWriteReq,
+} from './stream-binding.ts';
 
 /**
  * Relay legs: the two sockets of a relayed connection once it only moves
@@ -217,14 +222,12 @@ interface TcpHandle extends StreamHandle {
   setKeepAlive(on: boolean, delaySeconds: number): number;
 }
 
-/** A libuv write request; fields of ours are set only on those that went async. */
-interface WriteReq {
-  oncomplete: ((this: WriteReq, status: number) => void) | undefined;
+/** A write request of a leg; our fields are set only on those that went async. */
+interface WriteReq extends BindingWriteReq {
   leg: HandleLeg | undefined;
   buffer: Buffer | undefined;
 }
-interface ShutdownReq {
-  oncomplete: ((this: ShutdownReq, status: number) => void) | undefined;
+interface ShutdownReq extends BindingShutdownReq {
   leg: HandleLeg | undefined;
 }
 interface ConnectReq {
@@ -253,13 +256,6 @@ const UV_EOF = -4095;
 
 let internals: Internals | null | undefined;
 
-interface StreamWrapBinding {
-  WriteWrap: new () => WriteReq;
-  ShutdownWrap: new () => ShutdownReq;
-  streamBaseState: Int32Array;
-  kReadBytesOrError: number;
-  kLastWriteWasAsync: number;
-}
 interface TcpWrapBinding {
   TCP: new (type: number) => TcpHandle;
   TCPConnectWrap: new () => ConnectReq;
@@ -272,15 +268,11 @@ function probe(): Internals | null {
   internals = null;
   try {
     const binding = (process as unknown as { binding?: (name: string) => unknown }).binding;
-    if (typeof binding !== 'function' || getSystemErrorName(UV_EOF) !== 'EOF') return null;
-    const sw = binding.call(process, 'stream_wrap') as Partial<StreamWrapBinding>;
+    const sw = streamBinding();
+    if (typeof binding !== 'function' || sw === null || getSystemErrorName(UV_EOF) !== 'EOF') return null;
+    // The TCP handle class: legs to backends are connected on handles of their own.
     const tw = binding.call(process, 'tcp_wrap') as Partial<TcpWrapBinding>;
     if (
-      typeof sw.WriteWrap !== 'function' ||
-      typeof sw.ShutdownWrap !== 'function' ||
-      !(sw.streamBaseState instanceof Int32Array) ||
-      typeof sw.kReadBytesOrError !== 'number' ||
-      typeof sw.kLastWriteWasAsync !== 'number' ||
       typeof tw.TCP !== 'function' ||
       typeof tw.TCPConnectWrap !== 'function' ||
       typeof tw.constants?.SOCKET !== 'number'
@@ -303,9 +295,9 @@ function probe(): Internals | null {
     )
       return null;
     internals = {
-      WriteWrap: sw.WriteWrap,
-      ShutdownWrap: sw.ShutdownWrap,
-      state: sw.streamBaseState,
+      WriteWrap: sw.WriteWrap as new () => WriteReq,
+      ShutdownWrap: sw.ShutdownWrap as new () => ShutdownReq,
+      state: sw.state,
       kReadBytesOrError: sw.kReadBytesOrError,
       kLastWriteWasAsync: sw.kLastWriteWasAsync,
       owner,
