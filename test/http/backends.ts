@@ -197,12 +197,13 @@ export interface HttpService {
 /**
  * For a describe block: start one `protocol: http` service named `name` over
  * one HTTP/1.1 backend before its tests, shut both down after. `fields`: more
- * service fields, as YAML lines indented by four spaces.
+ * service fields, as YAML lines indented by four spaces; `route`: the
+ * backend's own answers (see startH1Backend).
  */
-export function useHttpService(name: string, fields = ''): HttpService {
+export function useHttpService(name: string, fields = '', route?: H1Route): HttpService {
   const svc = {} as HttpService;
   before(async () => {
-    svc.backend = await startH1Backend();
+    svc.backend = await startH1Backend(route);
     svc.port = await freePort();
     ({ gateway: svc.gateway } = await startGateway(`
 services:

@@ -6,13 +6,11 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createServer as createH1 } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
-import { after, before, describe, it } from 'node:test';
-import type { Gateway } from '../../src/gateway.ts';
+import { describe, it } from 'node:test';
 import { directWritePending, directWrites, writeCounts, writeDirect } from '../../src/proxy/socket-writes.ts';
-import { startGateway } from '../helpers/gateway.ts';
-import { dial, freePort, waitFor } from '../helpers/net.ts';
+import { dial, waitFor } from '../helpers/net.ts';
+import { useHttpService } from './backends.ts';
 
 /** A connected pair: `server` is the accepted side. */
 async function pair(): Promise<{ client: Socket; server: Socket; close: () => void }> {
@@ -105,35 +103,17 @@ describe('direct socket writes', () => {
 });
 
 describe('direct writes through the gateway', () => {
-  let gateway: Gateway;
-  let port: number;
-  const backend = createH1((req, res) => {
+  const svc = useHttpService('burst', '', (req, res) => {
     req.resume();
     const n = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('n'));
     // Bodies under and over the one-write size, each saying which request it answers.
     const size = n % 4 === 0 ? 40_000 : 6_000;
     res.end(`<${n}>`.padEnd(size, '.'));
-  });
-  before(async () => {
-    backend.listen(0, '127.0.0.1');
-    await once(backend, 'listening');
-    port = await freePort();
-    ({ gateway } = await startGateway(`
-services:
-  - name: burst
-    protocol: http
-    listen: 127.0.0.1:${port}
-    backends: { static: [127.0.0.1:${(backend.address() as { port: number }).port}] }
-`));
-  });
-  after(async () => {
-    await gateway.shutdown();
-    backend.closeAllConnections();
-    backend.close();
+    return true;
   });
 
   it('a large pipelined burst read slowly is answered whole and in order', async () => {
-    const socket = await dial(port);
+    const socket = await dial(svc.port);
     socket.pause();
     const count = 400;
     let burst = '';

@@ -3,50 +3,25 @@
  * not fetch (and hold) every pipelined response it cannot deliver.
  */
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
-import { once } from 'node:events';
-import { after, before, describe, it } from 'node:test';
-import type { Gateway } from '../../src/gateway.ts';
-import { startGateway } from '../helpers/gateway.ts';
-import { dial, freePort, waitFor } from '../helpers/net.ts';
+import { describe, it } from 'node:test';
+import { dial, waitFor } from '../helpers/net.ts';
+import { useHttpService } from './backends.ts';
 
 const BODY = 16 * 1024;
 const COUNT = 3000;
 
 describe('HTTP/1.1 pipelining', () => {
-  let backend: Server;
-  let gateway: Gateway;
-  let port: number;
-  let served = 0;
-
-  before(async () => {
-    backend = createServer((req, res) => {
-      served++;
-      const n = /n=(\d+)/.exec(req.url ?? '')?.[1] ?? '?';
-      const body = Buffer.alloc(BODY, 120);
-      body.write(`<${n}>`);
-      res.writeHead(200, { 'content-length': BODY });
-      res.end(body);
-    });
-    backend.listen(0, '127.0.0.1');
-    await once(backend, 'listening');
-    port = await freePort();
-    ({ gateway } = await startGateway(`
-services:
-  - name: pipelined
-    protocol: http
-    listen: 127.0.0.1:${port}
-    backends: { static: [127.0.0.1:${(backend.address() as { port: number }).port}] }
-`));
-  });
-  after(async () => {
-    await gateway.shutdown();
-    backend.closeAllConnections();
-    backend.close();
+  const svc = useHttpService('pipelined', '', (req, res) => {
+    const n = /n=(\d+)/.exec(req.url ?? '')?.[1] ?? '?';
+    const body = Buffer.alloc(BODY, 120);
+    body.write(`<${n}>`);
+    res.writeHead(200, { 'content-length': BODY });
+    res.end(body);
+    return true;
   });
 
   it('a client that pipelines without reading holds back its later requests, then gets every response in order', async () => {
-    const socket = await dial(port);
+    const socket = await dial(svc.port);
     socket.pause();
     let burst = '';
     for (let n = 0; n < COUNT; n++) burst += `GET /?n=${n} HTTP/1.1\r\nHost: h\r\n\r\n`;
@@ -56,8 +31,8 @@ services:
     // one response queued behind it) may have been fetched.
     await new Promise((r) => setTimeout(r, 1_500));
     assert.ok(
-      served < COUNT / 2,
-      `the backend served ${served} of ${COUNT} requests for a client that reads nothing`,
+      svc.backend.served < COUNT / 2,
+      `the backend served ${svc.backend.served} of ${COUNT} requests for a client that reads nothing`,
     );
     let received = 0;
     let next = 0;
@@ -79,7 +54,7 @@ services:
     socket.resume();
     await waitFor(() => next === COUNT || outOfOrder >= 0, 30_000, 'every response');
     assert.equal(outOfOrder, -1, 'responses arrive in request order');
-    assert.equal(served, COUNT);
+    assert.equal(svc.backend.served, COUNT);
     assert.ok(received >= COUNT * BODY);
     socket.destroy();
   });
