@@ -187,6 +187,16 @@ class Raw {
   }
 }
 
+/** Run `fn` on a fresh raw connection to `port`, closed afterwards whatever happens. */
+async function withRaw(port: number, fn: (raw: Raw) => Promise<void>): Promise<void> {
+  const raw = await Raw.open(port);
+  try {
+    await fn(raw);
+  } finally {
+    raw.close();
+  }
+}
+
 describe('HTTP/2 server side', () => {
   let backend: HttpBackend;
   let gateway: Gateway;
@@ -403,44 +413,34 @@ services:
     ];
     for (const [what, fields] of cases) {
       it(what, async () => {
-        const raw = await Raw.open(port);
-        try {
+        await withRaw(port, async (raw) => {
           raw.request(1, fields);
           assert.equal(await raw.rst(1), F.PROTOCOL_ERROR);
           raw.request(3, GET());
           assert.equal(await raw.status(3), '200', 'the next request on the connection is served');
-        } finally {
-          raw.close();
-        }
+        });
       });
     }
 
     it('a request head split over HEADERS and CONTINUATION frames', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         const b = block([...GET(), ['x-long', 'v'.repeat(1500)]]);
         raw.send(F.HEADERS, F.FLAG_END_STREAM, 1, b.subarray(0, 500));
         raw.send(F.CONTINUATION, 0, 1, b.subarray(500, 1000));
         raw.send(F.CONTINUATION, F.FLAG_END_HEADERS, 1, b.subarray(1000));
         assert.equal(await raw.status(1), '200');
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('te: trailers is allowed', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.request(1, [...GET(), ['te', 'trailers']]);
         assert.equal(await raw.status(1), '200');
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('DATA longer than content-length, and shorter at END_STREAM', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         const post = (id: number): void =>
           raw.request(
             id,
@@ -461,39 +461,30 @@ services:
         post(5);
         raw.send(F.DATA, F.FLAG_END_STREAM | F.FLAG_PADDED, 5, Buffer.from('\x03abcdexyz'));
         assert.equal(await raw.status(5), '200', 'padding does not count');
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('HEADERS with a self-dependent priority; PRIORITY frames otherwise ignored', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         const prio = Buffer.concat([u32(1), Buffer.from([16]), block(GET())]);
         raw.send(F.HEADERS, F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PRIORITY, 1, prio);
         assert.equal(await raw.rst(1), F.PROTOCOL_ERROR);
         raw.send(F.PRIORITY, 0, 5, Buffer.concat([u32(0), Buffer.from([16])]));
         raw.request(3, GET());
         assert.equal(await raw.status(3), '200');
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('HEADERS on a half-closed (remote) stream: RST_STREAM STREAM_CLOSED', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.request(1, GET('/slow?ms=300'));
         raw.request(1, GET('/slow?ms=300'), false);
         assert.equal(await raw.rst(1), F.STREAM_CLOSED);
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('a stream the client resets is cut upstream too (client-gone)', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         const before = errors()['client-gone'] ?? 0;
         raw.request(1, GET('/slow?ms=3000'));
         await waitFor(() => backend.served > 0, 5000, 'the request at the backend');
@@ -501,20 +492,15 @@ services:
         await waitFor(() => (errors()['client-gone'] ?? 0) > before, 5000, 'client-gone counted');
         raw.request(3, GET());
         assert.equal(await raw.status(3), '200', 'the connection carries on');
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('WINDOW_UPDATE of 0 on a stream: RST_STREAM PROTOCOL_ERROR', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.request(1, GET('/slow?ms=300'));
         raw.send(F.WINDOW_UPDATE, 0, 1, u32(0));
         assert.equal(await raw.rst(1), F.PROTOCOL_ERROR);
-      } finally {
-        raw.close();
-      }
+      });
     });
   });
 
@@ -607,21 +593,17 @@ services:
     }
 
     it('an unknown frame type is ignored', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.send(0xfa, 0xff, 1, Buffer.from('whatever'));
         raw.request(1, GET());
         assert.equal(await raw.status(1), '200');
-      } finally {
-        raw.close();
-      }
+      });
     });
   });
 
   describe('limits', () => {
     it('431 for a header list over headerLimits.maxSize, and for more fields than maxCount', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         const served = backend.served;
         raw.request(1, [...GET(), ['x-big', 'a'.repeat(5000)]]);
         assert.equal(await raw.status(1), '431');
@@ -634,20 +616,15 @@ services:
         assert.equal(await raw.status(5), '200');
         assert.equal(backend.served, served + 1, 'refused requests never reached the backend');
         assert.ok((errors()['header-too-large'] ?? 0) >= 1 && (errors()['too-many-headers'] ?? 0) >= 1);
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('REFUSED_STREAM beyond maxConcurrentStreams', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         for (let id = 1; id <= 9; id += 2) raw.request(id, GET('/slow?ms=300'));
         assert.equal(await raw.rst(9), F.REFUSED_STREAM);
         assert.equal(await raw.status(1), '200');
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('a client that lowers SETTINGS_HEADER_TABLE_SIZE gets a table size update first (nghttp2 insists)', async () => {
@@ -675,21 +652,17 @@ services:
     });
 
     it('CONNECT: 405', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.request(1, [
           [':method', 'CONNECT'],
           [':authority', 'example.com:443'],
         ]);
         assert.equal(await raw.status(1), '405');
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('our SETTINGS: the configured limits, no push, a 1 MiB stream window; the connection window widened', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         const s = await raw.next((f) => f.type === F.SETTINGS && (f.flags & 1) === 0);
         const got = new Map<number, number>();
         for (let i = 0; i < s!.payload.length; i += 6)
@@ -701,16 +674,13 @@ services:
         const wu = await raw.next((f) => f.type === F.WINDOW_UPDATE && f.id === 0);
         assert.equal(wu!.payload.readUInt32BE(0) + 65_535, 16 << 20);
         assert.ok(await raw.next((f) => f.type === F.SETTINGS && (f.flags & 1) === 1), 'our ACK of theirs');
-      } finally {
-        raw.close();
-      }
+      });
     });
   });
 
   describe('floods: GOAWAY ENHANCE_YOUR_CALM, bounded', () => {
     it('PING flood from a client that does not read', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.socket.pause();
         const pings = Buffer.concat(
           Array.from({ length: 1000 }, () => F.frame(F.PING, 0, 0, Buffer.alloc(8))),
@@ -723,14 +693,11 @@ services:
         assert.ok((errors()['h2-control-flood'] ?? 0) >= 1, `cut after ${sent}k PINGs`);
         raw.socket.resume();
         assert.equal(await raw.goaway(), F.ENHANCE_YOUR_CALM);
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('SETTINGS flood from a client that does not read', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.socket.pause();
         const before = errors()['h2-control-flood'] ?? 0;
         const many = Buffer.concat(
@@ -744,14 +711,11 @@ services:
         assert.ok((errors()['h2-control-flood'] ?? 0) > before, `cut after ${sent}k SETTINGS`);
         raw.socket.resume();
         assert.equal(await raw.goaway(), F.ENHANCE_YOUR_CALM);
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('empty DATA frames on an open stream', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.request(
           1,
           [
@@ -765,31 +729,23 @@ services:
         raw.socket.write(empties);
         assert.equal(await raw.goaway(), F.ENHANCE_YOUR_CALM);
         assert.ok((errors()['h2-frame-flood'] ?? 0) >= 1);
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('a header block over the byte bound in CONTINUATION frames', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         raw.send(F.HEADERS, 0, 1, block(GET()));
         for (let i = 0; i < 10 && !raw.closed; i++)
           raw.send(F.CONTINUATION, 0, 1, Buffer.alloc(16_000, 0x40));
         assert.equal(await raw.goaway(), F.ENHANCE_YOUR_CALM);
-      } finally {
-        raw.close();
-      }
+      });
     });
 
     it('refused streams count as resets: opening past the limit for ever is cut', async () => {
-      const raw = await Raw.open(port);
-      try {
+      await withRaw(port, async (raw) => {
         for (let id = 1; id < 800 && !raw.closed; id += 2) raw.request(id, GET('/slow?ms=1000'));
         assert.equal(await raw.goaway(), F.ENHANCE_YOUR_CALM);
-      } finally {
-        raw.close();
-      }
+      });
     });
   });
 });
