@@ -34,10 +34,11 @@ import {
  * destroyed (without its handle) and collected.
  *
  * That uses Node internals: the handle's methods, the `owner_symbol` by which
- * Node finds a handle's socket, and `process.binding('stream_wrap')` for the
- * write and shutdown requests and the shared read/write state (deprecated as
- * DEP0111, documentation-only; kept here because it is the only way to a
- * handle's write requests, and guarded). Everything is checked once; a socket
+ * Node finds a handle's socket, `process.binding('stream_wrap')` for the
+ * write and shutdown requests and the shared read/write state
+ * (stream-binding.ts), and `process.binding('tcp_wrap')` for the TCP handles
+ * that `connectLeg` connects (DEP0111, a documentation-only deprecation: the
+ * only way to these, and guarded). Everything is checked once; a socket
  * that cannot be taken over (TLS, a write still queued, another Node) becomes a
  * `SocketLeg` over the net.Socket instead: same interface, same behaviour,
  * only larger.
