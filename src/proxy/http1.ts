@@ -362,7 +362,7 @@ class ClientConn implements ChunkSink {
 
   /** Consume buffered bytes: the current request's body, then (once its response is done) the next head. */
   #process(): void {
-    if (this.#processing) return;
+    if (this.#processing || this.#flushWait) return;
     this.#processing = true;
     try {
       while (!this.#gone) {
@@ -509,14 +509,21 @@ class ClientConn implements ChunkSink {
       // The client is slower to read its responses than to pipeline requests:
       // serve the next one once this response has gone out, so that a client
       // that never reads cannot make the gateway fetch and queue responses
-      // without bound. (An empty write completes after everything before it.)
+      // without bound. Nothing more is read from it meanwhile. (An empty
+      // write completes after everything before it.)
+      this.#flushWait = true;
+      socket.pause();
       socket.write('', 'latin1', this.#onResponseFlushed);
       return;
     }
     this.#next();
   }
 
+  /** A response is waiting to go out before the next request is served (see responseDone). */
+  #flushWait = false;
+
   readonly #onResponseFlushed = (err?: Error | null): void => {
+    this.#flushWait = false;
     if (err == null && !this.#gone && this.cur === undefined && !this.socket.destroyed) this.#next();
   };
 
