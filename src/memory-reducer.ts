@@ -108,12 +108,11 @@ export class MemoryReducer {
     if (slack < o.minSlackBytes || slack < committed / 5) return;
     this.#lastRun = now;
     reductions++;
-    const t0 = performance.now();
     // 'last-resort': V8's memory-reducing collection, which also releases
     // its pooled empty pages to the system; 'async' runs it as a task.
     o.gc!({ type: 'major', execution: 'async', flavor: 'last-resort' });
     o.log.debug(
-      { committedBytes: committed, usedBytes: used, ms: Math.round(performance.now() - t0) },
+      { committedBytes: committed, usedBytes: used },
       'memory reducer: asked V8 for a memory-reducing collection',
     );
   }
