@@ -150,14 +150,6 @@ export function ownBytes(buf: Buffer, start: number, end: number): Buffer {
   return buf === shared ? Buffer.from(view) : view;
 }
 
-/**
- * Write bytes a read callback forwards and say whether they stayed queued:
- * then the reader must pause until `to` emits 'drain' (and tell `afterRead`).
- */
-export function forward(to: Socket, bytes: Buffer): boolean {
-  return !to.write(bytes) && to.writableLength > 0;
-}
-
 /** Options that make a socket Node creates read through `callback`. */
 export function readOptions(callback: ReadCallback): Pick<NetConnectOpts, 'onread'> & {
   writableHighWaterMark: number;

@@ -345,11 +345,6 @@ function liftable(socket: Socket): StreamHandle | undefined {
   return h as StreamHandle;
 }
 
-/** Whether sockets can be taken over on this Node (for tests: no silent fallback). */
-export function legsAreLean(socket: Socket): boolean {
-  return liftable(socket) !== undefined;
-}
-
 const F_PAUSED = 1;
 const F_ENDED = 2;
 const F_EOF = 4;
