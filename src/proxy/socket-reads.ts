@@ -151,7 +151,7 @@ export function ownBytes(buf: Buffer, start: number, end: number): Buffer {
 }
 
 /** Options that make a socket Node creates read through `callback`. */
-export function readOptions(callback: ReadCallback): Pick<NetConnectOpts, 'onread'> & {
+function readOptions(callback: ReadCallback): Pick<NetConnectOpts, 'onread'> & {
   writableHighWaterMark: number;
 } {
   // Node reads any return but `false` as "go on"; callbacks pause explicitly instead.

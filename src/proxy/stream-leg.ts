@@ -14,6 +14,7 @@ import {
 } from './socket-reads.ts';
 import {
   type ShutdownReq as BindingShutdownReq,
+  type StreamBinding,
   streamBinding,
   type WriteReq as BindingWriteReq,
 } from './stream-binding.ts';
@@ -112,7 +113,6 @@ export function takeOver(socket: Socket, owner: LegOwner): Leg {
   handle.onread = onHandleRead;
   // A paused net.Socket may still have its handle reading (Readable asks for
   // more in the background); a leg starts stopped.
-  handle.reading = false;
   handle.readStop();
   return leg;
 }
@@ -207,7 +207,6 @@ interface StreamHandle {
   close(cb: (this: StreamHandle) => void): void;
   reset?(cb: (this: StreamHandle) => void): number;
   onread: ((this: StreamHandle) => Buffer | undefined) | null;
-  reading: boolean;
   readonly bytesRead: number;
   readonly bytesWritten: number;
   [owner: symbol]: unknown;
@@ -238,13 +237,8 @@ interface ConnectReq {
   keepAliveMs: number | undefined;
 }
 
-interface Internals {
-  WriteWrap: new () => WriteReq;
-  ShutdownWrap: new () => ShutdownReq;
-  /** Node's shared Int32Array through which a handle reports reads and writes. */
-  state: Int32Array;
-  kReadBytesOrError: number;
-  kLastWriteWasAsync: number;
+/** The stream binding (stream-binding.ts) and what legs add to it. */
+interface Internals extends StreamBinding {
   /** The symbol under which a handle points at its owner (Node: its Socket). */
   owner: symbol;
   TCP: new (type: number) => TcpHandle;
@@ -296,11 +290,7 @@ function probe(): Internals | null {
     )
       return null;
     internals = {
-      WriteWrap: sw.WriteWrap as new () => WriteReq,
-      ShutdownWrap: sw.ShutdownWrap as new () => ShutdownReq,
-      state: sw.state,
-      kReadBytesOrError: sw.kReadBytesOrError,
-      kLastWriteWasAsync: sw.kLastWriteWasAsync,
+      ...sw,
       owner,
       TCP: tw.TCP,
       TCPConnectWrap: tw.TCPConnectWrap,
@@ -315,7 +305,7 @@ function probe(): Internals | null {
 /** The socket's handle if it can be lifted out now, else undefined. */
 function liftable(socket: Socket): StreamHandle | undefined {
   const s = socket as unknown as {
-    _handle?: Partial<StreamHandle> | null;
+    _handle?: StreamHandle | null;
     _writableState?: { length: number; pendingcb: number };
     encrypted?: boolean;
   };
@@ -334,15 +324,13 @@ function liftable(socket: Socket): StreamHandle | undefined {
     s._writableState.pendingcb !== 0 ||
     !readsOwnBuffers(socket) ||
     readBufferOf(socket) === undefined ||
-    typeof h.writeBuffer !== 'function' ||
-    typeof h.shutdown !== 'function' ||
-    typeof h.readStop !== 'function' ||
-    typeof h.close !== 'function' ||
     probe() === null ||
+    // A TCP wrap, whose methods the probe checked, and this socket's own.
+    !(h instanceof internals!.TCP) ||
     h[internals!.owner] !== socket
   )
     return undefined;
-  return h as StreamHandle;
+  return h;
 }
 
 const F_PAUSED = 1;
@@ -396,7 +384,7 @@ class HandleLeg implements Leg {
   write(bytes: Buffer): boolean {
     if ((this.flags & (F_ENDED | F_DESTROYED)) !== 0) return true;
     const k = internals!;
-    const req = spare ?? new k.WriteWrap();
+    const req = spare ?? (new k.WriteWrap() as WriteReq);
     const err = this.handle.writeBuffer(req, bytes);
     if (err !== 0) {
       this.fail();
@@ -418,7 +406,7 @@ class HandleLeg implements Leg {
   end(): void {
     if ((this.flags & (F_ENDED | F_DESTROYED)) !== 0) return;
     this.flags |= F_ENDED;
-    const req = new internals!.ShutdownWrap();
+    const req = new internals!.ShutdownWrap() as ShutdownReq;
     req.oncomplete = onShutdown;
     req.leg = this;
     // libuv sends FIN after the queued writes.
@@ -451,21 +439,18 @@ class HandleLeg implements Leg {
   pause(): void {
     if ((this.flags & (F_PAUSED | F_DESTROYED)) !== 0) return;
     this.flags |= F_PAUSED;
-    this.handle.reading = false;
     this.handle.readStop();
   }
 
   resume(): void {
     if ((this.flags & (F_PAUSED | F_DESTROYED | F_EOF | F_CONNECTING)) !== F_PAUSED) return;
     this.flags &= ~F_PAUSED;
-    this.handle.reading = true;
     if (this.handle.readStart() !== 0) this.fail();
   }
 
   /** FIN from the peer: reading is over; closed once our own FIN is out too. */
   eof(): void {
     this.flags |= F_EOF | F_PAUSED;
-    this.handle.reading = false;
     this.handle.readStop();
     this.owner.legEnd(this);
     if ((this.flags & F_SHUT) !== 0) this.destroy();

@@ -312,7 +312,7 @@ function onClientRead(this: Socket, n: number, buf: Buffer): void {
 class WsConnection implements ProxiedConnection, LegOwner {
   readonly openedAt: number;
   readonly proxy: WebSocketProxy;
-  /** The client's leg and the backend's, once the backend accepted the upgrade. */
+  /** The client's leg (once the backend accepted the upgrade) and the backend's (from its connect on). */
   down: Leg | undefined = undefined;
   up: Leg | undefined = undefined;
   backend: Backend | undefined = undefined;
