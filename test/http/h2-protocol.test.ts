@@ -422,6 +422,13 @@ services:
       });
     }
 
+    it('header fields named like Object.prototype members (constructor, toString) are plain fields', async () => {
+      await withRaw(port, async (raw) => {
+        raw.request(1, [...GET('/headers'), ['constructor', 'a'], ['tostring', 'b'], ['constructor', 'c']]);
+        assert.equal(await raw.status(1), '200');
+      });
+    });
+
     it('a request head split over HEADERS and CONTINUATION frames', async () => {
       await withRaw(port, async (raw) => {
         const b = block([...GET(), ['x-long', 'v'.repeat(1500)]]);

@@ -767,7 +767,8 @@ export abstract class H2Connection implements HeaderSink {
       case '__proto__':
         return;
     }
-    const prev = headers[name];
+    // Own properties only: a field named like an Object.prototype member (`constructor`) is just a field.
+    const prev = Object.hasOwn(headers, name) ? headers[name] : undefined;
     if (prev === undefined) headers[name] = value;
     else if (typeof prev === 'string') headers[name] = [prev, value];
     else prev.push(value);

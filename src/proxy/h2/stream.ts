@@ -110,8 +110,9 @@ export class H2Stream {
 
   bodyWanted(): void {
     const held = this.#held;
-    if (held === 0 || this.closed) return;
+    if (held === 0) return;
     this.#held = 0;
+    // On a closed stream this still gives the connection window back (credit() knows).
     this.conn.credit(this, held);
   }
 
@@ -125,7 +126,8 @@ export class H2Stream {
     this.#discard = true;
     const held = this.#held;
     this.#held = 0;
-    if (held > 0 && !this.closed) this.conn.credit(this, held);
+    // Also once the stream closed: the connection window must get these bytes back.
+    if (held > 0) this.conn.credit(this, held);
     const body = this.body;
     if (body !== undefined && !body.destroyed && !body.readableEnded) body.resume();
   }
