@@ -286,7 +286,12 @@ export function parseHead(
     if (raw !== undefined) {
       // The same checks as below, without a string for every name and value.
       let id = nameId(buf, lineStart, i);
-      if (id >= N_REQUEST_DROP && !isRequest) id = N_OTHER;
+      if (id >= N_REQUEST_DROP && !isRequest) {
+        // Kept in a response, but some (te, proxy-authenticate, http2-settings) must not reach an
+        // HTTP/2 client: such rare heads take the header-map path, which leaves hop-by-hop fields out.
+        if (id === N_REQUEST_DROP || id === N_REQUEST_OPAQUE) raw.opaque = true;
+        id = N_OTHER;
+      }
       switch (id) {
         case N_OTHER:
           continue;

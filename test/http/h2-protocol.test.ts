@@ -239,6 +239,12 @@ describe('HTTP/2 server side', () => {
         more();
         return true;
       }
+      if (url.pathname === '/te') {
+        // Fields that are connection-specific in HTTP/2 (RFC 9113 §8.2.2).
+        res.writeHead(200, { te: 'gzip', 'proxy-authenticate': 'Basic', 'x-kept': 'yes' });
+        res.end('ok');
+        return true;
+      }
       if (url.pathname === '/slowsink') {
         // Reads the upload slowly: the proxy must hold the client back, not buffer it all.
         const hash = createHash('sha256');
@@ -326,6 +332,23 @@ services:
         assert.equal(hugeDone, true);
       } finally {
         raw.close();
+      }
+    });
+
+    it("a backend's connection-specific response fields (te) do not reach HTTP/2 clients", async () => {
+      const session = h2connect(`http://127.0.0.1:${port}`);
+      try {
+        const headers = await new Promise<Record<string, unknown>>((resolve, reject) => {
+          const req = session.request({ ':path': '/te' });
+          req.on('response', (h) => resolve(h));
+          req.on('error', reject);
+          req.resume();
+        });
+        assert.equal(headers[':status'], 200);
+        assert.equal(headers.te, undefined);
+        assert.equal(headers['x-kept'], 'yes');
+      } finally {
+        session.close();
       }
     });
 
