@@ -23,6 +23,13 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
 /** Header map as both node:http and node:http2 accept it. */
 export type HeaderMap = Record<string, string | string[]>;
 
+/** The field names a `Connection` header lists (lowercase): hop-by-hop for this message. */
+export function connectionNamed(connection: string | readonly string[]): Set<string> {
+  const named = new Set<string>();
+  for (const part of String(connection).split(',')) named.add(part.trim().toLowerCase());
+  return named;
+}
+
 /**
  * Copy `src` without hop-by-hop headers, pseudo-headers, and any header the
  * `Connection` header names. `host` is dropped too: the caller sets it (or
@@ -33,11 +40,7 @@ export function forwardableHeaders(
 ): HeaderMap {
   const out: HeaderMap = {};
   const connection = src.connection;
-  let named: Set<string> | undefined;
-  if (connection !== undefined) {
-    named = new Set();
-    for (const part of String(connection).split(',')) named.add(part.trim().toLowerCase());
-  }
+  const named = connection === undefined ? undefined : connectionNamed(connection);
   for (const name in src) {
     const value = src[name];
     if (value === undefined || name.charCodeAt(0) === 58 /* ':' */) continue;

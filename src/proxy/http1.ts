@@ -282,6 +282,11 @@ class ClientConn implements ChunkSink {
 
   readonly #onFlushed = (err?: Error | null): void => {
     this.#flushing.shift()?.closed(err == null);
+    // A response that had to wait for the client to read is out: serve the next request.
+    if (this.#flushWait && this.#flushing.length === 0) {
+      this.#flushWait = false;
+      if (err == null && !this.#gone && this.cur === undefined && !this.socket.destroyed) this.#next();
+    }
   };
 
   leave(): void {
@@ -504,16 +509,14 @@ class ClientConn implements ChunkSink {
       this.socket.end();
       return;
     }
-    const socket = this.socket;
-    if (this.#flushing.length > 0 || socket.writableLength > 0 || directWritePending(socket)) {
-      // The client is slower to read its responses than to pipeline requests:
-      // serve the next one once this response has gone out, so that a client
-      // that never reads cannot make the gateway fetch and queue responses
-      // without bound. Nothing more is read from it meanwhile. (An empty
-      // write completes after everything before it.)
+    if (this.#flushing.length > 0) {
+      // The response's last bytes are still queued (writeLast, called just
+      // before): the client is slower to read than to pipeline. Serve the next
+      // request once they are out (#onFlushed), so that a client that never
+      // reads cannot make the gateway fetch and queue responses without bound.
+      // Nothing more is read from it meanwhile.
       this.#flushWait = true;
-      socket.pause();
-      socket.write('', 'latin1', this.#onResponseFlushed);
+      this.socket.pause();
       return;
     }
     this.#next();
@@ -521,11 +524,6 @@ class ClientConn implements ChunkSink {
 
   /** A response is waiting to go out before the next request is served (see responseDone). */
   #flushWait = false;
-
-  readonly #onResponseFlushed = (err?: Error | null): void => {
-    this.#flushWait = false;
-    if (err == null && !this.#gone && this.cur === undefined && !this.socket.destroyed) this.#next();
-  };
 
   /** Serve the next request (pipelined or still to come), or close after a half-close. */
   #next(): void {

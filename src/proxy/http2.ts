@@ -15,6 +15,7 @@ import { errorReply, grpcErrorHeaders, type ProxyFailure } from './http-errors.t
 import type { Downstream, HttpPlane } from './http-forward.ts';
 import {
   appendForwarded,
+  connectionNamed,
   forwardableHeaders,
   type HeaderMap,
   HOP_BY_HOP,
@@ -278,12 +279,6 @@ function encodeHeaders(status: number, headers: IncomingHttpHeaders): Buffer {
   return encoder.block();
 }
 
-function connectionNamed(connection: string | string[]): Set<string> {
-  const named = new Set<string>();
-  for (const part of String(connection).split(',')) named.add(part.trim().toLowerCase());
-  return named;
-}
-
 /** Where a backend's field lines are copied to be encoded (one head at a time, synchronously). */
 let rawLines = Buffer.allocUnsafeSlow(4096);
 
@@ -393,11 +388,7 @@ class Http2Downstream extends H2Stream implements Downstream {
     if (this.closed) return;
     if (!this.headersSent) {
       if (this.grpc) {
-        encoder.begin();
-        encoder.status(200);
-        const h = grpcErrorHeaders(kind);
-        for (const name in h) encoder.field(name, h[name] as string);
-        this.sendHeaders(encoder.block(), true);
+        simpleResponse(this, 200, grpcErrorHeaders(kind), undefined);
       } else {
         const reply = errorReply(kind);
         simpleResponse(this, reply.status, reply.headers, reply.body);

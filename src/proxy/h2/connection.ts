@@ -100,8 +100,8 @@ const MAX_PINGS = 10;
  * (or that we refuse) cost work each. RESET_BURST at once, RESET_RATE a second
  * after that; beyond, GOAWAY ENHANCE_YOUR_CALM.
  */
-export const RESET_BURST = 100;
-export const RESET_RATE = 50;
+const RESET_BURST = 100;
+const RESET_RATE = 50;
 /**
  * Frames that cost us work and carry nothing (empty DATA, zero window
  * updates, frames on closed streams, malformed requests): same kind of bucket.
@@ -124,6 +124,28 @@ const SCRATCH_SIZE = 16 * 1024;
 const scratchPool: Buffer[] = [];
 /** DATA payloads up to this size are copied next to their frame header rather than written by reference. */
 const COPY_MAX = 2048;
+
+/** `burst` at once, then `rate` a second: a flood guard's allowance. */
+class TokenBucket {
+  readonly #burst: number;
+  readonly #rate: number;
+  #tokens: number;
+  #at = performance.now();
+
+  constructor(burst: number, rate: number) {
+    this.#burst = burst;
+    this.#rate = rate;
+    this.#tokens = burst;
+  }
+
+  /** Take one token; false when none is left. */
+  take(): boolean {
+    const now = performance.now();
+    this.#tokens = Math.min(this.#burst, this.#tokens + ((now - this.#at) / 1000) * this.#rate);
+    this.#at = now;
+    return --this.#tokens >= 0;
+  }
+}
 
 const kConn = Symbol('holdfast.h2.connection');
 type ConnSocket = Socket & { [kConn]?: H2Connection };
@@ -251,10 +273,8 @@ export abstract class H2Connection implements HeaderSink {
   #pumping = false;
 
   // Flood buckets.
-  #resetTokens = RESET_BURST;
-  #resetAt = 0;
-  #noiseTokens = NOISE_BURST;
-  #noiseAt = 0;
+  readonly #resets = new TokenBucket(RESET_BURST, RESET_RATE);
+  readonly #noiseBucket = new TokenBucket(NOISE_BURST, NOISE_RATE);
 
   // PINGs of ours.
   #pings: Ping[] = [];
@@ -308,11 +328,6 @@ export abstract class H2Connection implements HeaderSink {
   /** Something threw while a frame was handled (a bug): the connection was closed with INTERNAL_ERROR. */
   protected abstract internalError(err: unknown): void;
 
-  /** Streams open now. */
-  get openStreams(): number {
-    return this.#streams.size;
-  }
-
   get destroyed(): boolean {
     return this.#closed;
   }
@@ -320,10 +335,6 @@ export abstract class H2Connection implements HeaderSink {
   /** Closed or closing (keepalive's view). */
   get closed(): boolean {
     return this.#dead || this.#closed;
-  }
-
-  get goingAway(): boolean {
-    return this.#goingAway;
   }
 
   once(_event: 'close', fn: () => void): void {
@@ -909,30 +920,15 @@ export abstract class H2Connection implements HeaderSink {
     if (stream.queued > 0) this.markReady(stream);
   }
 
-  // ---- flood guards ----
+  // ---- flood guards (see TokenBucket) ----
 
   #chargeReset(): void {
-    const now = performance.now();
-    if (this.#resetAt === 0) this.#resetAt = now;
-    this.#resetTokens = Math.min(
-      RESET_BURST,
-      this.#resetTokens + ((now - this.#resetAt) / 1000) * RESET_RATE,
-    );
-    this.#resetAt = now;
-    if (--this.#resetTokens >= 0) return;
-    this.#fatal(ENHANCE_YOUR_CALM, 'h2-rapid-reset');
+    if (!this.#resets.take()) this.#fatal(ENHANCE_YOUR_CALM, 'h2-rapid-reset');
   }
 
   /** Charge one useless frame; false when the connection was closed for it. */
   #noise(): boolean {
-    const now = performance.now();
-    if (this.#noiseAt === 0) this.#noiseAt = now;
-    this.#noiseTokens = Math.min(
-      NOISE_BURST,
-      this.#noiseTokens + ((now - this.#noiseAt) / 1000) * NOISE_RATE,
-    );
-    this.#noiseAt = now;
-    if (--this.#noiseTokens >= 0) return true;
+    if (this.#noiseBucket.take()) return true;
     this.#fatal(ENHANCE_YOUR_CALM, 'h2-frame-flood');
     return false;
   }
@@ -1167,7 +1163,7 @@ export abstract class H2Connection implements HeaderSink {
     this.#seal();
     if (n > b.length) {
       // A header block larger than the scratch buffer: a buffer of its own.
-      scratchPool.push(b);
+      if (b.length === SCRATCH_SIZE && scratchPool.length < 64) scratchPool.push(b);
       b = this.#buf = Buffer.allocUnsafe(n);
     }
     return b;

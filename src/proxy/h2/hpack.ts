@@ -9,7 +9,7 @@
 import { huffmanDecode } from './huffman.ts';
 
 /** The static table (RFC 7541 Appendix A); index 0 is unused. */
-export const STATIC_TABLE: readonly (readonly [string, string])[] = [
+const STATIC_TABLE: readonly (readonly [string, string])[] = [
   ['', ''],
   [':authority', ''],
   [':method', 'GET'],

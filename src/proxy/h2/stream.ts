@@ -5,7 +5,7 @@
  */
 import { Readable } from 'node:stream';
 import type { H2Connection } from './connection.ts';
-import { CANCEL, NO_ERROR, PROTOCOL_ERROR } from './frames.ts';
+import { CANCEL, PROTOCOL_ERROR } from './frames.ts';
 
 /** Response bytes a stream may hold unsent before `write` asks the writer to wait. */
 const STREAM_HWM = 16 * 1024;
@@ -26,7 +26,7 @@ export class H2Body extends Readable {
     this.#stream.bodyWanted();
   }
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.#stream.bodyDropped();
+    this.#stream.discardBody();
     cb(err);
   }
 }
@@ -114,10 +114,6 @@ export class H2Stream {
     this.#held = 0;
     // On a closed stream this still gives the connection window back (credit() knows).
     this.conn.credit(this, held);
-  }
-
-  bodyDropped(): void {
-    this.discardBody();
   }
 
   /** Stop delivering the request body: what is held is credited, what comes is dropped. */
@@ -269,7 +265,4 @@ export class H2Stream {
 
   /** Override: the stream closed. */
   protected closedHook(_complete: boolean): void {}
-
-  /** NO_ERROR when the stream ended cleanly (for subclasses that care). */
-  static readonly NO_ERROR = NO_ERROR;
 }
