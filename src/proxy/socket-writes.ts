@@ -1,5 +1,10 @@
 import type { Socket } from 'node:net';
-import { streamBinding, type WriteReq as BindingWriteReq } from './stream-binding.ts';
+import {
+  streamBinding,
+  type WritableHandle,
+  type WriteReq as BindingWriteReq,
+  writeToHandle,
+} from './stream-binding.ts';
 
 /**
  * Writes straight to a socket's handle when nothing is queued.
@@ -37,13 +42,8 @@ interface WriteReq extends BindingWriteReq {
 }
 
 /** The handle of a TCP socket, as far as writing needs. */
-interface WriteHandle {
-  writeLatin1String(req: WriteReq, data: string): number;
-  writeBuffer(req: WriteReq, data: Buffer): number;
-}
-
 interface SocketFields {
-  _handle: WriteHandle | null;
+  _handle: WritableHandle | null;
   [kInFlight]?: number;
 }
 
@@ -53,9 +53,6 @@ const binding = streamBinding();
 /** Writes that took the direct path, and writes that went through `socket.write()` (for tests). */
 let direct = 0;
 let plain = 0;
-const state = binding?.state;
-/** A request object for the next write: reused while writes complete at once (the handle keeps none of it then). */
-let spare: WriteReq | undefined;
 
 /** A direct write the kernel did not take whole has completed (or failed, or the socket closed). */
 function onDirectDone(this: WriteReq, status: number): void {
@@ -87,12 +84,6 @@ function writeError(status: number): Error {
   err.errno = status;
   err.syscall = 'write';
   return err;
-}
-
-function newReq(): WriteReq {
-  const req = new binding!.WriteWrap();
-  req.oncomplete = onDirectDone;
-  return req;
 }
 
 /**
@@ -130,20 +121,15 @@ export function writeDirect(socket: Socket, data: string | Buffer): boolean {
   const fields = socket as unknown as SocketFields;
   const handle = fields._handle!;
   direct++;
-  const req = spare ?? newReq();
-  spare = undefined;
-  const err = typeof data === 'string' ? handle.writeLatin1String(req, data) : handle.writeBuffer(req, data);
-  const s = state!;
-  if (err !== 0) {
-    spare = req;
-    socket.destroy(writeError(err));
+  const r = writeToHandle(binding, handle, data);
+  if (r === 0) return true;
+  if (typeof r === 'number') {
+    socket.destroy(writeError(r));
     return false;
   }
-  if (s[binding.kLastWriteWasAsync] === 0) {
-    spare = req;
-    return true;
-  }
   // The handle keeps the rest (and this request object) until the write completes.
+  const req = r as WriteReq;
+  req.oncomplete = onDirectDone;
   req.socket = socket;
   req.buffer = data;
   fields[kInFlight] = (fields[kInFlight] ?? 0) + 1;

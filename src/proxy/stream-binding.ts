@@ -71,3 +71,35 @@ export function streamBinding(): StreamBinding | null {
   }
   return binding;
 }
+
+/** A stream handle's write methods (a TCP wrap). */
+export interface WritableHandle {
+  writeBuffer(req: WriteReq, data: Uint8Array): number;
+  writeLatin1String(req: WriteReq, data: string): number;
+}
+
+/** A request for the next write, kept while writes complete at once (then libuv never saw it). */
+let spare: WriteReq | undefined;
+
+/**
+ * Write `data` (bytes, or a latin1 string) to `handle`. Returns 0 when the
+ * kernel took all of it at once, a negative errno when the write failed, or
+ * the request now in flight: libuv writes the rest from `data` later, so the
+ * caller keeps `data` alive on the request and sets its `oncomplete` (called
+ * with the status; libuv keeps writes in order).
+ */
+export function writeToHandle(
+  b: StreamBinding,
+  handle: WritableHandle,
+  data: Buffer | string,
+): WriteReq | number {
+  const req = spare ?? new b.WriteWrap();
+  spare = undefined;
+  const err = typeof data === 'string' ? handle.writeLatin1String(req, data) : handle.writeBuffer(req, data);
+  if (err !== 0) return err;
+  if (b.state[b.kLastWriteWasAsync] === 0) {
+    spare = req;
+    return 0;
+  }
+  return req;
+}

@@ -17,6 +17,7 @@ import {
   type StreamBinding,
   streamBinding,
   type WriteReq as BindingWriteReq,
+  writeToHandle,
 } from './stream-binding.ts';
 
 /**
@@ -202,7 +203,8 @@ interface StreamHandle {
   readStart(): number;
   readStop(): number;
   useUserBuffer(buf: Uint8Array): void;
-  writeBuffer(req: WriteReq, buf: Uint8Array): number;
+  writeBuffer(req: BindingWriteReq, buf: Uint8Array): number;
+  writeLatin1String(req: BindingWriteReq, data: string): number;
   shutdown(req: ShutdownReq): number;
   close(cb: (this: StreamHandle) => void): void;
   reset?(cb: (this: StreamHandle) => void): number;
@@ -341,9 +343,6 @@ const F_DESTROYED = 16;
 const F_ERROR = 32;
 const F_CONNECTING = 64;
 
-/** A write request kept for the next write while writes complete at once (then libuv never saw it). */
-let spare: WriteReq | undefined;
-
 class HandleLeg implements Leg {
   readonly owner: LegOwner;
   readonly handle: StreamHandle;
@@ -383,18 +382,13 @@ class HandleLeg implements Leg {
 
   write(bytes: Buffer): boolean {
     if ((this.flags & (F_ENDED | F_DESTROYED)) !== 0) return true;
-    const k = internals!;
-    const req = spare ?? (new k.WriteWrap() as WriteReq);
-    const err = this.handle.writeBuffer(req, bytes);
-    if (err !== 0) {
+    const r = writeToHandle(internals!, this.handle, bytes);
+    if (r === 0) return true;
+    if (typeof r === 'number') {
       this.fail();
       return true;
     }
-    if (k.state[k.kLastWriteWasAsync] === 0) {
-      spare = req;
-      return true;
-    }
-    spare = undefined;
+    const req = r as WriteReq;
     req.oncomplete = onWritten;
     req.leg = this;
     // libuv writes from it later: keep it alive until then.
