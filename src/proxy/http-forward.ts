@@ -42,8 +42,8 @@ export interface Downstream extends UpstreamRequest {
   /** The client went away. */
   readonly gone: boolean;
   respond(status: number, headers: IncomingHttpHeaders, endStream: boolean): void;
-  /** Optional: respond with a head an HTTP/1.1 backend sent, passed through as it came. */
-  respondRaw?(head: RawResponseHead, endStream: boolean): void;
+  /** Respond with a head an HTTP/1.1 backend sent, its field lines passed through as they came. */
+  respondRaw(head: RawResponseHead, endStream: boolean): void;
   /**
    * Returns false when the client's buffer is full; `onDrain` fires once it
    * empties. `transient` (only where `takesViews`): the chunk is valid only
@@ -335,19 +335,10 @@ class Exchange implements ProxiedConnection, ResponseSink {
     this.#down.respond(status, headers, endStream);
   }
 
-  get takesRawHead(): boolean {
-    return this.#down.respondRaw !== undefined;
-  }
-
   onRawHead(head: RawResponseHead, endStream: boolean): void {
-    const down = this.#down;
-    if (down.respondRaw === undefined) {
-      this.onHeaders(head.status, head.headers(), endStream);
-      return;
-    }
     if (this.#finished) return;
     this.#responded(head.status);
-    down.respondRaw(head, endStream);
+    this.#down.respondRaw(head, endStream);
   }
 
   #responded(status: number): void {

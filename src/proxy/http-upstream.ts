@@ -39,17 +39,13 @@ export interface RawResponseHead {
    * copied during the read that delivered it keeps no copy of them.
    */
   copyLines(out: Buffer, offset: number): number;
-  /** The same fields as a header map (parsed when asked). */
-  headers(): IncomingHttpHeaders;
 }
 
 /** What an upstream attempt reports back, in order: headers, data…, end — or error. */
 export interface ResponseSink {
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void;
-  /** True when onRawHead may be called instead of onHeaders (the client speaks HTTP/1.1 too). */
-  readonly takesRawHead?: boolean;
-  /** Optional, instead of onHeaders: the head as an HTTP/1.1 backend sent it. */
-  onRawHead?(head: RawResponseHead, endStream: boolean): void;
+  /** Instead of onHeaders, from an HTTP/1.1 backend: the head as it sent it (field lines passed through). */
+  onRawHead(head: RawResponseHead, endStream: boolean): void;
   /**
    * Return false to pause the backend until `resume()`. `transient`: the
    * chunk is a view of a read buffer, valid only during this call (copy what

@@ -47,8 +47,6 @@ const IDLE_MS = 30_000;
  */
 const READ_BUFFER = SHARED_READ_BUFFER;
 
-const CRLF = Buffer.from('\r\n');
-
 /**
  * A response head whose field lines pass through (see RawResponseHead): read
  * from the read buffer (where `raw` says they are) until `settle()` copies
@@ -103,13 +101,6 @@ class RawHead implements RawResponseHead {
     this.#lines = out;
     this.#buf = undefined;
     this.#raw = undefined;
-  }
-
-  headers(): IncomingHttpHeaders {
-    const lines = Buffer.allocUnsafe(this.linesLength);
-    this.#copy(lines, 0);
-    const head = Buffer.concat([Buffer.from(`HTTP/1.1 ${this.status} -\r\n`, 'latin1'), lines, CRLF]);
-    return parseHead(head, 0, false, { maxSize: head.length, maxCount: Infinity })!.headers;
   }
 }
 
@@ -392,9 +383,8 @@ class Conn {
             end = buf.length;
             this.pending = undefined;
           }
-          // A client speaking HTTP/1.1 gets the field lines as they came; others a header map.
-          const raw = call.sink.takesRawHead === true ? this.#raw : undefined;
-          const head = parseHead(buf, i, false, RESPONSE_LIMITS, end, raw);
+          // Field lines pass through as they came (RawResponseHead); a map only for rare heads.
+          const head = parseHead(buf, i, false, RESPONSE_LIMITS, end, this.#raw);
           if (head === undefined) {
             this.pending = Buffer.from(buf.subarray(i, end));
             return true;
@@ -411,8 +401,7 @@ class Conn {
             head.status === 204 ||
             head.status === 304 ||
             head.contentLength === 0;
-          if (raw === undefined) call.sink.onHeaders(head.status, head.headers, noBody);
-          else this.#deliverHead(call, head, buf, headStart, end, noBody);
+          this.#deliverHead(call, head, buf, headStart, end, noBody);
           if (noBody) {
             // Extra bytes after a complete response: the socket is out of step and not reused.
             this.#finish(call, undefined, head.keepAlive && i === end);
@@ -470,7 +459,7 @@ class Conn {
     if (!raw.opaque) {
       const rawHead = new RawHead(head.status, head.contentLength, buf, raw);
       this.#unsettled = rawHead;
-      sink.onRawHead!(rawHead, endStream);
+      sink.onRawHead(rawHead, endStream);
       return;
     }
     // Parsed again, into a map (rare: a Connection option naming fields, a repeated Content-Length).
