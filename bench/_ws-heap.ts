@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cpuMs, ROOT, rssBytes, startHoldfast, tempDir } from './lib/peers.ts';
+import { cpuMs, LAUNCHER_FLAGS, ROOT, rssBytes, startHoldfast, tempDir } from './lib/peers.ts';
 
 const mode = process.argv[2] === 'cpu' ? 'cpu' : 'heap';
 const extra = Number(process.argv[mode === 'cpu' ? 3 : 2] ?? 5000);
@@ -73,7 +73,7 @@ const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')]
 const [line] = (await once(backendProc.stdout, 'data')) as [Buffer];
 const backend = Number(line.toString().trim());
 const port = 20000 + Math.floor(Math.random() * 20000);
-process.env.HOLDFAST_BENCH_NODE_FLAGS = `--max-semi-space-size=2 --expose-gc ${mode === 'cpu' ? (process.env.NOPROF === undefined ? `--cpu-prof --cpu-prof-dir=${dir}` : '') : '--heapsnapshot-signal=SIGUSR2'}`;
+process.env.HOLDFAST_BENCH_NODE_FLAGS = `${LAUNCHER_FLAGS} ${mode === 'cpu' ? (process.env.NOPROF === undefined ? `--cpu-prof --cpu-prof-dir=${dir}` : '') : '--heapsnapshot-signal=SIGUSR2'}`;
 const hf = await startHoldfast(
   [
     'log: { level: warn }',

@@ -1,4 +1,4 @@
-import { getHeapStatistics } from 'node:v8';
+import { getHeapSpaceStatistics } from 'node:v8';
 import type { Logger } from 'pino';
 import type { Clock, Timer } from './cluster/clock.ts';
 
@@ -17,10 +17,15 @@ import type { Clock, Timer } from './cluster/clock.ts';
  *
  * This does what V8's reducer would: every `checkMs` it looks whether the
  * process is quiet (under `quietCpu` of a core since the last look) and the
- * heap holds at least `minSlackBytes` (and a fifth of itself) more than it
- * uses; if so, it asks for one memory-reducing full collection, at most once
- * per `minIntervalMs`. That pause (~20–50 ms with 5,000 connections open)
- * lands on a process that has almost nothing to do.
+ * old generation either holds at least `minSlackBytes` (and a fifth of
+ * itself) more than it uses, or has grown by as much since the last
+ * reduction (or the start). The second rule is the one a burst meets: V8
+ * counts garbage that no full collection has marked yet as used, so right
+ * after a burst the heap looks full, not slack. If so, it asks for one
+ * memory-reducing full collection, at most once per `minIntervalMs`. That
+ * pause (~20–50 ms with 5,000 connections open) lands on a process that has
+ * almost nothing to do. The young generation is left out of both rules: it
+ * grows and shrinks with the traffic by itself.
  *
  * It needs `gc` from Node's `--expose-gc`, which the `holdfast` launcher
  * passes; without it, it stays off.
@@ -35,7 +40,7 @@ export interface MemoryReducerOptions {
   quietCpu?: number;
   minSlackBytes?: number;
   minIntervalMs?: number;
-  /** Heap statistics and CPU time, for tests. */
+  /** The old generation's committed and used bytes, and CPU time, for tests. */
   heap?: () => { committed: number; used: number };
   cpuMicros?: () => number;
 }
@@ -55,6 +60,10 @@ export class MemoryReducer {
   #lastCpu = 0;
   #lastAt = 0;
   #lastRun = -Infinity;
+  /** Old-generation size after the last reduction (or at the start): growth is measured from here. */
+  #baseline = 0;
+  /** A reduction was asked for; take the new baseline at the next look, once it has run. */
+  #rebase = false;
 
   constructor(options: MemoryReducerOptions) {
     this.#o = {
@@ -62,10 +71,7 @@ export class MemoryReducer {
       quietCpu: 0.1,
       minSlackBytes: 4 * 1024 * 1024,
       minIntervalMs: 60_000,
-      heap: () => {
-        const h = getHeapStatistics();
-        return { committed: h.total_heap_size, used: h.used_heap_size };
-      },
+      heap: oldGeneration,
       cpuMicros: () => {
         const u = process.cpuUsage();
         return u.user + u.system;
@@ -80,6 +86,7 @@ export class MemoryReducer {
     if (this.#o.gc === undefined || this.#timer !== undefined) return;
     this.#lastCpu = this.#o.cpuMicros();
     this.#lastAt = this.#o.clock.now();
+    this.#baseline = this.#o.heap().committed;
     this.#schedule();
   }
 
@@ -102,20 +109,40 @@ export class MemoryReducer {
     const busy = (cpu - this.#lastCpu) / 1000 / Math.max(1, now - this.#lastAt);
     this.#lastCpu = cpu;
     this.#lastAt = now;
-    if (busy > o.quietCpu || now - this.#lastRun < o.minIntervalMs) return;
     const { committed, used } = o.heap();
+    if (this.#rebase || committed < this.#baseline) {
+      this.#baseline = committed;
+      this.#rebase = false;
+    }
+    if (busy > o.quietCpu || now - this.#lastRun < o.minIntervalMs) return;
     const slack = committed - used;
-    if (slack < o.minSlackBytes || slack < committed / 5) return;
+    const grown = committed - this.#baseline;
+    const slackRule = slack >= o.minSlackBytes && slack >= committed / 5;
+    const growthRule = grown >= o.minSlackBytes && grown >= this.#baseline / 5;
+    if (!slackRule && !growthRule) return;
     this.#lastRun = now;
+    this.#rebase = true;
     reductions++;
     // 'last-resort': V8's memory-reducing collection, which also releases
     // its pooled empty pages to the system; 'async' runs it as a task.
     o.gc!({ type: 'major', execution: 'async', flavor: 'last-resort' });
     o.log.debug(
-      { committedBytes: committed, usedBytes: used },
+      { committedBytes: committed, usedBytes: used, grownBytes: grown },
       'memory reducer: asked V8 for a memory-reducing collection',
     );
   }
+}
+
+/** Committed and used bytes of V8's heap without the young generation. */
+function oldGeneration(): { committed: number; used: number } {
+  let committed = 0;
+  let used = 0;
+  for (const space of getHeapSpaceStatistics()) {
+    if (space.space_name === 'new_space' || space.space_name === 'new_large_object_space') continue;
+    committed += space.space_size;
+    used += space.space_used_size;
+  }
+  return { committed, used };
 }
 
 /** The process's `gc` if Node runs with `--expose-gc`. */

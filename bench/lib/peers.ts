@@ -78,16 +78,19 @@ export function holdfastEntry(): string {
   return built;
 }
 
+/** The Node flags of the `holdfast` launcher (src/cli/main.ts's first line). */
+export const LAUNCHER_FLAGS = '--max-semi-space-size=8 --expose-gc';
+
 export async function startHoldfast(yaml: string, port: number): Promise<RunningPeer> {
   const dir = tempDir('holdfast');
   const file = join(dir, 'holdfast.yaml');
   writeFileSync(file, yaml);
-  // The same V8 flags the `holdfast` launcher uses (see src/cli/main.ts's first line).
-  const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2 --expose-gc')
-    .split(' ')
-    .filter((f) => f !== '');
+  // The same V8 flags and allocator setting the `holdfast` launcher uses
+  // (see src/cli/main.ts's first line).
+  const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? LAUNCHER_FLAGS).split(' ').filter((f) => f !== '');
   const child = spawn(NODE, [...flags, holdfastEntry(), 'serve', '--config', file, '--json'], {
     stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1' },
   });
   await waitForPort(port);
   return { name: 'holdfast', pids: () => [child.pid!], stop: () => stopChild(child) };

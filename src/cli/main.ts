@@ -1,13 +1,18 @@
-#!/usr/bin/env -S node --max-semi-space-size=2 --expose-gc
+#!/usr/bin/env -S MALLOC_ARENA_MAX=1 node --max-semi-space-size=8 --expose-gc
 /**
  * The `holdfast` command: serve, check-config, --help, --version.
  *
- * The launcher runs Node with a 2 MiB young-generation semi-space: a proxy's
- * garbage is short-lived buffers, so a small young generation is collected
- * cheaply and often, and resident memory stays near what live connections
- * need (about 2.6 KB per idle proxied TCP connection instead of 4.8 KB with
- * V8's default; see bench/RESULTS.md). `--expose-gc` gives the memory
- * reducer (src/memory-reducer.ts) its `gc`. `npm start` passes the same flags.
+ * The launcher runs Node with an 8 MiB young-generation semi-space (half of
+ * V8's default): large enough that a request's objects die young under load
+ * (with 2 MiB, half of them were promoted and the old generation was
+ * collected every second, which made the slowest 1 % of requests 3–4 times
+ * slower), small enough for a gateway that mostly holds idle connections.
+ * `MALLOC_ARENA_MAX=1` keeps glibc's allocator to one arena: V8's helper
+ * threads otherwise get arenas of their own, whose freed pages stay resident
+ * (about 1 KB per idle WebSocket after a burst of 5,000). `--expose-gc`
+ * gives the memory reducer (src/memory-reducer.ts) its `gc`. `npm start`,
+ * the container image and the benchmarks use the same settings; see
+ * docs/operations.md and bench/RESULTS.md.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';

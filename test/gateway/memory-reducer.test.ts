@@ -51,6 +51,38 @@ describe('memory reducer', () => {
     reducer.stop();
   });
 
+  test('a heap that grew with a burst is collected even while its garbage still counts as used', () => {
+    // Right after a burst no full collection has marked the garbage yet, so
+    // the heap looks full (no slack), but it has grown well past its size at
+    // the start: that growth is what a burst leaves behind.
+    const { clock, state, calls, reducer } = setup({ committed: 10 * MiB, used: 9 * MiB });
+    state.committed = 30 * MiB;
+    state.used = 29 * MiB;
+    clock.advance(5_000);
+    assert.equal(calls.length, 1);
+    // Afterwards the old generation holds what is live: that is the new
+    // baseline, and a heap that stays there is not collected again.
+    state.committed = 22 * MiB;
+    state.used = 21 * MiB;
+    clock.advance(120_000);
+    assert.equal(calls.length, 1);
+    // Another burst: growth from the new baseline counts again.
+    state.committed = 32 * MiB;
+    state.used = 31 * MiB;
+    clock.advance(5_000);
+    assert.equal(calls.length, 2);
+    reducer.stop();
+  });
+
+  test('growth smaller than a fifth of the heap is left alone', () => {
+    const { clock, state, calls, reducer } = setup({ committed: 40 * MiB, used: 39 * MiB });
+    state.committed = 46 * MiB;
+    state.used = 45 * MiB;
+    clock.advance(120_000);
+    assert.equal(calls.length, 0);
+    reducer.stop();
+  });
+
   test('without an exposed gc it does nothing', () => {
     const clock = new ManualClock();
     const reducer = new MemoryReducer({ clock, log: pino({ level: 'silent' }), gc: undefined });
