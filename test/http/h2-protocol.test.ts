@@ -835,6 +835,43 @@ services:
     }
   });
 
+  it('closes in two steps: a request the client sent before it saw the first GOAWAY is served, later ones are refused', async () => {
+    await withRaw(agePort, async (raw) => {
+      // maxConnectionAge: first a GOAWAY naming the highest stream id, with a PING.
+      const first = await raw.next((f) => f.type === F.GOAWAY);
+      assert.ok(first, 'a first GOAWAY came');
+      assert.equal(first.payload.readUInt32BE(0), 0x7fffffff);
+      assert.equal(first.payload.readUInt32BE(4), 0);
+      const ping = await raw.next((f) => f.type === F.PING && (f.flags & F.FLAG_ACK) === 0);
+      assert.ok(ping, 'a PING came with it');
+      // A request already on its way: taken, though it is newer than any stream so far.
+      raw.request(1, GET('/slow?ms=1500'));
+      // The round trip is over: the final GOAWAY names stream 1 …
+      raw.send(F.PING, F.FLAG_ACK, 0, ping.payload);
+      const last = await raw.next((f) => f.type === F.GOAWAY && f.payload.readUInt32BE(0) !== 0x7fffffff);
+      assert.equal(last?.payload.readUInt32BE(0), 1);
+      // … a stream opened after it is refused, and stream 1 completes.
+      raw.request(3, GET('/'));
+      assert.equal(await raw.rst(3), F.REFUSED_STREAM);
+      assert.equal(await raw.status(1), '200');
+      await raw.next(() => false, 3000);
+      assert.ok(raw.closed, 'closed after its last stream');
+    });
+  });
+
+  it('a client that does not answer the PING gets the final GOAWAY a second later', async () => {
+    await withRaw(agePort, async (raw) => {
+      assert.ok(await raw.next((f) => f.type === F.GOAWAY), 'a first GOAWAY came');
+      const last = await raw.next(
+        (f) => f.type === F.GOAWAY && f.payload.readUInt32BE(0) !== 0x7fffffff,
+        3000,
+      );
+      assert.equal(last?.payload.readUInt32BE(0), 0);
+      await raw.next(() => false, 3000);
+      assert.ok(raw.closed, 'closed, having no streams');
+    });
+  });
+
   it('a reload that changes the http2 settings sends GOAWAY to existing sessions; new ones get the new SETTINGS', async () => {
     const yaml = (streams: number): string => `
 services:

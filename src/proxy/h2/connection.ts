@@ -94,6 +94,10 @@ const SOCKET_HWM = 64 * 1024;
 const MAX_CONTROL_BACKLOG = 10_000;
 /** Unacknowledged PINGs of ours at most. */
 const MAX_PINGS = 10;
+/** The first GOAWAY of a graceful close names the highest stream id there is: nothing is refused yet. */
+const ALL_STREAMS = 0x7fffffff;
+/** The final GOAWAY follows the first after one round trip (its PING's ACK), or this long at most. */
+const GOAWAY_GRACE_MS = 1000;
 
 /**
  * Rapid reset (CVE-2023-44487): streams the client opens and resets at once
@@ -198,6 +202,9 @@ export abstract class H2Connection implements HeaderSink {
   /** GOAWAY sent: streams above `#goawayId` are refused. */
   #goingAway = false;
   #goawayId = 0;
+  /** The final GOAWAY (naming the last stream taken) is out: the connection ends with its last stream. */
+  #goawayFinal = false;
+  #goawayGrace: Timer | undefined;
   /** The client sent GOAWAY. */
   #peerGoaway = false;
   /** A fatal error or close: nothing more is read or written. */
@@ -361,12 +368,31 @@ export abstract class H2Connection implements HeaderSink {
   }
 
   /**
-   * GOAWAY NO_ERROR naming the last stream processed: streams in flight
-   * finish, new ones are refused, then the connection closes.
+   * Close gracefully, in two steps (RFC 9113 §6.8): a GOAWAY NO_ERROR naming
+   * the highest stream id tells the client to open no more streams, without
+   * refusing requests already on their way; one round trip later (the PING
+   * sent with it comes back), or `GOAWAY_GRACE_MS` at most, the final GOAWAY
+   * names the last stream taken. Streams in flight finish, later ones are
+   * refused, then the connection closes.
    */
   goAway(): void {
     if (this.#goingAway || this.#dead) return;
     this.#goingAway = true;
+    this.#goawayId = ALL_STREAMS;
+    this.#goaway(NO_ERROR, ALL_STREAMS);
+    if (this.ping(() => this.#finalGoaway())) {
+      this.#goawayGrace = this.#clock.setTimer(() => this.#finalGoaway(), GOAWAY_GRACE_MS);
+      this.#schedule();
+    } else {
+      this.#finalGoaway();
+    }
+  }
+
+  #finalGoaway(): void {
+    this.#goawayGrace?.cancel();
+    this.#goawayGrace = undefined;
+    if (this.#goawayFinal || this.#dead) return;
+    this.#goawayFinal = true;
     this.#goawayId = this.#lastStreamId;
     this.#goaway(NO_ERROR, this.#goawayId);
     this.#schedule();
@@ -995,7 +1021,7 @@ export abstract class H2Connection implements HeaderSink {
       return;
     }
     stream.close(complete);
-    if (this.#streams.size === 0 && (this.#goingAway || this.#peerGoaway) && !this.#dead) this.#endSocket();
+    if (this.#streams.size === 0 && (this.#goawayFinal || this.#peerGoaway) && !this.#dead) this.#endSocket();
   }
 
   #wasReset(id: number): boolean {
@@ -1297,6 +1323,7 @@ export abstract class H2Connection implements HeaderSink {
     this.#closed = true;
     this.#dead = true;
     this.#destroyTimer?.cancel();
+    this.#goawayGrace?.cancel();
     this.#closeAll();
     this.#pings.length = 0;
     this.#parts.length = 0;
