@@ -61,10 +61,16 @@ export interface Downstream extends UpstreamRequest {
   /** Ask the client to go after this response: GOAWAY or `Connection: close`. */
   leave(): void;
   /**
-   * Runs once when the client's request/stream is closed: `complete` when the
-   * whole response was delivered, false when the client went away first.
+   * `watcher.downstreamClosed` runs once when the client's request/stream is
+   * closed: `complete` when the whole response was delivered, false when the
+   * client went away first.
    */
-  onClose(fn: (complete: boolean) => void): void;
+  onClose(watcher: CloseWatcher): void;
+}
+
+/** Told when a Downstream closes (an object rather than a closure: nothing allocated per request). */
+export interface CloseWatcher {
+  downstreamClosed(complete: boolean): void;
 }
 
 /** Settings read per request; rebuilt on reload. */
@@ -257,7 +263,7 @@ export class HttpPlane {
 }
 
 /** One request through the proxy, across its attempts. Registered on the backend of the current attempt. */
-class Exchange implements ProxiedConnection, ResponseSink {
+class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
   readonly openedAt: number;
   readonly #plane: HttpPlane;
   readonly #down: Downstream;
@@ -294,15 +300,17 @@ class Exchange implements ProxiedConnection, ResponseSink {
       if (ms !== undefined) this.#deadline = clock.setTimer(() => this.#timeout('deadline-exceeded'), ms);
     }
     // The request stays registered until the client has the whole response (or left).
-    down.onClose((complete) => {
-      if (this.#finished) return;
-      if (!complete && !this.#ended) {
-        this.#call?.abort();
-        this.#plane.count('client-gone');
-      }
-      this.#finish();
-    });
+    down.onClose(this);
     this.#attempt();
+  }
+
+  downstreamClosed(complete: boolean): void {
+    if (this.#finished) return;
+    if (!complete && !this.#ended) {
+      this.#call?.abort();
+      this.#plane.count('client-gone');
+    }
+    this.#finish();
   }
 
   #attempt(): void {

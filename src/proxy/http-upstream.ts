@@ -70,9 +70,10 @@ export interface RawRequestHead {
   /**
    * The whole head to send: the client's start line and field lines (in their
    * case and order, hop-by-hop ones left out), this hop's forwarding fields,
-   * the framing field when the body goes chunked, and the blank line.
+   * the framing field when the body goes chunked, and the blank line. Not
+   * changed once made (a write may still hold it).
    */
-  readonly text: string;
+  readonly bytes: Buffer;
   /** The body is sent chunked (the client sent it so; no Content-Length is among the fields). */
   readonly chunked: boolean;
 }

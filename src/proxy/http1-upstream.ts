@@ -17,6 +17,7 @@ import { UpstreamError } from './http-errors.ts';
 import { isIdempotent } from './http-headers.ts';
 import {
   ChunkedDecoder,
+  emptyHead,
   HttpParseError,
   type ChunkSink,
   type MessageHead,
@@ -143,7 +144,9 @@ class Call implements UpstreamCall, ChunkSink {
   readonly req: UpstreamRequest;
   readonly sink: ResponseSink;
   conn: Conn | undefined;
-  head: MessageHead | undefined;
+  /** The response head has arrived; whether it lets the socket stay open. */
+  headSeen = false;
+  keepAlive = false;
   /** Response body bytes left (Content-Length framing), -1 for chunked or until close. */
   remaining = -1;
   decoder: ChunkedDecoder | undefined;
@@ -191,6 +194,8 @@ class Conn {
   pending: Buffer | undefined;
   /** Where the last response head's field lines are (reused). */
   readonly #raw: RawFields = { start: 0, end: 0, drop: [], dropped: 0, opaque: false };
+  /** The last response head (filled in place: its fields are read during the read that parsed it). */
+  readonly #head: MessageHead = emptyHead();
   connected = false;
   reused = false;
   idleSince = 0;
@@ -241,8 +246,7 @@ class Conn {
     this.call = undefined;
     this.pool.forget(this);
     if (call === undefined || call.done) return;
-    const head = call.head;
-    if (head !== undefined && call.remaining < 0 && call.decoder === undefined && !call.aborted) {
+    if (call.headSeen && call.remaining < 0 && call.decoder === undefined && !call.aborted) {
       // Delimited by close: the end of the body.
       this.#finish(call, undefined, false);
       return;
@@ -286,7 +290,7 @@ class Conn {
     const req = call.req;
     const raw = req.rawHead;
     const chunked = raw !== undefined ? raw.chunked : chunkedBody(req);
-    const head = raw !== undefined ? raw.text : requestHead(req, chunked, this.pool.hostHeader);
+    const head = raw !== undefined ? raw.bytes : requestHead(req, chunked, this.pool.hostHeader);
     call.chunkedBody = chunked;
     const body = call.req.body;
     if (body === undefined) {
@@ -303,7 +307,7 @@ class Conn {
     this.#startBody(call, head);
   }
 
-  #waitingHead: string | undefined;
+  #waitingHead: string | Buffer | undefined;
 
   /** Connected: send the head and body held back until now. */
   onConnect(): void {
@@ -314,7 +318,7 @@ class Conn {
     if (head !== undefined && call !== undefined && !call.aborted) this.#startBody(call, head);
   }
 
-  #startBody(call: Call, head: string): void {
+  #startBody(call: Call, head: string | Buffer): void {
     const body = call.req.body!;
     this.socket.write(head, 'latin1');
     call.bodyStarted = true;
@@ -376,7 +380,7 @@ class Conn {
     let end = nread;
     try {
       while (i < end) {
-        if (call.head === undefined) {
+        if (!call.headSeen) {
           if (this.pending !== undefined) {
             buf = Buffer.concat([this.pending, buf.subarray(i, end)]);
             i = 0;
@@ -384,7 +388,7 @@ class Conn {
             this.pending = undefined;
           }
           // Field lines pass through as they came (RawResponseHead); a map only for rare heads.
-          const head = parseHead(buf, i, false, RESPONSE_LIMITS, end, this.#raw);
+          const head = parseHead(buf, i, false, RESPONSE_LIMITS, end, this.#raw, this.#head);
           if (head === undefined) {
             this.pending = Buffer.from(buf.subarray(i, end));
             return true;
@@ -395,7 +399,8 @@ class Conn {
             if (head.status === 101) throw new HttpParseError('bad-request', 'unexpected 101');
             continue; // 100 Continue, 103 Early Hints: not forwarded
           }
-          call.head = head;
+          call.headSeen = true;
+          call.keepAlive = head.keepAlive;
           const noBody =
             call.req.method === 'HEAD' ||
             head.status === 204 ||
@@ -404,7 +409,7 @@ class Conn {
           this.#deliverHead(call, head, buf, headStart, end, noBody);
           if (noBody) {
             // Extra bytes after a complete response: the socket is out of step and not reused.
-            this.#finish(call, undefined, head.keepAlive && i === end);
+            this.#finish(call, undefined, call.keepAlive && i === end);
             return true;
           }
           if (call.done) return true;
@@ -416,7 +421,7 @@ class Conn {
           i = call.decoder.feed(buf, i, end, call);
           if (call.decoder.done) {
             const trailers = call.decoder.trailers() as IncomingHttpHeaders | undefined;
-            this.#finish(call, trailers, call.head.keepAlive && i === end);
+            this.#finish(call, trailers, call.keepAlive && i === end);
             return true;
           }
           continue;
@@ -430,7 +435,7 @@ class Conn {
         call.chunkData(buf.subarray(i, i + n));
         i += n;
         if (call.remaining === 0) {
-          this.#finish(call, undefined, call.head.keepAlive && i === end);
+          this.#finish(call, undefined, call.keepAlive && i === end);
           return true;
         }
       }

@@ -19,13 +19,14 @@ import { socketAddresses } from './socket-address.ts';
 import { readThrough, SHARED_READ_BUFFER } from './socket-reads.ts';
 import { directWritePending, writeDirect } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
-import type { Downstream, HttpPlane } from './http-forward.ts';
+import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
 import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
 import { appendForwarded, forwardableHeaders, type HeaderMap, maxAge } from './http-headers.ts';
 import { jittered } from './http-keepalive.ts';
 import {
   ChunkedDecoder,
   type ChunkSink,
+  emptyHead,
   type HeadLimits,
   hasToken,
   HttpParseError,
@@ -202,6 +203,8 @@ class ClientConn implements ChunkSink {
     host: '',
     forwardedProto: false,
   };
+  /** The head of the request being parsed, filled in place (its fields are copied by Http1Downstream). */
+  readonly #head: MessageHead = emptyHead();
   /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
   idleBytes = 0;
   idleSince = 0;
@@ -399,7 +402,7 @@ class ClientConn implements ChunkSink {
   #startRequest(buf: Buffer): boolean {
     const limits = this.handler.limits;
     const raw = this.rawFields;
-    let head = parseHead(buf, 0, true, limits, buf.length, raw);
+    let head = parseHead(buf, 0, true, limits, buf.length, raw, this.#head);
     if (head === undefined) {
       this.#buf = buf;
       this.#watchHead();
@@ -546,7 +549,6 @@ class RequestPick implements PickContext {
   readonly localIp: string | undefined;
   readonly localPort: number | undefined;
   readonly host: string | undefined;
-  readonly path: string;
   readonly #down: Http1Downstream;
 
   constructor(conn: ClientConn, down: Http1Downstream) {
@@ -555,8 +557,12 @@ class RequestPick implements PickContext {
     this.localIp = conn.localIp;
     this.localPort = conn.localPort;
     this.host = down.authority;
-    this.path = down.path;
     this.#down = down;
+  }
+
+  /** The request target (a string made only if a policy reads it). */
+  get path(): string {
+    return this.#down.path;
   }
 
   /** The request's headers as the client sent them (lower-case names). */
@@ -567,19 +573,24 @@ class RequestPick implements PickContext {
 
 /** The head of a request passed through (see RawRequestHead). */
 class PassedHead implements RawRequestHead {
-  readonly text: string;
+  readonly bytes: Buffer;
   readonly chunked: boolean;
 
-  constructor(text: string, chunked: boolean) {
-    this.text = text;
+  constructor(bytes: Buffer, chunked: boolean) {
+    this.bytes = bytes;
     this.chunked = chunked;
   }
 }
 
+const CRLF = Buffer.from('\r\n');
+
 /** One request from a client connection, as the forwarding plane sees it. */
 class Http1Downstream implements Downstream {
   readonly method: string;
-  readonly path: string;
+  /** The target: made from the head passed through when first read. */
+  #path: string | undefined;
+  #targetStart = 0;
+  #targetEnd = 0;
   readonly authority: string | undefined;
   readonly body: Readable | undefined;
   readonly grpc = false;
@@ -589,8 +600,13 @@ class Http1Downstream implements Downstream {
   readonly #conn: ClientConn;
   readonly #minor: number;
   readonly #clientKeepAlive: boolean;
-  /** The client's head as sent (passed through), for a header map built on demand. */
+  /**
+   * The client's head as sent (passed through), for a header map built on
+   * demand: when it dropped no lines, the start of `rawHead` up to
+   * `#clientEnd` (then a blank line) is that head, and no copy is kept.
+   */
   readonly #requestText: string | undefined;
+  readonly #clientEnd: number;
   #clientHeaders: ParsedHeaders | undefined;
   #headers: HeaderMap | undefined;
   bodyDone: boolean;
@@ -607,44 +623,49 @@ class Http1Downstream implements Downstream {
   #chunked = false;
   #keepAlive = false;
   #ended = false;
-  #closeFn: ((complete: boolean) => void) | undefined;
+  #closeWatcher: CloseWatcher | undefined;
   #closedAlready = false;
 
   /** `passed`: the bytes the head was parsed from in pass-through mode (`conn.rawFields` says where its lines are). */
   constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, passed: Buffer | undefined) {
     this.#conn = conn;
     this.method = head.method;
-    this.path = head.target;
     this.#minor = head.minor;
     this.#clientKeepAlive = head.keepAlive;
     if (passed !== undefined) {
       const raw = conn.rawFields;
       const host = raw.host!;
       this.authority = host;
-      const text = passed.toString('latin1', 0, head.end);
-      this.#requestText = text;
-      // The start line and the field lines this hop keeps, as they came.
-      let kept: string;
-      if (raw.dropped === 0) kept = text.slice(0, raw.end);
-      else {
-        kept = '';
-        let from = 0;
-        const drop = raw.drop;
-        for (let k = 0; k < raw.dropped; k += 2) {
-          kept += text.slice(from, drop[k]);
-          from = drop[k + 1]!;
-        }
-        kept += text.slice(from, raw.end);
-      }
+      this.#targetStart = raw.targetStart!;
+      this.#targetEnd = raw.targetEnd!;
+      // One buffer: the start line and the field lines this hop keeps, as
+      // they came, this hop's forwarding lines, the framing, the blank line.
       const chunked = hasBody && head.chunked;
-      kept += conn.forwardingLines(host, !raw.forwardedProto);
-      this.rawHead = new PassedHead(
-        chunked ? `${kept}transfer-encoding: chunked\r\n\r\n` : `${kept}\r\n`,
-        chunked,
-      );
+      const lines = conn.forwardingLines(host, !raw.forwardedProto);
+      const tail = chunked ? 'transfer-encoding: chunked\r\n\r\n' : '\r\n';
+      const drop = raw.drop;
+      const dropped = raw.dropped;
+      let kept = raw.end;
+      for (let k = 0; k < dropped; k += 2) kept -= drop[k + 1]! - drop[k]!;
+      const out = Buffer.allocUnsafe(kept + lines.length + tail.length);
+      let o = 0;
+      let from = 0;
+      for (let k = 0; k < dropped; k += 2) {
+        o += passed.copy(out, o, from, drop[k]);
+        from = drop[k + 1]!;
+      }
+      o += passed.copy(out, o, from, raw.end);
+      o += out.write(lines, o, 'latin1');
+      out.write(tail, o, 'latin1');
+      this.rawHead = new PassedHead(out, chunked);
+      // Lines were dropped: the client's own head is kept for a header map (rarely asked for).
+      this.#requestText = dropped === 0 ? undefined : passed.toString('latin1', 0, head.end);
+      this.#clientEnd = raw.end;
     } else {
+      this.#path = head.target;
       this.authority = head.headers.host as string | undefined;
       this.#requestText = undefined;
+      this.#clientEnd = 0;
       this.#clientHeaders = head.headers;
       this.#headers = this.#forwardable();
       this.rawHead = undefined;
@@ -665,9 +686,20 @@ class Http1Downstream implements Downstream {
     this.pick = new RequestPick(conn, this);
   }
 
+  /** The request target. */
+  get path(): string {
+    return (this.#path ??= this.rawHead!.bytes.toString('latin1', this.#targetStart, this.#targetEnd));
+  }
+
   /** The request's headers as the client sent them (lower-case names, repeated fields joined). */
   clientHeaders(): ParsedHeaders {
-    return (this.#clientHeaders ??= parseHead(Buffer.from(this.#requestText!, 'latin1'), 0, true, {
+    if (this.#clientHeaders !== undefined) return this.#clientHeaders;
+    const text = this.#requestText;
+    const head =
+      text !== undefined
+        ? Buffer.from(text, 'latin1')
+        : Buffer.concat([this.rawHead!.bytes.subarray(0, this.#clientEnd), CRLF]);
+    return (this.#clientHeaders = parseHead(head, 0, true, {
       maxSize: Infinity,
       maxCount: Infinity,
     })!.headers);
@@ -876,17 +908,17 @@ class Http1Downstream implements Downstream {
     this.#conn.socket.destroy();
   }
 
-  onClose(fn: (complete: boolean) => void): void {
+  onClose(watcher: CloseWatcher): void {
     if (this.#closedAlready) return;
-    this.#closeFn = fn;
+    this.#closeWatcher = watcher;
   }
 
   /** Runs once: the response reached the client (true) or the client went away (false). */
   closed(complete: boolean): void {
     if (this.#closedAlready) return;
     this.#closedAlready = true;
-    const fn = this.#closeFn;
-    this.#closeFn = undefined;
-    fn?.(complete);
+    const watcher = this.#closeWatcher;
+    this.#closeWatcher = undefined;
+    watcher?.downstreamClosed(complete);
   }
 }
