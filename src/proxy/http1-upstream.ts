@@ -32,7 +32,7 @@ import type {
   UpstreamRequest,
   UpstreamSettings,
 } from './http-upstream.ts';
-import { SHARED_READ_BUFFER } from './socket-reads.ts';
+import { SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
 import { writeDirect } from './socket-writes.ts';
 
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
@@ -427,12 +427,12 @@ class Conn {
           continue;
         }
         if (call.remaining < 0) {
-          call.chunkData(buf.subarray(i, end));
+          call.chunkData(buf === READ_BUFFER ? sharedView(i, end) : buf.subarray(i, end));
           return true;
         }
         const n = Math.min(call.remaining, end - i);
         call.remaining -= n;
-        call.chunkData(buf.subarray(i, i + n));
+        call.chunkData(buf === READ_BUFFER ? sharedView(i, i + n) : buf.subarray(i, i + n));
         i += n;
         if (call.remaining === 0) {
           this.#finish(call, undefined, call.keepAlive && i === end);

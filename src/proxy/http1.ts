@@ -16,7 +16,7 @@ import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
-import { readThrough, SHARED_READ_BUFFER } from './socket-reads.ts';
+import { readThrough, SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
 import { directWritePending, writeDirect } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
@@ -161,7 +161,7 @@ function onClientRead(this: Socket, n: number, buf: Buffer): void {
   const conn = (this as ClientSocket)[kClientConn];
   if (conn === undefined) return;
   // The shared read buffer is parsed in place (what is kept is copied); Node's own chunks are kept as they are.
-  if (buf === SHARED_READ_BUFFER) conn.receivedInPlace(buf.subarray(0, n));
+  if (buf === SHARED_READ_BUFFER) conn.receivedInPlace(sharedView(0, n));
   else conn.received(buf.subarray(0, n));
 }
 
@@ -205,6 +205,8 @@ class ClientConn implements ChunkSink {
   };
   /** The head of the request being parsed, filled in place (its fields are copied by Http1Downstream). */
   readonly #head: MessageHead = emptyHead();
+  /** The pick context of this connection's requests (see Http1Downstream.pick). */
+  readonly pick: RequestPick;
   /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
   idleBytes = 0;
   idleSince = 0;
@@ -229,6 +231,7 @@ class ClientConn implements ChunkSink {
     this.port = a.port;
     this.localIp = a.localIp;
     this.localPort = a.localPort;
+    this.pick = new RequestPick(this);
     socket.setNoDelay(true);
     // Reads into the shared read buffer, copied (socket-reads.ts): no buffer
     // allocated per read, no Readable stream machinery per chunk.
@@ -541,33 +544,39 @@ class ClientConn implements ChunkSink {
   }
 }
 
-/** A request's pick context: the header map is built only if a policy reads it. */
+/**
+ * The pick context of a connection's requests, one per connection: it reads
+ * the request it was last handed out for (`Http1Downstream.pick` points it
+ * there on every read); the target string and header map are made only if a
+ * policy reads them.
+ */
 class RequestPick implements PickContext {
   now = 0;
   readonly clientIp: string;
   readonly clientPort: number | undefined;
   readonly localIp: string | undefined;
   readonly localPort: number | undefined;
-  readonly host: string | undefined;
-  readonly #down: Http1Downstream;
+  down: Http1Downstream | undefined;
 
-  constructor(conn: ClientConn, down: Http1Downstream) {
+  constructor(conn: ClientConn) {
     this.clientIp = conn.ip;
     this.clientPort = conn.port;
     this.localIp = conn.localIp;
     this.localPort = conn.localPort;
-    this.host = down.authority;
-    this.#down = down;
   }
 
-  /** The request target (a string made only if a policy reads it). */
-  get path(): string {
-    return this.#down.path;
+  get host(): string | undefined {
+    return this.down?.authority;
+  }
+
+  /** The request target. */
+  get path(): string | undefined {
+    return this.down?.path;
   }
 
   /** The request's headers as the client sent them (lower-case names). */
-  get headers(): ParsedHeaders {
-    return this.#down.clientHeaders();
+  get headers(): ParsedHeaders | undefined {
+    return this.down?.clientHeaders();
   }
 }
 
@@ -593,8 +602,9 @@ class Http1Downstream implements Downstream {
   #targetEnd = 0;
   readonly authority: string | undefined;
   readonly body: Readable | undefined;
-  readonly grpc = false;
-  readonly pick: PickContext;
+  get grpc(): boolean {
+    return false;
+  }
   /** Set when the head passes through as the client sent it. */
   readonly rawHead: PassedHead | undefined;
   readonly #conn: ClientConn;
@@ -683,12 +693,18 @@ class Http1Downstream implements Downstream {
       }
       this.body = body;
     } else this.body = undefined;
-    this.pick = new RequestPick(conn, this);
   }
 
   /** The request target. */
   get path(): string {
     return (this.#path ??= this.rawHead!.bytes.toString('latin1', this.#targetStart, this.#targetEnd));
+  }
+
+  /** This request's pick context: the connection's, pointed at this request. */
+  get pick(): PickContext {
+    const pick = this.#conn.pick;
+    pick.down = this;
+    return pick;
   }
 
   /** The request's headers as the client sent them (lower-case names, repeated fields joined). */
@@ -809,7 +825,9 @@ class Http1Downstream implements Downstream {
   }
 
   /** Chunks may be views of a read buffer: the small first one is copied with the head anyway. */
-  readonly takesViews = true;
+  get takesViews(): boolean {
+    return true;
+  }
 
   write(data: Buffer, transient = false): boolean {
     const socket = this.#conn.socket;
