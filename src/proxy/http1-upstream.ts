@@ -51,31 +51,42 @@ const READ_BUFFER = SHARED_READ_BUFFER;
 /**
  * A response head whose field lines pass through (see RawResponseHead): read
  * from the read buffer (where `raw` says they are) until `settle()` copies
- * them out, at the end of the read that delivered it.
+ * them out, at the end of the read that delivered it. One per socket, used
+ * again for the next response when the sink took the lines during the read
+ * (then it has written them and holds it no longer).
  */
 class RawHead implements RawResponseHead {
-  readonly status: number;
-  readonly contentLength: number;
-  readonly linesLength: number;
+  status = 0;
+  contentLength = -1;
+  linesLength = 0;
   /** The read buffer, and where the lines are in it; undefined once settled. */
   #buf: Buffer | undefined;
   #raw: RawFields | undefined;
   /** The lines, copied out. */
   #lines: Buffer | undefined;
 
-  constructor(status: number, contentLength: number, buf: Buffer, raw: RawFields) {
+  /** Point at the head `raw` found in `buf`. */
+  set(status: number, contentLength: number, buf: Buffer, raw: RawFields): this {
     this.status = status;
     this.contentLength = contentLength;
     this.#buf = buf;
     this.#raw = raw;
+    this.#lines = undefined;
+    this.#taken = false;
     let len = raw.end - raw.start;
     const drop = raw.drop;
     for (let k = 0; k < raw.dropped; k += 2) len -= drop[k + 1]! - drop[k]!;
     this.linesLength = len;
+    return this;
   }
 
   /** The lines were copied out by the sink during the read (it writes them once): nothing to keep. */
   #taken = false;
+
+  /** Settled after the sink took its lines: nobody holds it, it may serve the next response. */
+  get reusable(): boolean {
+    return this.#taken && this.#buf === undefined;
+  }
 
   copyLines(out: Buffer, offset: number): number {
     if (this.#lines === undefined) this.#taken = true;
@@ -352,6 +363,8 @@ class Conn {
 
   /** A head delivered during the current read, still reading its lines from the read buffer. */
   #unsettled: RawHead | undefined;
+  /** The last head delivered (see RawHead). */
+  #rawHead: RawHead | undefined;
 
   /**
    * `nread` bytes arrived in READ_BUFFER (see there: copy what is kept).
@@ -462,7 +475,13 @@ class Conn {
     const sink = call.sink;
     const raw = this.#raw;
     if (!raw.opaque) {
-      const rawHead = new RawHead(head.status, head.contentLength, buf, raw);
+      const spare = this.#rawHead;
+      const rawHead = (spare !== undefined && spare.reusable ? spare : (this.#rawHead = new RawHead())).set(
+        head.status,
+        head.contentLength,
+        buf,
+        raw,
+      );
       this.#unsettled = rawHead;
       sink.onRawHead(rawHead, endStream);
       return;

@@ -123,7 +123,7 @@ export class Http1Handler implements RequestHandler {
             c.idleSince = now;
           } else if (now - c.idleSince >= this.idleMs) {
             c.socket.destroy();
-          }
+          } else c.quiet();
         }
         if (this.#conns.size > 0) this.#watchIdle();
       },
@@ -205,6 +205,13 @@ class ClientConn implements ChunkSink {
   };
   /** The head of the request being parsed, filled in place (its fields are copied by Http1Downstream). */
   readonly #head: MessageHead = emptyHead();
+  /** The last request's Http1Downstream, which may serve the next one (see `reusable`). */
+  #last: Http1Downstream | undefined;
+
+  /** No traffic since the last idle sweep: an idle connection keeps nothing of its last request. */
+  quiet(): void {
+    if (this.cur === undefined) this.#last = undefined;
+  }
   /** The pick context of this connection's requests (see Http1Downstream.pick). */
   readonly pick: RequestPick;
   /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
@@ -448,7 +455,13 @@ class ClientConn implements ChunkSink {
       }
     }
     const hasBody = head.chunked || head.contentLength > 0;
-    const down = new Http1Downstream(this, head, hasBody, passThrough ? buf : undefined);
+    // The last request's object serves this one where it can: nothing answers through it any more.
+    const last = this.#last;
+    const passed = passThrough ? buf : undefined;
+    const down =
+      last !== undefined && last.reusable
+        ? last.reuse(head, hasBody, passed)
+        : (this.#last = new Http1Downstream(this, head, hasBody, passed));
     this.cur = down;
     const rest = head.end < buf.length ? buf.subarray(head.end) : undefined;
     this.#buf = rest;
@@ -580,46 +593,39 @@ class RequestPick implements PickContext {
   }
 }
 
-/** The head of a request passed through (see RawRequestHead). */
-class PassedHead implements RawRequestHead {
-  readonly bytes: Buffer;
-  readonly chunked: boolean;
-
-  constructor(bytes: Buffer, chunked: boolean) {
-    this.bytes = bytes;
-    this.chunked = chunked;
-  }
-}
-
 const CRLF = Buffer.from('\r\n');
 
 /** One request from a client connection, as the forwarding plane sees it. */
-class Http1Downstream implements Downstream {
-  readonly method: string;
+class Http1Downstream implements Downstream, RawRequestHead {
+  method = '';
   /** The target: made from the head passed through when first read. */
   #path: string | undefined;
   #targetStart = 0;
   #targetEnd = 0;
-  readonly authority: string | undefined;
-  readonly body: Readable | undefined;
+  authority: string | undefined;
+  body: Readable | undefined;
   get grpc(): boolean {
     return false;
   }
-  /** Set when the head passes through as the client sent it. */
-  readonly rawHead: PassedHead | undefined;
+  /** This request itself when its head passes through as the client sent it (`bytes`, `chunked`). */
+  rawHead: RawRequestHead | undefined;
+  /** The head passed through (see RawRequestHead); empty when it does not pass through. */
+  bytes: Buffer = EMPTY;
+  /** The request body goes chunked (passed through). */
+  chunked = false;
   readonly #conn: ClientConn;
-  readonly #minor: number;
-  readonly #clientKeepAlive: boolean;
+  #minor = 1;
+  #clientKeepAlive = false;
   /**
    * The client's head as sent (passed through), for a header map built on
-   * demand: when it dropped no lines, the start of `rawHead` up to
-   * `#clientEnd` (then a blank line) is that head, and no copy is kept.
+   * demand: when it dropped no lines, the start of `bytes` up to `#clientEnd`
+   * (then a blank line) is that head, and no copy is kept.
    */
-  readonly #requestText: string | undefined;
-  readonly #clientEnd: number;
+  #requestText: string | undefined;
+  #clientEnd = 0;
   #clientHeaders: ParsedHeaders | undefined;
   #headers: HeaderMap | undefined;
-  bodyDone: boolean;
+  bodyDone = true;
   headSent = false;
   /**
    * The response head, written with the first body bytes (one write): the
@@ -630,7 +636,7 @@ class Http1Downstream implements Downstream {
   #headText = '';
   #headRaw: RawResponseHead | undefined;
   #headTail = '';
-  #chunked = false;
+  #chunkedResponse = false;
   #keepAlive = false;
   #ended = false;
   #closeWatcher: CloseWatcher | undefined;
@@ -639,6 +645,39 @@ class Http1Downstream implements Downstream {
   /** `passed`: the bytes the head was parsed from in pass-through mode (`conn.rawFields` says where its lines are). */
   constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, passed: Buffer | undefined) {
     this.#conn = conn;
+    this.#start(head, hasBody, passed);
+  }
+
+  /**
+   * May serve the connection's next request (`reuse`): it is closed, so its
+   * exchange is finished and nothing answers through it any more, and it had
+   * no body (whose stream and listeners could outlive it).
+   */
+  get reusable(): boolean {
+    return this.#closedAlready && this.body === undefined;
+  }
+
+  /** Serve the connection's next request with this object (see `reusable`): every field starts over. */
+  reuse(head: MessageHead, hasBody: boolean, passed: Buffer | undefined): this {
+    this.#path = undefined;
+    this.#clientHeaders = undefined;
+    this.#headers = undefined;
+    this.headSent = false;
+    this.#headPending = false;
+    this.#headText = '';
+    this.#headRaw = undefined;
+    this.#headTail = '';
+    this.#chunkedResponse = false;
+    this.#keepAlive = false;
+    this.#ended = false;
+    this.#closeWatcher = undefined;
+    this.#closedAlready = false;
+    this.#start(head, hasBody, passed);
+    return this;
+  }
+
+  #start(head: MessageHead, hasBody: boolean, passed: Buffer | undefined): void {
+    const conn = this.#conn;
     this.method = head.method;
     this.#minor = head.minor;
     this.#clientKeepAlive = head.keepAlive;
@@ -667,18 +706,22 @@ class Http1Downstream implements Downstream {
       o += passed.copy(out, o, from, raw.end);
       o += out.write(lines, o, 'latin1');
       out.write(tail, o, 'latin1');
-      this.rawHead = new PassedHead(out, chunked);
+      this.bytes = out;
+      this.chunked = chunked;
+      this.rawHead = this;
       // Lines were dropped: the client's own head is kept for a header map (rarely asked for).
       this.#requestText = dropped === 0 ? undefined : passed.toString('latin1', 0, head.end);
       this.#clientEnd = raw.end;
     } else {
       this.#path = head.target;
       this.authority = head.headers.host as string | undefined;
+      this.bytes = EMPTY;
+      this.chunked = false;
+      this.rawHead = undefined;
       this.#requestText = undefined;
       this.#clientEnd = 0;
       this.#clientHeaders = head.headers;
       this.#headers = this.#forwardable();
-      this.rawHead = undefined;
     }
     const expectContinue = this.#clientHeaders?.expect !== undefined;
     this.bodyDone = !hasBody;
@@ -697,7 +740,7 @@ class Http1Downstream implements Downstream {
 
   /** The request target. */
   get path(): string {
-    return (this.#path ??= this.rawHead!.bytes.toString('latin1', this.#targetStart, this.#targetEnd));
+    return (this.#path ??= this.bytes.toString('latin1', this.#targetStart, this.#targetEnd));
   }
 
   /** This request's pick context: the connection's, pointed at this request. */
@@ -714,7 +757,7 @@ class Http1Downstream implements Downstream {
     const head =
       text !== undefined
         ? Buffer.from(text, 'latin1')
-        : Buffer.concat([this.rawHead!.bytes.subarray(0, this.#clientEnd), CRLF]);
+        : Buffer.concat([this.bytes.subarray(0, this.#clientEnd), CRLF]);
     return (this.#clientHeaders = parseHead(head, 0, true, {
       maxSize: Infinity,
       maxCount: Infinity,
@@ -786,7 +829,7 @@ class Http1Downstream implements Downstream {
       if (endStream) tail = 'content-length: 0\r\n';
       else if (this.#minor === 1) {
         tail = 'transfer-encoding: chunked\r\n';
-        this.#chunked = true;
+        this.#chunkedResponse = true;
       } else keepAlive = false; // HTTP/1.0 without a length: the body ends at close
     }
     if (!keepAlive) tail += 'connection: close\r\n\r\n';
@@ -836,9 +879,9 @@ class Http1Downstream implements Downstream {
     const len = data.length;
     if (len === 0) return true;
     // A chunk written as it is (not copied into one buffer with the head or its chunk size) must be ours to keep.
-    const asIs = len >= 16_384 || (!this.#chunked && !this.#headPending);
+    const asIs = len >= 16_384 || (!this.#chunkedResponse && !this.#headPending);
     const chunk = transient && asIs ? Buffer.from(data) : data;
-    if (this.#chunked) {
+    if (this.#chunkedResponse) {
       const size = `${len.toString(16)}\r\n`;
       if (len < 16_384) {
         const out = Buffer.allocUnsafe(this.#headLength() + size.length + len + 2);
@@ -880,7 +923,7 @@ class Http1Downstream implements Downstream {
     if (!this.headSent) return;
     this.#ended = true;
     let tail = '';
-    if (this.#chunked) {
+    if (this.#chunkedResponse) {
       tail = '0\r\n';
       if (trailers !== undefined) {
         const t = forwardableHeaders(trailers);
@@ -935,6 +978,14 @@ class Http1Downstream implements Downstream {
   closed(complete: boolean): void {
     if (this.#closedAlready) return;
     this.#closedAlready = true;
+    // Kept by the connection for its next request: let go of what this one read and wrote.
+    this.bytes = EMPTY;
+    this.#requestText = undefined;
+    this.#clientHeaders = undefined;
+    this.#headers = undefined;
+    this.#headRaw = undefined;
+    this.#headText = '';
+    this.#headTail = '';
     const watcher = this.#closeWatcher;
     this.#closeWatcher = undefined;
     watcher?.downstreamClosed(complete);
