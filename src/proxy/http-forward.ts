@@ -66,6 +66,13 @@ export interface Downstream extends UpstreamRequest {
    * client went away first.
    */
   onClose(watcher: CloseWatcher): void;
+  /**
+   * Optional, for a downstream object that serves one request after another
+   * (HTTP/1.1 keep-alive): true to keep the plane's state of its request in
+   * `exchange`, reused for its next request once that one is finished.
+   */
+  readonly keepsExchange?: boolean;
+  exchange?: object | undefined;
 }
 
 /** Told when a Downstream closes (an object rather than a closure: nothing allocated per request). */
@@ -241,7 +248,14 @@ export class HttpPlane {
   }
 
   forward(down: Downstream): void {
-    new Exchange(this, down).start();
+    const last = down.exchange;
+    if (last instanceof Exchange && last.reusableFor(this, down)) {
+      last.restart();
+      return;
+    }
+    const x = new Exchange(this, down);
+    if (down.keepsExchange === true) down.exchange = x;
+    x.start();
   }
 
   /** Shutdown: once the last request is done, close the upstream pools. */
@@ -264,7 +278,7 @@ export class HttpPlane {
 
 /** One request through the proxy, across its attempts. Registered on the backend of the current attempt. */
 class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
-  readonly openedAt: number;
+  openedAt: number;
   readonly #plane: HttpPlane;
   readonly #down: Downstream;
   #backend: Backend | undefined;
@@ -288,6 +302,34 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     this.#plane = plane;
     this.#down = down;
     this.openedAt = plane.ctx.clock.now();
+  }
+
+  /**
+   * May serve `down`'s next request: finished (nothing answers through it;
+   * unregistered, out of the deadline list, its call ended or aborted).
+   */
+  reusableFor(plane: HttpPlane, down: Downstream): boolean {
+    return this.#finished && this.#plane === plane && this.#down === down;
+  }
+
+  /** Serve the downstream's next request (see `reusableFor`): every field starts over. */
+  restart(): void {
+    this.openedAt = this.#plane.ctx.clock.now();
+    this.#backend = undefined;
+    this.#tried = undefined;
+    this.#call = undefined;
+    this.#attempts = 0;
+    this.#isRetry = false;
+    this.#hasResponse = false;
+    this.#ended = false;
+    this.#finished = false;
+    this.deadlineAt = 0;
+    this.deadlines = undefined;
+    this.deadlinePrev = undefined;
+    this.deadlineNext = undefined;
+    this.#deadline = undefined;
+    this.#lastFailure = undefined;
+    this.start();
   }
 
   start(): void {

@@ -607,6 +607,11 @@ class Http1Downstream implements Downstream, RawRequestHead {
   get grpc(): boolean {
     return false;
   }
+  /** The plane's state of the request (see Downstream.exchange): reused with this object. */
+  get keepsExchange(): boolean {
+    return true;
+  }
+  exchange: object | undefined;
   /** This request itself when its head passes through as the client sent it (`bytes`, `chunked`). */
   rawHead: RawRequestHead | undefined;
   /** The head passed through (see RawRequestHead); empty when it does not pass through. */
