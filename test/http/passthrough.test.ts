@@ -202,6 +202,35 @@ services:
     assert.equal(backend.received, received);
   });
 
+  it('requests one after another on one keep-alive connection each reach the backend as their own', async () => {
+    const before = backend.requests.length;
+    const socket = await dial(port);
+    let got = '';
+    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    const sent = [
+      'GET /a HTTP/1.1\r\nHost: one.test\r\n\r\n',
+      'GET /bb?x=1 HTTP/1.1\r\nHost: two.test\r\nConnection: keep-alive\r\nX-A: 1\r\n\r\n',
+      'POST /c HTTP/1.1\r\nHost: two.test\r\nContent-Length: 3\r\n\r\nabc',
+      'GET /d HTTP/1.1\r\nHost: one.test\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n',
+      'GET /a HTTP/1.1\r\nHost: one.test\r\n\r\n',
+    ];
+    for (let i = 0; i < sent.length; i++) {
+      socket.write(sent[i]!, 'latin1');
+      await waitFor(() => got.split('\r\n\r\nok').length - 1 === i + 1);
+    }
+    socket.destroy();
+    const fwd = (host: string): string =>
+      `x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nforwarded: for=127.0.0.1;proto=http;host="${host}"\r\n\r\n`;
+    assert.deepEqual(backend.requests.slice(before), [
+      `GET /a HTTP/1.1\r\nHost: one.test\r\n${fwd('one.test')}`,
+      `GET /bb?x=1 HTTP/1.1\r\nHost: two.test\r\nX-A: 1\r\n${fwd('two.test')}`,
+      `POST /c HTTP/1.1\r\nHost: two.test\r\nContent-Length: 3\r\n${fwd('two.test')}abc`,
+      'GET /d HTTP/1.1\r\nhost: one.test\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n' +
+        'forwarded: for=127.0.0.1;proto=http;host="one.test"\r\n\r\n',
+      `GET /a HTTP/1.1\r\nHost: one.test\r\n${fwd('one.test')}`,
+    ]);
+  });
+
   it('a pipelined burst is answered in order, each request passed through whole', async () => {
     const before = backend.requests.length;
     const socket = await dial(port);
