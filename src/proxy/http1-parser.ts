@@ -2,7 +2,10 @@
  * A strict HTTP/1.1 message-head parser and chunked-body decoder (RFC 9112)
  * for the raw-socket data plane: request heads from clients, response heads
  * from backends. Works on Buffers with indexOf and latin1 slices; allocates
- * one object and one header map per message. Anything ambiguous that could
+ * one object and one header map per message, or in raw mode (field lines
+ * passed through) nothing in the common case: the head is filled into an
+ * object the connection reuses, the target and field values are left where
+ * they are. Anything ambiguous that could
  * smuggle a request (conflicting Content-Length, Content-Length with
  * Transfer-Encoding, a Transfer-Encoding other than `chunked`, obs-fold,
  * whitespace before the colon, bare CR or LF) is rejected.
