@@ -284,6 +284,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
   #backend: Backend | undefined;
   #tried: Set<Backend> | undefined;
   #call: UpstreamCall | undefined;
+  #spareCall: UpstreamCall | undefined;
   #attempts = 0;
   #isRetry = false;
   #hasResponse = false;
@@ -317,6 +318,8 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     this.openedAt = this.#plane.ctx.clock.now();
     this.#backend = undefined;
     this.#tried = undefined;
+    // The last request's call: its upstream may use it again (if it is over).
+    this.#spareCall = this.#call;
     this.#call = undefined;
     this.#attempts = 0;
     this.#isRetry = false;
@@ -376,7 +379,8 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     // The request timeout starts with the first attempt and covers the retries.
     if (this.deadlineAt === 0) plane.startDeadline(this, pick.now);
     // Upstreams only add to the request what is the same on every attempt.
-    this.#call = plane.upstream.request(backend, down, this);
+    this.#call = plane.upstream.request(backend, down, this, this.#spareCall);
+    this.#spareCall = undefined;
   }
 
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {

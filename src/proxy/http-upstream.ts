@@ -98,7 +98,12 @@ export interface UpstreamSettings {
 
 /** A family of per-backend pools. */
 export interface Upstream {
-  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall;
+  /**
+   * `spare`: the call of a request this sink served before, which the
+   * upstream may use again if it is its own and is over (nothing refers to
+   * it any more but the sink).
+   */
+  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink, spare?: UpstreamCall): UpstreamCall;
   /** Drain (not cut) pools of backends not in `keep`. */
   sweep(keep: ReadonlySet<Backend>): void;
   /** Drain every pool; resolves when their in-flight requests are done. */

@@ -151,9 +151,9 @@ function requestHead(req: UpstreamRequest, chunked: boolean, backendHost: string
 
 /** One request on one pooled socket. */
 class Call implements UpstreamCall, ChunkSink {
-  readonly pool: Pool;
-  readonly req: UpstreamRequest;
-  readonly sink: ResponseSink;
+  pool: Pool;
+  req: UpstreamRequest;
+  sink: ResponseSink;
   conn: Conn | undefined;
   /** The response head has arrived; whether it lets the socket stay open. */
   headSeen = false;
@@ -176,6 +176,34 @@ class Call implements UpstreamCall, ChunkSink {
     this.pool = pool;
     this.req = req;
     this.sink = sink;
+  }
+
+  /**
+   * Over and let go of by its socket (released to the pool whole: not
+   * aborted, not left on a socket that closes later), so nothing but its
+   * sink refers to it: it may carry the sink's next request.
+   */
+  get reusable(): boolean {
+    return this.done && !this.aborted && this.conn === undefined;
+  }
+
+  /** Carry another request (see `reusable`): every field starts over. */
+  reuse(pool: Pool, req: UpstreamRequest, sink: ResponseSink): this {
+    this.pool = pool;
+    this.req = req;
+    this.sink = sink;
+    this.headSeen = false;
+    this.keepAlive = false;
+    this.remaining = -1;
+    this.decoder = undefined;
+    this.sent = false;
+    this.answered = false;
+    this.done = false;
+    this.aborted = false;
+    this.resent = false;
+    this.chunkedBody = false;
+    this.bodyStarted = false;
+    return this;
   }
 
   /** `data` is a view of the shared read buffer: the sink copies what it keeps. */
@@ -621,10 +649,13 @@ export class Http1Upstream implements Upstream {
     this.#settings = settings;
   }
 
-  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall {
+  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink, spare?: UpstreamCall): UpstreamCall {
     let pool = this.#pools.get(backend);
     if (pool === undefined) this.#pools.set(backend, (pool = new Pool(backend, this.#settings)));
-    const call = new Call(pool, req, sink);
+    const call =
+      spare instanceof Call && spare.sink === sink && spare.reusable
+        ? spare.reuse(pool, req, sink)
+        : new Call(pool, req, sink);
     pool.send(call, false);
     return call;
   }
