@@ -76,6 +76,12 @@ export interface RawRequestHead {
   readonly bytes: Buffer;
   /** The body is sent chunked (the client sent it so; no Content-Length is among the fields). */
   readonly chunked: boolean;
+  /**
+   * Optional, called after each write of `bytes`: `whole` when the kernel
+   * took them all at once (nothing holds them any more), false when some
+   * stay queued.
+   */
+  written?(whole: boolean): void;
 }
 
 export interface UpstreamRequest {

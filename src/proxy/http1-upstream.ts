@@ -33,7 +33,7 @@ import type {
   UpstreamSettings,
 } from './http-upstream.ts';
 import { SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
-import { writeDirect } from './socket-writes.ts';
+import { lastWriteTookAll, writeDirect } from './socket-writes.ts';
 
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
 /** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
@@ -335,6 +335,7 @@ class Conn {
     if (body === undefined) {
       call.sent = true;
       writeDirect(this.socket, head);
+      raw?.written?.(lastWriteTookAll());
       return;
     }
     // A body is read only once the socket is connected: a request whose connection fails

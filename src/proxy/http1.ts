@@ -17,7 +17,7 @@ import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
 import { readThrough, SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
-import { directWritePending, writeDirect } from './socket-writes.ts';
+import { directWritePending, lastWriteTookAll, writeDirect } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
 import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
@@ -211,6 +211,27 @@ class ClientConn implements ChunkSink {
   /** No traffic since the last idle sweep: an idle connection keeps nothing of its last request. */
   quiet(): void {
     if (this.cur === undefined) this.#last = undefined;
+    this.#spareOut = undefined;
+  }
+
+  /** The last response buffer the kernel took whole at once: the next one of its size is filled in it. */
+  #spareOut: Buffer | undefined;
+
+  /** A buffer of `size` bytes for a response's head and first bytes (written with `writeOut`). */
+  outBuffer(size: number): Buffer {
+    const spare = this.#spareOut;
+    if (spare !== undefined && spare.length === size) {
+      this.#spareOut = undefined;
+      return spare;
+    }
+    return Buffer.allocUnsafe(size);
+  }
+
+  /** Write a buffer from `outBuffer`; kept for the next response when the kernel took it whole. */
+  writeOut(out: Buffer): boolean {
+    const ok = writeDirect(this.socket, out);
+    if (lastWriteTookAll()) this.#spareOut = out;
+    return ok;
   }
   /** The pick context of this connection's requests (see Http1Downstream.pick). */
   readonly pick: RequestPick;
@@ -618,6 +639,13 @@ class Http1Downstream implements Downstream, RawRequestHead {
   bytes: Buffer = EMPTY;
   /** The request body goes chunked (passed through). */
   chunked = false;
+  /** The last request's `bytes`, which went to the kernel whole: the next head of its size is built in it. */
+  #spareBytes: Buffer | undefined;
+
+  /** `bytes` were written (see RawRequestHead): whole, they may be filled again for the next request. */
+  written(whole: boolean): void {
+    this.#spareBytes = whole ? this.bytes : undefined;
+  }
   readonly #conn: ClientConn;
   #minor = 1;
   #clientKeepAlive = false;
@@ -701,7 +729,10 @@ class Http1Downstream implements Downstream, RawRequestHead {
       const dropped = raw.dropped;
       let kept = raw.end;
       for (let k = 0; k < dropped; k += 2) kept -= drop[k + 1]! - drop[k]!;
-      const out = Buffer.allocUnsafe(kept + lines.length + tail.length);
+      const size = kept + lines.length + tail.length;
+      const spare = this.#spareBytes;
+      this.#spareBytes = undefined;
+      const out = spare !== undefined && spare.length === size ? spare : Buffer.allocUnsafe(size);
       let o = 0;
       let from = 0;
       for (let k = 0; k < dropped; k += 2) {
@@ -889,13 +920,13 @@ class Http1Downstream implements Downstream, RawRequestHead {
     if (this.#chunkedResponse) {
       const size = `${len.toString(16)}\r\n`;
       if (len < 16_384) {
-        const out = Buffer.allocUnsafe(this.#headLength() + size.length + len + 2);
+        const out = this.#conn.outBuffer(this.#headLength() + size.length + len + 2);
         let o = this.#putHead(out);
         o += out.write(size, o, 'latin1');
         chunk.copy(out, o);
         out[out.length - 2] = 13;
         out[out.length - 1] = 10;
-        return writeDirect(socket, out);
+        return this.#conn.writeOut(out);
       }
       socket.cork();
       if (this.#headPending) socket.write(this.#takeHead(size));
@@ -907,9 +938,9 @@ class Http1Downstream implements Downstream, RawRequestHead {
     }
     if (!this.#headPending) return writeDirect(socket, chunk);
     if (len < 16_384) {
-      const out = Buffer.allocUnsafe(this.#headLength() + len);
+      const out = this.#conn.outBuffer(this.#headLength() + len);
       chunk.copy(out, this.#putHead(out));
-      return writeDirect(socket, out);
+      return this.#conn.writeOut(out);
     }
     socket.cork();
     socket.write(this.#takeHead());
