@@ -231,6 +231,46 @@ services:
     ]);
   });
 
+  it('requests and responses of one size in turn on one connection each arrive with their own bytes', async () => {
+    // A backend answering each request with its target: heads and responses all of one size, contents differing.
+    const echo = createServer((socket) => {
+      let pending = '';
+      socket.on('data', (d: Buffer) => {
+        pending += d.toString('latin1');
+        for (let end = pending.indexOf('\r\n\r\n'); end >= 0; end = pending.indexOf('\r\n\r\n')) {
+          const target = pending.split(' ')[1]!;
+          pending = pending.slice(end + 4);
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${target.length}\r\n\r\n${target}`);
+        }
+      });
+    });
+    echo.listen(0, '127.0.0.1');
+    await once(echo, 'listening');
+    const echoPort = (echo.address() as { port: number }).port;
+    const gwPort = await freePort();
+    const { gateway: gw } = await startGateway(`
+services:
+  - name: echo
+    protocol: http
+    listen: 127.0.0.1:${gwPort}
+    backends: { static: [127.0.0.1:${echoPort}] }
+`);
+    const socket = await dial(gwPort);
+    try {
+      let got = '';
+      socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      for (let i = 100; i < 160; i++) {
+        socket.write(`GET /t${i} HTTP/1.1\r\nHost: h\r\n\r\n`, 'latin1');
+        await waitFor(() => got.endsWith(`\r\n\r\n/t${i}`));
+      }
+      assert.equal(got.split('HTTP/1.1 200 OK').length - 1, 60);
+    } finally {
+      socket.destroy();
+      await gw.shutdown();
+      echo.close();
+    }
+  });
+
   it('a pipelined burst is answered in order, each request passed through whole', async () => {
     const before = backend.requests.length;
     const socket = await dial(port);
