@@ -61,10 +61,23 @@ export interface Downstream extends UpstreamRequest {
   /** Ask the client to go after this response: GOAWAY or `Connection: close`. */
   leave(): void;
   /**
-   * Runs once when the client's request/stream is closed: `complete` when the
-   * whole response was delivered, false when the client went away first.
+   * `watcher.downstreamClosed` runs once when the client's request/stream is
+   * closed: `complete` when the whole response was delivered, false when the
+   * client went away first.
    */
-  onClose(fn: (complete: boolean) => void): void;
+  onClose(watcher: CloseWatcher): void;
+  /**
+   * Optional, for a downstream object that serves one request after another
+   * (HTTP/1.1 keep-alive): true to keep the plane's state of its request in
+   * `exchange`, reused for its next request once that one is finished.
+   */
+  readonly keepsExchange?: boolean;
+  exchange?: object | undefined;
+}
+
+/** Told when a Downstream closes (an object rather than a closure: nothing allocated per request). */
+export interface CloseWatcher {
+  downstreamClosed(complete: boolean): void;
 }
 
 /** Settings read per request; rebuilt on reload. */
@@ -235,7 +248,14 @@ export class HttpPlane {
   }
 
   forward(down: Downstream): void {
-    new Exchange(this, down).start();
+    const last = down.exchange;
+    if (last instanceof Exchange && last.reusableFor(this, down)) {
+      last.restart();
+      return;
+    }
+    const x = new Exchange(this, down);
+    if (down.keepsExchange === true) down.exchange = x;
+    x.start();
   }
 
   /** Shutdown: once the last request is done, close the upstream pools. */
@@ -257,13 +277,14 @@ export class HttpPlane {
 }
 
 /** One request through the proxy, across its attempts. Registered on the backend of the current attempt. */
-class Exchange implements ProxiedConnection, ResponseSink {
-  readonly openedAt: number;
+class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
+  openedAt: number;
   readonly #plane: HttpPlane;
   readonly #down: Downstream;
   #backend: Backend | undefined;
   #tried: Set<Backend> | undefined;
   #call: UpstreamCall | undefined;
+  #spareCall: UpstreamCall | undefined;
   #attempts = 0;
   #isRetry = false;
   #hasResponse = false;
@@ -284,6 +305,36 @@ class Exchange implements ProxiedConnection, ResponseSink {
     this.openedAt = plane.ctx.clock.now();
   }
 
+  /**
+   * May serve `down`'s next request: finished (nothing answers through it;
+   * unregistered, out of the deadline list, its call ended or aborted).
+   */
+  reusableFor(plane: HttpPlane, down: Downstream): boolean {
+    return this.#finished && this.#plane === plane && this.#down === down;
+  }
+
+  /** Serve the downstream's next request (see `reusableFor`): every field starts over. */
+  restart(): void {
+    this.openedAt = this.#plane.ctx.clock.now();
+    this.#backend = undefined;
+    this.#tried = undefined;
+    // The last request's call: its upstream may use it again (if it is over).
+    this.#spareCall = this.#call;
+    this.#call = undefined;
+    this.#attempts = 0;
+    this.#isRetry = false;
+    this.#hasResponse = false;
+    this.#ended = false;
+    this.#finished = false;
+    this.deadlineAt = 0;
+    this.deadlines = undefined;
+    this.deadlinePrev = undefined;
+    this.deadlineNext = undefined;
+    this.#deadline = undefined;
+    this.#lastFailure = undefined;
+    this.start();
+  }
+
   start(): void {
     const plane = this.#plane;
     plane.live++;
@@ -294,15 +345,17 @@ class Exchange implements ProxiedConnection, ResponseSink {
       if (ms !== undefined) this.#deadline = clock.setTimer(() => this.#timeout('deadline-exceeded'), ms);
     }
     // The request stays registered until the client has the whole response (or left).
-    down.onClose((complete) => {
-      if (this.#finished) return;
-      if (!complete && !this.#ended) {
-        this.#call?.abort();
-        this.#plane.count('client-gone');
-      }
-      this.#finish();
-    });
+    down.onClose(this);
     this.#attempt();
+  }
+
+  downstreamClosed(complete: boolean): void {
+    if (this.#finished) return;
+    if (!complete && !this.#ended) {
+      this.#call?.abort();
+      this.#plane.count('client-gone');
+    }
+    this.#finish();
   }
 
   #attempt(): void {
@@ -326,7 +379,8 @@ class Exchange implements ProxiedConnection, ResponseSink {
     // The request timeout starts with the first attempt and covers the retries.
     if (this.deadlineAt === 0) plane.startDeadline(this, pick.now);
     // Upstreams only add to the request what is the same on every attempt.
-    this.#call = plane.upstream.request(backend, down, this);
+    this.#call = plane.upstream.request(backend, down, this, this.#spareCall);
+    this.#spareCall = undefined;
   }
 
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {

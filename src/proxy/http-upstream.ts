@@ -70,11 +70,18 @@ export interface RawRequestHead {
   /**
    * The whole head to send: the client's start line and field lines (in their
    * case and order, hop-by-hop ones left out), this hop's forwarding fields,
-   * the framing field when the body goes chunked, and the blank line.
+   * the framing field when the body goes chunked, and the blank line. Not
+   * changed once made (a write may still hold it).
    */
-  readonly text: string;
+  readonly bytes: Buffer;
   /** The body is sent chunked (the client sent it so; no Content-Length is among the fields). */
   readonly chunked: boolean;
+  /**
+   * Optional, called after each write of `bytes`: `whole` when the kernel
+   * took them all at once (nothing holds them any more), false when some
+   * stay queued.
+   */
+  written?(whole: boolean): void;
 }
 
 export interface UpstreamRequest {
@@ -97,7 +104,12 @@ export interface UpstreamSettings {
 
 /** A family of per-backend pools. */
 export interface Upstream {
-  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall;
+  /**
+   * `spare`: the call of a request this sink served before, which the
+   * upstream may use again if it is its own and is over (nothing refers to
+   * it any more but the sink).
+   */
+  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink, spare?: UpstreamCall): UpstreamCall;
   /** Drain (not cut) pools of backends not in `keep`. */
   sweep(keep: ReadonlySet<Backend>): void;
   /** Drain every pool; resolves when their in-flight requests are done. */

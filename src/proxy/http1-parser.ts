@@ -2,7 +2,10 @@
  * A strict HTTP/1.1 message-head parser and chunked-body decoder (RFC 9112)
  * for the raw-socket data plane: request heads from clients, response heads
  * from backends. Works on Buffers with indexOf and latin1 slices; allocates
- * one object and one header map per message. Anything ambiguous that could
+ * one object and one header map per message, or in raw mode (field lines
+ * passed through) nothing in the common case: the head is filled into an
+ * object the connection reuses, the target and field values are left where
+ * they are. Anything ambiguous that could
  * smuggle a request (conflicting Content-Length, Content-Length with
  * Transfer-Encoding, a Transfer-Encoding other than `chunked`, obs-fold,
  * whitespace before the colon, bare CR or LF) is rejected.
@@ -68,8 +71,14 @@ export interface RawFields {
    * (Upgrade, Expect, TE, X-Forwarded-For, Forwarded).
    */
   opaque: boolean;
-  /** Requests: the Host value ('' when none). */
+  /**
+   * Requests: the Host value ('' when none). The string of the previous head
+   * is kept when the value has the same bytes (no new string per request).
+   */
   host?: string;
+  /** Requests: where the target is in the start line (`parseHead` leaves `target` empty). */
+  targetStart?: number;
+  targetEnd?: number;
   /** Requests: an X-Forwarded-Proto field is present (this hop adds none). */
   forwardedProto?: boolean;
 }
@@ -170,12 +179,57 @@ function bad(message: string): never {
   throw new HttpParseError('bad-request', message);
 }
 
+/** A head to fill in place (`parseHead`'s `out`): one per connection, reused. */
+export function emptyHead(): MessageHead {
+  return {
+    method: '',
+    target: '',
+    status: 0,
+    minor: 0,
+    headers: NO_HEADERS,
+    count: 0,
+    contentLength: -1,
+    chunked: false,
+    keepAlive: false,
+    end: 0,
+  };
+}
+
+/** Do the bytes `buf[from..to)` spell `s` (latin1)? */
+function sameBytes(buf: Buffer, from: number, to: number, s: string): boolean {
+  if (to - from !== s.length) return false;
+  for (let k = 0; k < s.length; k++) if (buf[from + k] !== s.charCodeAt(k)) return false;
+  return true;
+}
+
+/** Do the bytes `buf[from..to)` spell the lower-case `s`, in any case? */
+function sameBytesFolded(buf: Buffer, from: number, to: number, s: string): boolean {
+  if (to - from !== s.length) return false;
+  // Only for letters and '-': `| 0x20` folds A-Z to a-z and leaves them.
+  for (let k = 0; k < s.length; k++) if ((buf[from + k]! | 0x20) !== s.charCodeAt(k)) return false;
+  return true;
+}
+
+/** A Content-Length value (1 to 15 digits) at `buf[from..to)`, or -1 if it is not one. */
+function lengthValue(buf: Buffer, from: number, to: number): number {
+  if (to <= from || to - from > 15) return -1;
+  let n = 0;
+  for (let k = from; k < to; k++) {
+    const d = buf[k]! - 48;
+    if (d < 0 || d > 9) return -1;
+    n = n * 10 + d;
+  }
+  return n;
+}
+
 /**
  * Parse the head at `buf[start..limit)`. Returns undefined when the blank line has
  * not arrived yet (and the bytes so far are within `limits.maxSize`); throws
  * HttpParseError on a malformed or oversize head. With `raw`, the fields are
  * checked just the same but no header map is built (`headers` is empty):
- * `raw` says where the field lines are instead.
+ * `raw` says where the field lines are instead, and for a request where its
+ * target is (`target` is left empty). `out` (raw mode only): the head is
+ * filled into it and returned, instead of a new object.
  */
 export function parseHead(
   buf: Buffer,
@@ -184,6 +238,7 @@ export function parseHead(
   limits: HeadLimits,
   limit: number = buf.length,
   raw?: RawFields,
+  out?: MessageHead,
 ): MessageHead | undefined {
   let stop = buf.indexOf(CRLFCRLF, start);
   if (stop + 4 > limit) stop = -1; // bytes past `limit` are not part of the message
@@ -207,7 +262,11 @@ export function parseHead(
     const t0 = ++i;
     while (TARGET[buf[i]!] === 1) i++;
     if (i === t0 || buf[i] !== 32) bad('bad request target');
-    target = buf.toString('latin1', t0, i);
+    if (raw === undefined) target = buf.toString('latin1', t0, i);
+    else {
+      raw.targetStart = t0;
+      raw.targetEnd = i;
+    }
     i++;
     const m = buf[i + 7];
     if (
@@ -243,6 +302,7 @@ export function parseHead(
   }
   // Header fields.
   const headers: ParsedHeaders = raw === undefined ? {} : NO_HEADERS;
+  const prevHost = raw?.host ?? '';
   if (raw !== undefined) {
     raw.start = pos;
     raw.end = stop + 2;
@@ -296,29 +356,34 @@ export function parseHead(
         case N_OTHER:
           continue;
         case N_CONTENT_LENGTH: {
-          const value = buf.toString('latin1', v0, v1);
-          if (!/^\d{1,15}$/.test(value)) bad('bad Content-Length');
-          const n = Number(value);
+          const n = lengthValue(buf, v0, v1);
+          if (n < 0) bad('bad Content-Length');
           if (contentLength >= 0 && contentLength !== n) bad('conflicting Content-Length');
           if (contentLength >= 0) raw.opaque = true; // repeated: forwarded once, from the map
           contentLength = n;
           continue;
         }
         case N_TRANSFER_ENCODING:
-          if (sawTe || buf.toString('latin1', v0, v1).toLowerCase() !== 'chunked') {
+          if (sawTe || !sameBytesFolded(buf, v0, v1, 'chunked')) {
             bad('unsupported Transfer-Encoding');
           }
           sawTe = true;
           chunked = true;
           break;
         case N_CONNECTION: {
-          const v = buf.toString('latin1', v0, v1).toLowerCase();
+          // The usual values without a new string.
+          const v = sameBytesFolded(buf, v0, v1, 'keep-alive')
+            ? 'keep-alive'
+            : sameBytesFolded(buf, v0, v1, 'close')
+              ? 'close'
+              : buf.toString('latin1', v0, v1).toLowerCase();
           connection = connection === '' ? v : `${connection}, ${v}`;
           break;
         }
         case N_HOST:
           hosts++;
-          if (isRequest) raw.host = buf.toString('latin1', v0, v1);
+          if (isRequest)
+            raw.host = sameBytes(buf, v0, v1, prevHost) ? prevHost : buf.toString('latin1', v0, v1);
           continue;
         case N_UPGRADE:
           if (isRequest) {
@@ -377,6 +442,19 @@ export function parseHead(
     }
   }
   const keepAlive = minor === 1 ? !hasToken(connection, 'close') : hasToken(connection, 'keep-alive');
+  if (out !== undefined && raw !== undefined) {
+    out.method = method;
+    out.target = target;
+    out.status = status;
+    out.minor = minor;
+    out.headers = headers;
+    out.count = count;
+    out.contentLength = contentLength;
+    out.chunked = chunked;
+    out.keepAlive = keepAlive;
+    out.end = stop + 4;
+    return out;
+  }
   return {
     method,
     target,

@@ -17,6 +17,7 @@ import { UpstreamError } from './http-errors.ts';
 import { isIdempotent } from './http-headers.ts';
 import {
   ChunkedDecoder,
+  emptyHead,
   HttpParseError,
   type ChunkSink,
   type MessageHead,
@@ -31,8 +32,8 @@ import type {
   UpstreamRequest,
   UpstreamSettings,
 } from './http-upstream.ts';
-import { SHARED_READ_BUFFER } from './socket-reads.ts';
-import { writeDirect } from './socket-writes.ts';
+import { SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
+import { lastWriteTookAll, writeDirect } from './socket-writes.ts';
 
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
 /** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
@@ -50,31 +51,42 @@ const READ_BUFFER = SHARED_READ_BUFFER;
 /**
  * A response head whose field lines pass through (see RawResponseHead): read
  * from the read buffer (where `raw` says they are) until `settle()` copies
- * them out, at the end of the read that delivered it.
+ * them out, at the end of the read that delivered it. One per socket, used
+ * again for the next response when the sink took the lines during the read
+ * (then it has written them and holds it no longer).
  */
 class RawHead implements RawResponseHead {
-  readonly status: number;
-  readonly contentLength: number;
-  readonly linesLength: number;
+  status = 0;
+  contentLength = -1;
+  linesLength = 0;
   /** The read buffer, and where the lines are in it; undefined once settled. */
   #buf: Buffer | undefined;
   #raw: RawFields | undefined;
   /** The lines, copied out. */
   #lines: Buffer | undefined;
 
-  constructor(status: number, contentLength: number, buf: Buffer, raw: RawFields) {
+  /** Point at the head `raw` found in `buf`. */
+  set(status: number, contentLength: number, buf: Buffer, raw: RawFields): this {
     this.status = status;
     this.contentLength = contentLength;
     this.#buf = buf;
     this.#raw = raw;
+    this.#lines = undefined;
+    this.#taken = false;
     let len = raw.end - raw.start;
     const drop = raw.drop;
     for (let k = 0; k < raw.dropped; k += 2) len -= drop[k + 1]! - drop[k]!;
     this.linesLength = len;
+    return this;
   }
 
   /** The lines were copied out by the sink during the read (it writes them once): nothing to keep. */
   #taken = false;
+
+  /** Settled after the sink took its lines: nobody holds it, it may serve the next response. */
+  get reusable(): boolean {
+    return this.#taken && this.#buf === undefined;
+  }
 
   copyLines(out: Buffer, offset: number): number {
     if (this.#lines === undefined) this.#taken = true;
@@ -139,11 +151,13 @@ function requestHead(req: UpstreamRequest, chunked: boolean, backendHost: string
 
 /** One request on one pooled socket. */
 class Call implements UpstreamCall, ChunkSink {
-  readonly pool: Pool;
-  readonly req: UpstreamRequest;
-  readonly sink: ResponseSink;
+  pool: Pool;
+  req: UpstreamRequest;
+  sink: ResponseSink;
   conn: Conn | undefined;
-  head: MessageHead | undefined;
+  /** The response head has arrived; whether it lets the socket stay open. */
+  headSeen = false;
+  keepAlive = false;
   /** Response body bytes left (Content-Length framing), -1 for chunked or until close. */
   remaining = -1;
   decoder: ChunkedDecoder | undefined;
@@ -162,6 +176,34 @@ class Call implements UpstreamCall, ChunkSink {
     this.pool = pool;
     this.req = req;
     this.sink = sink;
+  }
+
+  /**
+   * Over and let go of by its socket (released to the pool whole: not
+   * aborted, not left on a socket that closes later), so nothing but its
+   * sink refers to it: it may carry the sink's next request.
+   */
+  get reusable(): boolean {
+    return this.done && !this.aborted && this.conn === undefined;
+  }
+
+  /** Carry another request (see `reusable`): every field starts over. */
+  reuse(pool: Pool, req: UpstreamRequest, sink: ResponseSink): this {
+    this.pool = pool;
+    this.req = req;
+    this.sink = sink;
+    this.headSeen = false;
+    this.keepAlive = false;
+    this.remaining = -1;
+    this.decoder = undefined;
+    this.sent = false;
+    this.answered = false;
+    this.done = false;
+    this.aborted = false;
+    this.resent = false;
+    this.chunkedBody = false;
+    this.bodyStarted = false;
+    return this;
   }
 
   /** `data` is a view of the shared read buffer: the sink copies what it keeps. */
@@ -191,6 +233,8 @@ class Conn {
   pending: Buffer | undefined;
   /** Where the last response head's field lines are (reused). */
   readonly #raw: RawFields = { start: 0, end: 0, drop: [], dropped: 0, opaque: false };
+  /** The last response head (filled in place: its fields are read during the read that parsed it). */
+  readonly #head: MessageHead = emptyHead();
   connected = false;
   reused = false;
   idleSince = 0;
@@ -241,8 +285,7 @@ class Conn {
     this.call = undefined;
     this.pool.forget(this);
     if (call === undefined || call.done) return;
-    const head = call.head;
-    if (head !== undefined && call.remaining < 0 && call.decoder === undefined && !call.aborted) {
+    if (call.headSeen && call.remaining < 0 && call.decoder === undefined && !call.aborted) {
       // Delimited by close: the end of the body.
       this.#finish(call, undefined, false);
       return;
@@ -286,12 +329,13 @@ class Conn {
     const req = call.req;
     const raw = req.rawHead;
     const chunked = raw !== undefined ? raw.chunked : chunkedBody(req);
-    const head = raw !== undefined ? raw.text : requestHead(req, chunked, this.pool.hostHeader);
+    const head = raw !== undefined ? raw.bytes : requestHead(req, chunked, this.pool.hostHeader);
     call.chunkedBody = chunked;
     const body = call.req.body;
     if (body === undefined) {
       call.sent = true;
       writeDirect(this.socket, head);
+      raw?.written?.(lastWriteTookAll());
       return;
     }
     // A body is read only once the socket is connected: a request whose connection fails
@@ -303,7 +347,7 @@ class Conn {
     this.#startBody(call, head);
   }
 
-  #waitingHead: string | undefined;
+  #waitingHead: string | Buffer | undefined;
 
   /** Connected: send the head and body held back until now. */
   onConnect(): void {
@@ -314,7 +358,7 @@ class Conn {
     if (head !== undefined && call !== undefined && !call.aborted) this.#startBody(call, head);
   }
 
-  #startBody(call: Call, head: string): void {
+  #startBody(call: Call, head: string | Buffer): void {
     const body = call.req.body!;
     this.socket.write(head, 'latin1');
     call.bodyStarted = true;
@@ -348,6 +392,8 @@ class Conn {
 
   /** A head delivered during the current read, still reading its lines from the read buffer. */
   #unsettled: RawHead | undefined;
+  /** The last head delivered (see RawHead). */
+  #rawHead: RawHead | undefined;
 
   /**
    * `nread` bytes arrived in READ_BUFFER (see there: copy what is kept).
@@ -376,7 +422,7 @@ class Conn {
     let end = nread;
     try {
       while (i < end) {
-        if (call.head === undefined) {
+        if (!call.headSeen) {
           if (this.pending !== undefined) {
             buf = Buffer.concat([this.pending, buf.subarray(i, end)]);
             i = 0;
@@ -384,7 +430,7 @@ class Conn {
             this.pending = undefined;
           }
           // Field lines pass through as they came (RawResponseHead); a map only for rare heads.
-          const head = parseHead(buf, i, false, RESPONSE_LIMITS, end, this.#raw);
+          const head = parseHead(buf, i, false, RESPONSE_LIMITS, end, this.#raw, this.#head);
           if (head === undefined) {
             this.pending = Buffer.from(buf.subarray(i, end));
             return true;
@@ -395,7 +441,8 @@ class Conn {
             if (head.status === 101) throw new HttpParseError('bad-request', 'unexpected 101');
             continue; // 100 Continue, 103 Early Hints: not forwarded
           }
-          call.head = head;
+          call.headSeen = true;
+          call.keepAlive = head.keepAlive;
           const noBody =
             call.req.method === 'HEAD' ||
             head.status === 204 ||
@@ -404,7 +451,7 @@ class Conn {
           this.#deliverHead(call, head, buf, headStart, end, noBody);
           if (noBody) {
             // Extra bytes after a complete response: the socket is out of step and not reused.
-            this.#finish(call, undefined, head.keepAlive && i === end);
+            this.#finish(call, undefined, call.keepAlive && i === end);
             return true;
           }
           if (call.done) return true;
@@ -416,21 +463,21 @@ class Conn {
           i = call.decoder.feed(buf, i, end, call);
           if (call.decoder.done) {
             const trailers = call.decoder.trailers() as IncomingHttpHeaders | undefined;
-            this.#finish(call, trailers, call.head.keepAlive && i === end);
+            this.#finish(call, trailers, call.keepAlive && i === end);
             return true;
           }
           continue;
         }
         if (call.remaining < 0) {
-          call.chunkData(buf.subarray(i, end));
+          call.chunkData(buf === READ_BUFFER ? sharedView(i, end) : buf.subarray(i, end));
           return true;
         }
         const n = Math.min(call.remaining, end - i);
         call.remaining -= n;
-        call.chunkData(buf.subarray(i, i + n));
+        call.chunkData(buf === READ_BUFFER ? sharedView(i, i + n) : buf.subarray(i, i + n));
         i += n;
         if (call.remaining === 0) {
-          this.#finish(call, undefined, call.head.keepAlive && i === end);
+          this.#finish(call, undefined, call.keepAlive && i === end);
           return true;
         }
       }
@@ -457,7 +504,13 @@ class Conn {
     const sink = call.sink;
     const raw = this.#raw;
     if (!raw.opaque) {
-      const rawHead = new RawHead(head.status, head.contentLength, buf, raw);
+      const spare = this.#rawHead;
+      const rawHead = (spare !== undefined && spare.reusable ? spare : (this.#rawHead = new RawHead())).set(
+        head.status,
+        head.contentLength,
+        buf,
+        raw,
+      );
       this.#unsettled = rawHead;
       sink.onRawHead(rawHead, endStream);
       return;
@@ -597,10 +650,13 @@ export class Http1Upstream implements Upstream {
     this.#settings = settings;
   }
 
-  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall {
+  request(backend: Backend, req: UpstreamRequest, sink: ResponseSink, spare?: UpstreamCall): UpstreamCall {
     let pool = this.#pools.get(backend);
     if (pool === undefined) this.#pools.set(backend, (pool = new Pool(backend, this.#settings)));
-    const call = new Call(pool, req, sink);
+    const call =
+      spare instanceof Call && spare.sink === sink && spare.reusable
+        ? spare.reuse(pool, req, sink)
+        : new Call(pool, req, sink);
     pool.send(call, false);
     return call;
   }

@@ -16,16 +16,17 @@ import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
-import { readThrough, SHARED_READ_BUFFER } from './socket-reads.ts';
-import { directWritePending, writeDirect } from './socket-writes.ts';
+import { readThrough, SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
+import { directWritePending, lastWriteTookAll, writeDirect } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
-import type { Downstream, HttpPlane } from './http-forward.ts';
+import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
 import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
 import { appendForwarded, forwardableHeaders, type HeaderMap, maxAge } from './http-headers.ts';
 import { jittered } from './http-keepalive.ts';
 import {
   ChunkedDecoder,
   type ChunkSink,
+  emptyHead,
   type HeadLimits,
   hasToken,
   HttpParseError,
@@ -122,7 +123,7 @@ export class Http1Handler implements RequestHandler {
             c.idleSince = now;
           } else if (now - c.idleSince >= this.idleMs) {
             c.socket.destroy();
-          }
+          } else c.quiet();
         }
         if (this.#conns.size > 0) this.#watchIdle();
       },
@@ -160,7 +161,7 @@ function onClientRead(this: Socket, n: number, buf: Buffer): void {
   const conn = (this as ClientSocket)[kClientConn];
   if (conn === undefined) return;
   // The shared read buffer is parsed in place (what is kept is copied); Node's own chunks are kept as they are.
-  if (buf === SHARED_READ_BUFFER) conn.receivedInPlace(buf.subarray(0, n));
+  if (buf === SHARED_READ_BUFFER) conn.receivedInPlace(sharedView(0, n));
   else conn.received(buf.subarray(0, n));
 }
 
@@ -202,6 +203,38 @@ class ClientConn implements ChunkSink {
     host: '',
     forwardedProto: false,
   };
+  /** The head of the request being parsed, filled in place (its fields are copied by Http1Downstream). */
+  readonly #head: MessageHead = emptyHead();
+  /** The last request's Http1Downstream, which may serve the next one (see `reusable`). */
+  #last: Http1Downstream | undefined;
+
+  /** No traffic since the last idle sweep: an idle connection keeps nothing of its last request. */
+  quiet(): void {
+    if (this.cur === undefined) this.#last = undefined;
+    this.#spareOut = undefined;
+  }
+
+  /** The last response buffer the kernel took whole at once: the next one of its size is filled in it. */
+  #spareOut: Buffer | undefined;
+
+  /** A buffer of `size` bytes for a response's head and first bytes (written with `writeOut`). */
+  outBuffer(size: number): Buffer {
+    const spare = this.#spareOut;
+    if (spare !== undefined && spare.length === size) {
+      this.#spareOut = undefined;
+      return spare;
+    }
+    return Buffer.allocUnsafe(size);
+  }
+
+  /** Write a buffer from `outBuffer`; kept for the next response when the kernel took it whole. */
+  writeOut(out: Buffer): boolean {
+    const ok = writeDirect(this.socket, out);
+    if (lastWriteTookAll()) this.#spareOut = out;
+    return ok;
+  }
+  /** The pick context of this connection's requests (see Http1Downstream.pick). */
+  readonly pick: RequestPick;
   /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
   idleBytes = 0;
   idleSince = 0;
@@ -226,6 +259,7 @@ class ClientConn implements ChunkSink {
     this.port = a.port;
     this.localIp = a.localIp;
     this.localPort = a.localPort;
+    this.pick = new RequestPick(this);
     socket.setNoDelay(true);
     // Reads into the shared read buffer, copied (socket-reads.ts): no buffer
     // allocated per read, no Readable stream machinery per chunk.
@@ -399,7 +433,7 @@ class ClientConn implements ChunkSink {
   #startRequest(buf: Buffer): boolean {
     const limits = this.handler.limits;
     const raw = this.rawFields;
-    let head = parseHead(buf, 0, true, limits, buf.length, raw);
+    let head = parseHead(buf, 0, true, limits, buf.length, raw, this.#head);
     if (head === undefined) {
       this.#buf = buf;
       this.#watchHead();
@@ -442,7 +476,13 @@ class ClientConn implements ChunkSink {
       }
     }
     const hasBody = head.chunked || head.contentLength > 0;
-    const down = new Http1Downstream(this, head, hasBody, passThrough ? buf : undefined);
+    // The last request's object serves this one where it can: nothing answers through it any more.
+    const last = this.#last;
+    const passed = passThrough ? buf : undefined;
+    const down =
+      last !== undefined && last.reusable
+        ? last.reuse(head, hasBody, passed)
+        : (this.#last = new Http1Downstream(this, head, hasBody, passed));
     this.cur = down;
     const rest = head.end < buf.length ? buf.subarray(head.end) : undefined;
     this.#buf = rest;
@@ -538,62 +578,87 @@ class ClientConn implements ChunkSink {
   }
 }
 
-/** A request's pick context: the header map is built only if a policy reads it. */
+/**
+ * The pick context of a connection's requests, one per connection: it reads
+ * the request it was last handed out for (`Http1Downstream.pick` points it
+ * there on every read); the target string and header map are made only if a
+ * policy reads them.
+ */
 class RequestPick implements PickContext {
   now = 0;
   readonly clientIp: string;
   readonly clientPort: number | undefined;
   readonly localIp: string | undefined;
   readonly localPort: number | undefined;
-  readonly host: string | undefined;
-  readonly path: string;
-  readonly #down: Http1Downstream;
+  down: Http1Downstream | undefined;
 
-  constructor(conn: ClientConn, down: Http1Downstream) {
+  constructor(conn: ClientConn) {
     this.clientIp = conn.ip;
     this.clientPort = conn.port;
     this.localIp = conn.localIp;
     this.localPort = conn.localPort;
-    this.host = down.authority;
-    this.path = down.path;
-    this.#down = down;
+  }
+
+  get host(): string | undefined {
+    return this.down?.authority;
+  }
+
+  /** The request target. */
+  get path(): string | undefined {
+    return this.down?.path;
   }
 
   /** The request's headers as the client sent them (lower-case names). */
-  get headers(): ParsedHeaders {
-    return this.#down.clientHeaders();
+  get headers(): ParsedHeaders | undefined {
+    return this.down?.clientHeaders();
   }
 }
 
-/** The head of a request passed through (see RawRequestHead). */
-class PassedHead implements RawRequestHead {
-  readonly text: string;
-  readonly chunked: boolean;
-
-  constructor(text: string, chunked: boolean) {
-    this.text = text;
-    this.chunked = chunked;
-  }
-}
+const CRLF = Buffer.from('\r\n');
 
 /** One request from a client connection, as the forwarding plane sees it. */
-class Http1Downstream implements Downstream {
-  readonly method: string;
-  readonly path: string;
-  readonly authority: string | undefined;
-  readonly body: Readable | undefined;
-  readonly grpc = false;
-  readonly pick: PickContext;
-  /** Set when the head passes through as the client sent it. */
-  readonly rawHead: PassedHead | undefined;
+class Http1Downstream implements Downstream, RawRequestHead {
+  method = '';
+  /** The target: made from the head passed through when first read. */
+  #path: string | undefined;
+  #targetStart = 0;
+  #targetEnd = 0;
+  authority: string | undefined;
+  body: Readable | undefined;
+  get grpc(): boolean {
+    return false;
+  }
+  /** The plane's state of the request (see Downstream.exchange): reused with this object. */
+  get keepsExchange(): boolean {
+    return true;
+  }
+  exchange: object | undefined;
+  /** This request itself when its head passes through as the client sent it (`bytes`, `chunked`). */
+  rawHead: RawRequestHead | undefined;
+  /** The head passed through (see RawRequestHead); empty when it does not pass through. */
+  bytes: Buffer = EMPTY;
+  /** The request body goes chunked (passed through). */
+  chunked = false;
+  /** The last request's `bytes`, which went to the kernel whole: the next head of its size is built in it. */
+  #spareBytes: Buffer | undefined;
+
+  /** `bytes` were written (see RawRequestHead): whole, they may be filled again for the next request. */
+  written(whole: boolean): void {
+    this.#spareBytes = whole ? this.bytes : undefined;
+  }
   readonly #conn: ClientConn;
-  readonly #minor: number;
-  readonly #clientKeepAlive: boolean;
-  /** The client's head as sent (passed through), for a header map built on demand. */
-  readonly #requestText: string | undefined;
+  #minor = 1;
+  #clientKeepAlive = false;
+  /**
+   * The client's head as sent (passed through), for a header map built on
+   * demand: when it dropped no lines, the start of `bytes` up to `#clientEnd`
+   * (then a blank line) is that head, and no copy is kept.
+   */
+  #requestText: string | undefined;
+  #clientEnd = 0;
   #clientHeaders: ParsedHeaders | undefined;
   #headers: HeaderMap | undefined;
-  bodyDone: boolean;
+  bodyDone = true;
   headSent = false;
   /**
    * The response head, written with the first body bytes (one write): the
@@ -604,50 +669,95 @@ class Http1Downstream implements Downstream {
   #headText = '';
   #headRaw: RawResponseHead | undefined;
   #headTail = '';
-  #chunked = false;
+  #chunkedResponse = false;
   #keepAlive = false;
   #ended = false;
-  #closeFn: ((complete: boolean) => void) | undefined;
+  #closeWatcher: CloseWatcher | undefined;
   #closedAlready = false;
 
   /** `passed`: the bytes the head was parsed from in pass-through mode (`conn.rawFields` says where its lines are). */
   constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, passed: Buffer | undefined) {
     this.#conn = conn;
+    this.#start(head, hasBody, passed);
+  }
+
+  /**
+   * May serve the connection's next request (`reuse`): it is closed, so its
+   * exchange is finished and nothing answers through it any more, and it had
+   * no body (whose stream and listeners could outlive it).
+   */
+  get reusable(): boolean {
+    return this.#closedAlready && this.body === undefined;
+  }
+
+  /** Serve the connection's next request with this object (see `reusable`): every field starts over. */
+  reuse(head: MessageHead, hasBody: boolean, passed: Buffer | undefined): this {
+    this.#path = undefined;
+    this.#clientHeaders = undefined;
+    this.#headers = undefined;
+    this.headSent = false;
+    this.#headPending = false;
+    this.#headText = '';
+    this.#headRaw = undefined;
+    this.#headTail = '';
+    this.#chunkedResponse = false;
+    this.#keepAlive = false;
+    this.#ended = false;
+    this.#closeWatcher = undefined;
+    this.#closedAlready = false;
+    this.#start(head, hasBody, passed);
+    return this;
+  }
+
+  #start(head: MessageHead, hasBody: boolean, passed: Buffer | undefined): void {
+    const conn = this.#conn;
     this.method = head.method;
-    this.path = head.target;
     this.#minor = head.minor;
     this.#clientKeepAlive = head.keepAlive;
     if (passed !== undefined) {
       const raw = conn.rawFields;
       const host = raw.host!;
       this.authority = host;
-      const text = passed.toString('latin1', 0, head.end);
-      this.#requestText = text;
-      // The start line and the field lines this hop keeps, as they came.
-      let kept: string;
-      if (raw.dropped === 0) kept = text.slice(0, raw.end);
-      else {
-        kept = '';
-        let from = 0;
-        const drop = raw.drop;
-        for (let k = 0; k < raw.dropped; k += 2) {
-          kept += text.slice(from, drop[k]);
-          from = drop[k + 1]!;
-        }
-        kept += text.slice(from, raw.end);
-      }
+      this.#targetStart = raw.targetStart!;
+      this.#targetEnd = raw.targetEnd!;
+      // One buffer: the start line and the field lines this hop keeps, as
+      // they came, this hop's forwarding lines, the framing, the blank line.
       const chunked = hasBody && head.chunked;
-      kept += conn.forwardingLines(host, !raw.forwardedProto);
-      this.rawHead = new PassedHead(
-        chunked ? `${kept}transfer-encoding: chunked\r\n\r\n` : `${kept}\r\n`,
-        chunked,
-      );
+      const lines = conn.forwardingLines(host, !raw.forwardedProto);
+      const tail = chunked ? 'transfer-encoding: chunked\r\n\r\n' : '\r\n';
+      const drop = raw.drop;
+      const dropped = raw.dropped;
+      let kept = raw.end;
+      for (let k = 0; k < dropped; k += 2) kept -= drop[k + 1]! - drop[k]!;
+      const size = kept + lines.length + tail.length;
+      const spare = this.#spareBytes;
+      this.#spareBytes = undefined;
+      const out = spare !== undefined && spare.length === size ? spare : Buffer.allocUnsafe(size);
+      let o = 0;
+      let from = 0;
+      for (let k = 0; k < dropped; k += 2) {
+        o += passed.copy(out, o, from, drop[k]);
+        from = drop[k + 1]!;
+      }
+      o += passed.copy(out, o, from, raw.end);
+      o += out.write(lines, o, 'latin1');
+      out.write(tail, o, 'latin1');
+      this.bytes = out;
+      this.chunked = chunked;
+      this.rawHead = this;
+      // Lines were dropped: the client's own head is kept for a header map (rarely asked for).
+      this.#requestText = dropped === 0 ? undefined : passed.toString('latin1', 0, head.end);
+      this.#clientEnd = raw.end;
     } else {
+      this.#path = head.target;
       this.authority = head.headers.host as string | undefined;
+      this.bytes = EMPTY;
+      this.chunked = false;
+      this.rawHead = undefined;
       this.#requestText = undefined;
+      this.#clientEnd = 0;
       this.#clientHeaders = head.headers;
       this.#headers = this.#forwardable();
-      this.rawHead = undefined;
     }
     const expectContinue = this.#clientHeaders?.expect !== undefined;
     this.bodyDone = !hasBody;
@@ -662,12 +772,29 @@ class Http1Downstream implements Downstream {
       }
       this.body = body;
     } else this.body = undefined;
-    this.pick = new RequestPick(conn, this);
+  }
+
+  /** The request target. */
+  get path(): string {
+    return (this.#path ??= this.bytes.toString('latin1', this.#targetStart, this.#targetEnd));
+  }
+
+  /** This request's pick context: the connection's, pointed at this request. */
+  get pick(): PickContext {
+    const pick = this.#conn.pick;
+    pick.down = this;
+    return pick;
   }
 
   /** The request's headers as the client sent them (lower-case names, repeated fields joined). */
   clientHeaders(): ParsedHeaders {
-    return (this.#clientHeaders ??= parseHead(Buffer.from(this.#requestText!, 'latin1'), 0, true, {
+    if (this.#clientHeaders !== undefined) return this.#clientHeaders;
+    const text = this.#requestText;
+    const head =
+      text !== undefined
+        ? Buffer.from(text, 'latin1')
+        : Buffer.concat([this.bytes.subarray(0, this.#clientEnd), CRLF]);
+    return (this.#clientHeaders = parseHead(head, 0, true, {
       maxSize: Infinity,
       maxCount: Infinity,
     })!.headers);
@@ -738,7 +865,7 @@ class Http1Downstream implements Downstream {
       if (endStream) tail = 'content-length: 0\r\n';
       else if (this.#minor === 1) {
         tail = 'transfer-encoding: chunked\r\n';
-        this.#chunked = true;
+        this.#chunkedResponse = true;
       } else keepAlive = false; // HTTP/1.0 without a length: the body ends at close
     }
     if (!keepAlive) tail += 'connection: close\r\n\r\n';
@@ -777,7 +904,9 @@ class Http1Downstream implements Downstream {
   }
 
   /** Chunks may be views of a read buffer: the small first one is copied with the head anyway. */
-  readonly takesViews = true;
+  get takesViews(): boolean {
+    return true;
+  }
 
   write(data: Buffer, transient = false): boolean {
     const socket = this.#conn.socket;
@@ -786,18 +915,18 @@ class Http1Downstream implements Downstream {
     const len = data.length;
     if (len === 0) return true;
     // A chunk written as it is (not copied into one buffer with the head or its chunk size) must be ours to keep.
-    const asIs = len >= 16_384 || (!this.#chunked && !this.#headPending);
+    const asIs = len >= 16_384 || (!this.#chunkedResponse && !this.#headPending);
     const chunk = transient && asIs ? Buffer.from(data) : data;
-    if (this.#chunked) {
+    if (this.#chunkedResponse) {
       const size = `${len.toString(16)}\r\n`;
       if (len < 16_384) {
-        const out = Buffer.allocUnsafe(this.#headLength() + size.length + len + 2);
+        const out = this.#conn.outBuffer(this.#headLength() + size.length + len + 2);
         let o = this.#putHead(out);
         o += out.write(size, o, 'latin1');
         chunk.copy(out, o);
         out[out.length - 2] = 13;
         out[out.length - 1] = 10;
-        return writeDirect(socket, out);
+        return this.#conn.writeOut(out);
       }
       socket.cork();
       if (this.#headPending) socket.write(this.#takeHead(size));
@@ -809,9 +938,9 @@ class Http1Downstream implements Downstream {
     }
     if (!this.#headPending) return writeDirect(socket, chunk);
     if (len < 16_384) {
-      const out = Buffer.allocUnsafe(this.#headLength() + len);
+      const out = this.#conn.outBuffer(this.#headLength() + len);
       chunk.copy(out, this.#putHead(out));
-      return writeDirect(socket, out);
+      return this.#conn.writeOut(out);
     }
     socket.cork();
     socket.write(this.#takeHead());
@@ -830,7 +959,7 @@ class Http1Downstream implements Downstream {
     if (!this.headSent) return;
     this.#ended = true;
     let tail = '';
-    if (this.#chunked) {
+    if (this.#chunkedResponse) {
       tail = '0\r\n';
       if (trailers !== undefined) {
         const t = forwardableHeaders(trailers);
@@ -876,17 +1005,25 @@ class Http1Downstream implements Downstream {
     this.#conn.socket.destroy();
   }
 
-  onClose(fn: (complete: boolean) => void): void {
+  onClose(watcher: CloseWatcher): void {
     if (this.#closedAlready) return;
-    this.#closeFn = fn;
+    this.#closeWatcher = watcher;
   }
 
   /** Runs once: the response reached the client (true) or the client went away (false). */
   closed(complete: boolean): void {
     if (this.#closedAlready) return;
     this.#closedAlready = true;
-    const fn = this.#closeFn;
-    this.#closeFn = undefined;
-    fn?.(complete);
+    // Kept by the connection for its next request: let go of what this one read and wrote.
+    this.bytes = EMPTY;
+    this.#requestText = undefined;
+    this.#clientHeaders = undefined;
+    this.#headers = undefined;
+    this.#headRaw = undefined;
+    this.#headText = '';
+    this.#headTail = '';
+    const watcher = this.#closeWatcher;
+    this.#closeWatcher = undefined;
+    watcher?.downstreamClosed(complete);
   }
 }

@@ -12,7 +12,7 @@ import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { Http2Handler } from './http.ts';
 import { errorReply, grpcErrorHeaders, type ProxyFailure } from './http-errors.ts';
-import type { Downstream, HttpPlane } from './http-forward.ts';
+import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
 import {
   appendForwarded,
   connectionNamed,
@@ -321,7 +321,7 @@ class Http2Downstream extends H2Stream implements Downstream {
   readonly grpc: boolean;
   readonly pick;
   readonly #session: Session;
-  #onClose: ((complete: boolean) => void) | undefined;
+  #onClose: CloseWatcher | undefined;
 
   constructor(session: Session, id: number, head: RequestHead, endStream: boolean) {
     super(session, id, endStream);
@@ -413,15 +413,15 @@ class Http2Downstream extends H2Stream implements Downstream {
     this.reset(CANCEL);
   }
 
-  onClose(fn: (complete: boolean) => void): void {
-    this.#onClose = fn;
+  onClose(watcher: CloseWatcher): void {
+    this.#onClose = watcher;
   }
 
   protected override closedHook(complete: boolean): void {
     this.#session.open--;
-    const fn = this.#onClose;
-    if (fn === undefined) return;
+    const watcher = this.#onClose;
+    if (watcher === undefined) return;
     this.#onClose = undefined;
-    fn(complete);
+    watcher.downstreamClosed(complete);
   }
 }

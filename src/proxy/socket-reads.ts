@@ -60,6 +60,25 @@ const shared = Buffer.allocUnsafeSlow(READ_SIZE);
  * HTTP/1.1 upstream pool). Reads are handled one at a time, so they share it.
  */
 export const SHARED_READ_BUFFER: Buffer = shared;
+
+/** Views of the shared buffer handed out lately, by a hash of their range. */
+const views: (Buffer | undefined)[] = new Array<Buffer | undefined>(64).fill(undefined);
+
+/**
+ * `SHARED_READ_BUFFER[start, end)` as a Buffer of its own, for a reader that
+ * hands a read on as a Buffer: the same view object again when the same
+ * range comes up again (requests and responses of one size repeat), so that
+ * a read allocates nothing. Like the shared buffer's bytes, it is valid only
+ * during the read callback.
+ */
+export function sharedView(start: number, end: number): Buffer {
+  const k = (start * 7 + end) & 63;
+  const v = views[k];
+  if (v !== undefined && v.byteOffset === start && v.length === end - start) return v;
+  const view = shared.subarray(start, end);
+  views[k] = view;
+  return view;
+}
 const pool: Buffer[] = [];
 /** The buffer for the read after the current callback; reset to `shared` each time it is taken. */
 let next: Buffer = shared;

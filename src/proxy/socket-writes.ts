@@ -53,6 +53,8 @@ const binding = streamBinding();
 /** Writes that took the direct path, and writes that went through `socket.write()` (for tests). */
 let direct = 0;
 let plain = 0;
+/** The last `writeDirect` went to the handle and the kernel took every byte at once. */
+let tookAll = false;
 
 /** A direct write the kernel did not take whole has completed (or failed, or the socket closed). */
 function onDirectDone(this: WriteReq, status: number): void {
@@ -114,6 +116,7 @@ function canWriteDirectly(socket: Socket): boolean {
  * until the write is done (as with `socket.write()`).
  */
 export function writeDirect(socket: Socket, data: string | Buffer): boolean {
+  tookAll = false;
   if (binding === null || !canWriteDirectly(socket)) {
     plain++;
     return typeof data === 'string' ? socket.write(data, 'latin1') : socket.write(data);
@@ -122,7 +125,10 @@ export function writeDirect(socket: Socket, data: string | Buffer): boolean {
   const handle = fields._handle!;
   direct++;
   const r = writeToHandle(binding, handle, data);
-  if (r === 0) return true;
+  if (r === 0) {
+    tookAll = true;
+    return true;
+  }
   if (typeof r === 'number') {
     socket.destroy(writeError(r));
     return false;
@@ -134,6 +140,15 @@ export function writeDirect(socket: Socket, data: string | Buffer): boolean {
   req.buffer = data;
   fields[kInFlight] = (fields[kInFlight] ?? 0) + 1;
   return false;
+}
+
+/**
+ * Whether the last `writeDirect` handed its bytes to the kernel whole, at
+ * once: then nothing refers to its Buffer any more, and the caller may fill
+ * it again. (A `socket.write()` that returned true may still hold it.)
+ */
+export function lastWriteTookAll(): boolean {
+  return tookAll;
 }
 
 /** Whether a direct write of ours to `socket` is still in flight. */

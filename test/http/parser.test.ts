@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   ChunkedDecoder,
+  emptyHead,
   HttpParseError,
   type MessageHead,
   parseHead,
@@ -162,6 +163,44 @@ describe('parseHead', () => {
     }
     // Bytes past `limit` are not part of the head.
     assert.equal(raw('HTTP/1.1 200 OK\r\nX: 1\r\n\r\n', 22).head, undefined);
+  });
+
+  it('raw mode for requests: the target and Host found in place, one head object filled again', () => {
+    const fields: RawFields = { start: 0, end: 0, drop: [], dropped: 0, opaque: false };
+    const out = emptyHead();
+    const parse = (text: string): MessageHead | undefined =>
+      parseHead(Buffer.from(text, 'latin1'), 0, true, limits, undefined, fields, out);
+    const text =
+      'GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nConnection: Keep-Alive\r\nContent-Length: 12\r\n\r\n';
+    const h = parse(text);
+    assert.equal(h, out, 'the head given is filled and returned');
+    assert.equal(h?.method, 'GET');
+    assert.equal(h?.target, '', 'no target string in raw mode');
+    assert.equal(text.slice(fields.targetStart, fields.targetEnd), '/a?b=1');
+    assert.equal(fields.host, 'example.com');
+    assert.equal(h?.contentLength, 12);
+    assert.equal(h?.keepAlive, true);
+    assert.equal(fields.dropped, 2, 'Connection is dropped');
+    const host = fields.host;
+    assert.equal(parse('POST /x HTTP/1.1\r\nhost: example.com\r\nconnection: CLOSE\r\n\r\n'), out);
+    assert.equal(fields.host, host);
+    assert.equal(out.method, 'POST');
+    assert.equal(out.keepAlive, false);
+    assert.equal(out.contentLength, -1);
+    parse('GET / HTTP/1.1\r\nHost: example.org\r\nTransfer-Encoding: CHUNKED\r\n\r\n');
+    assert.equal(fields.host, 'example.org');
+    assert.equal(out.chunked, true);
+    for (const bad of ['+1', '1 2', '', '1234567890123456', '0x1']) {
+      assert.throws(
+        () => parse(`GET / HTTP/1.1\r\nHost: a\r\nContent-Length: ${bad}\r\n\r\n`),
+        HttpParseError,
+        bad,
+      );
+    }
+    assert.throws(
+      () => parse('GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunkee\r\n\r\n'),
+      HttpParseError,
+    );
   });
 });
 

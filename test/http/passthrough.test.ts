@@ -202,6 +202,75 @@ services:
     assert.equal(backend.received, received);
   });
 
+  it('requests one after another on one keep-alive connection each reach the backend as their own', async () => {
+    const before = backend.requests.length;
+    const socket = await dial(port);
+    let got = '';
+    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    const sent = [
+      'GET /a HTTP/1.1\r\nHost: one.test\r\n\r\n',
+      'GET /bb?x=1 HTTP/1.1\r\nHost: two.test\r\nConnection: keep-alive\r\nX-A: 1\r\n\r\n',
+      'POST /c HTTP/1.1\r\nHost: two.test\r\nContent-Length: 3\r\n\r\nabc',
+      'GET /d HTTP/1.1\r\nHost: one.test\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n',
+      'GET /a HTTP/1.1\r\nHost: one.test\r\n\r\n',
+    ];
+    for (let i = 0; i < sent.length; i++) {
+      socket.write(sent[i]!, 'latin1');
+      await waitFor(() => got.split('\r\n\r\nok').length - 1 === i + 1);
+    }
+    socket.destroy();
+    const fwd = (host: string): string =>
+      `x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nforwarded: for=127.0.0.1;proto=http;host="${host}"\r\n\r\n`;
+    assert.deepEqual(backend.requests.slice(before), [
+      `GET /a HTTP/1.1\r\nHost: one.test\r\n${fwd('one.test')}`,
+      `GET /bb?x=1 HTTP/1.1\r\nHost: two.test\r\nX-A: 1\r\n${fwd('two.test')}`,
+      `POST /c HTTP/1.1\r\nHost: two.test\r\nContent-Length: 3\r\n${fwd('two.test')}abc`,
+      'GET /d HTTP/1.1\r\nhost: one.test\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n' +
+        'forwarded: for=127.0.0.1;proto=http;host="one.test"\r\n\r\n',
+      `GET /a HTTP/1.1\r\nHost: one.test\r\n${fwd('one.test')}`,
+    ]);
+  });
+
+  it('requests and responses of one size in turn on one connection each arrive with their own bytes', async () => {
+    // A backend answering each request with its target: heads and responses all of one size, contents differing.
+    const echo = createServer((socket) => {
+      let pending = '';
+      socket.on('data', (d: Buffer) => {
+        pending += d.toString('latin1');
+        for (let end = pending.indexOf('\r\n\r\n'); end >= 0; end = pending.indexOf('\r\n\r\n')) {
+          const target = pending.split(' ')[1]!;
+          pending = pending.slice(end + 4);
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${target.length}\r\n\r\n${target}`);
+        }
+      });
+    });
+    echo.listen(0, '127.0.0.1');
+    await once(echo, 'listening');
+    const echoPort = (echo.address() as { port: number }).port;
+    const gwPort = await freePort();
+    const { gateway: gw } = await startGateway(`
+services:
+  - name: echo
+    protocol: http
+    listen: 127.0.0.1:${gwPort}
+    backends: { static: [127.0.0.1:${echoPort}] }
+`);
+    const socket = await dial(gwPort);
+    try {
+      let got = '';
+      socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      for (let i = 100; i < 160; i++) {
+        socket.write(`GET /t${i} HTTP/1.1\r\nHost: h\r\n\r\n`, 'latin1');
+        await waitFor(() => got.endsWith(`\r\n\r\n/t${i}`));
+      }
+      assert.equal(got.split('HTTP/1.1 200 OK').length - 1, 60);
+    } finally {
+      socket.destroy();
+      await gw.shutdown();
+      echo.close();
+    }
+  });
+
   it('a pipelined burst is answered in order, each request passed through whole', async () => {
     const before = backend.requests.length;
     const socket = await dial(port);
