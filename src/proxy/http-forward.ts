@@ -278,21 +278,22 @@ export class HttpPlane {
 
 /** One request through the proxy, across its attempts. Registered on the backend of the current attempt. */
 class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
-  openedAt: number;
   readonly #plane: HttpPlane;
   readonly #down: Downstream;
+  // The state below is (re)set by #reset for each request this object serves.
+  openedAt!: number;
   #backend: Backend | undefined;
   #tried: Set<Backend> | undefined;
   #call: UpstreamCall | undefined;
   #spareCall: UpstreamCall | undefined;
-  #attempts = 0;
-  #isRetry = false;
-  #hasResponse = false;
+  #attempts!: number;
+  #isRetry!: boolean;
+  #hasResponse!: boolean;
   /** The backend's response is complete; waiting for the client to have it all. */
-  #ended = false;
-  #finished = false;
+  #ended!: boolean;
+  #finished!: boolean;
   /** The request timeout (see Deadlines): when, and the list this request waits in. */
-  deadlineAt = 0;
+  deadlineAt!: number;
   deadlines: Deadlines | undefined;
   deadlinePrev: Exchange | undefined;
   deadlineNext: Exchange | undefined;
@@ -302,7 +303,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
   constructor(plane: HttpPlane, down: Downstream) {
     this.#plane = plane;
     this.#down = down;
-    this.openedAt = plane.ctx.clock.now();
+    this.#reset();
   }
 
   /**
@@ -313,13 +314,21 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     return this.#finished && this.#plane === plane && this.#down === down;
   }
 
-  /** Serve the downstream's next request (see `reusableFor`): every field starts over. */
+  /** Serve the downstream's next request (see `reusableFor`). */
   restart(): void {
+    // The last request's call: its upstream may use it again (if it is over).
+    const spare = this.#call;
+    this.#reset();
+    this.#spareCall = spare;
+    this.start();
+  }
+
+  /** Every field starts over. */
+  #reset(): void {
     this.openedAt = this.#plane.ctx.clock.now();
     this.#backend = undefined;
     this.#tried = undefined;
-    // The last request's call: its upstream may use it again (if it is over).
-    this.#spareCall = this.#call;
+    this.#spareCall = undefined;
     this.#call = undefined;
     this.#attempts = 0;
     this.#isRetry = false;
@@ -332,7 +341,6 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     this.deadlineNext = undefined;
     this.#deadline = undefined;
     this.#lastFailure = undefined;
-    this.start();
   }
 
   start(): void {

@@ -151,31 +151,30 @@ function requestHead(req: UpstreamRequest, chunked: boolean, backendHost: string
 
 /** One request on one pooled socket. */
 class Call implements UpstreamCall, ChunkSink {
-  pool: Pool;
-  req: UpstreamRequest;
-  sink: ResponseSink;
+  // Set by `reuse`, for the first request too.
+  pool!: Pool;
+  req!: UpstreamRequest;
+  sink!: ResponseSink;
   conn: Conn | undefined;
   /** The response head has arrived; whether it lets the socket stay open. */
-  headSeen = false;
-  keepAlive = false;
+  headSeen!: boolean;
+  keepAlive!: boolean;
   /** Response body bytes left (Content-Length framing), -1 for chunked or until close. */
-  remaining = -1;
+  remaining!: number;
   decoder: ChunkedDecoder | undefined;
   /** The request (head and body) is fully written. */
-  sent = false;
+  sent!: boolean;
   /** A response byte arrived. */
-  answered = false;
-  done = false;
-  aborted = false;
+  answered!: boolean;
+  done!: boolean;
+  aborted!: boolean;
   /** Sent again once on a fresh socket after a pooled one turned out closed. */
-  resent = false;
-  chunkedBody = false;
-  bodyStarted = false;
+  resent!: boolean;
+  chunkedBody!: boolean;
+  bodyStarted!: boolean;
 
   constructor(pool: Pool, req: UpstreamRequest, sink: ResponseSink) {
-    this.pool = pool;
-    this.req = req;
-    this.sink = sink;
+    this.reuse(pool, req, sink);
   }
 
   /**
@@ -187,7 +186,7 @@ class Call implements UpstreamCall, ChunkSink {
     return this.done && !this.aborted && this.conn === undefined;
   }
 
-  /** Carry another request (see `reusable`): every field starts over. */
+  /** Carry a request (another one: see `reusable`): every field starts over. */
   reuse(pool: Pool, req: UpstreamRequest, sink: ResponseSink): this {
     this.pool = pool;
     this.req = req;

@@ -658,22 +658,23 @@ class Http1Downstream implements Downstream, RawRequestHead {
   #clientEnd = 0;
   #clientHeaders: ParsedHeaders | undefined;
   #headers: HeaderMap | undefined;
-  bodyDone = true;
-  headSent = false;
+  // The state below is (re)set by #start for each request this object serves.
+  bodyDone!: boolean;
+  headSent!: boolean;
   /**
    * The response head, written with the first body bytes (one write): the
    * status line (and, from a header map, the fields), the field lines passed
    * through, then this hop's framing fields and the blank line.
    */
-  #headPending = false;
-  #headText = '';
+  #headPending!: boolean;
+  #headText!: string;
   #headRaw: RawResponseHead | undefined;
-  #headTail = '';
-  #chunkedResponse = false;
-  #keepAlive = false;
-  #ended = false;
+  #headTail!: string;
+  #chunkedResponse!: boolean;
+  #keepAlive!: boolean;
+  #ended!: boolean;
   #closeWatcher: CloseWatcher | undefined;
-  #closedAlready = false;
+  #closedAlready!: boolean;
 
   /** `passed`: the bytes the head was parsed from in pass-through mode (`conn.rawFields` says where its lines are). */
   constructor(conn: ClientConn, head: MessageHead, hasBody: boolean, passed: Buffer | undefined) {
@@ -692,6 +693,13 @@ class Http1Downstream implements Downstream, RawRequestHead {
 
   /** Serve the connection's next request with this object (see `reusable`): every field starts over. */
   reuse(head: MessageHead, hasBody: boolean, passed: Buffer | undefined): this {
+    this.#start(head, hasBody, passed);
+    return this;
+  }
+
+  /** Take on a request: every field of a request served before starts over. */
+  #start(head: MessageHead, hasBody: boolean, passed: Buffer | undefined): void {
+    const conn = this.#conn;
     this.#path = undefined;
     this.#clientHeaders = undefined;
     this.#headers = undefined;
@@ -705,12 +713,6 @@ class Http1Downstream implements Downstream, RawRequestHead {
     this.#ended = false;
     this.#closeWatcher = undefined;
     this.#closedAlready = false;
-    this.#start(head, hasBody, passed);
-    return this;
-  }
-
-  #start(head: MessageHead, hasBody: boolean, passed: Buffer | undefined): void {
-    const conn = this.#conn;
     this.method = head.method;
     this.#minor = head.minor;
     this.#clientKeepAlive = head.keepAlive;

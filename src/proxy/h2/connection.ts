@@ -380,9 +380,9 @@ export abstract class H2Connection implements HeaderSink {
     this.#goingAway = true;
     this.#goawayId = ALL_STREAMS;
     this.#goaway(NO_ERROR, ALL_STREAMS);
+    // `ping` schedules the flush that sends both frames.
     if (this.ping(() => this.#finalGoaway())) {
       this.#goawayGrace = this.#clock.setTimer(() => this.#finalGoaway(), GOAWAY_GRACE_MS);
-      this.#schedule();
     } else {
       this.#finalGoaway();
     }
