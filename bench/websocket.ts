@@ -19,12 +19,12 @@
  */
 import { type ChildProcess, fork, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { median, startHoldfast } from './lib/peers.ts';
+import { cpuMs, median, rssBytes, startHoldfast } from './lib/peers.ts';
 import type { BenchArgs } from './run.ts';
 
 const ROOT = new URL('../', import.meta.url).pathname;
@@ -52,14 +52,12 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-function rssBytes(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(m?.[1] ?? 0) * 1024;
-}
-
-function cpuTicks(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return Number(fields[11]) + Number(fields[12]);
+/** The CPU `pid` uses over the next `ms`, in % of one core. */
+async function cpuPercentOver(pid: number, ms: number): Promise<number> {
+  const c0 = cpuMs(pid);
+  const w0 = performance.now();
+  await sleep(ms);
+  return Number((((cpuMs(pid) - c0) / (performance.now() - w0)) * 100).toFixed(2));
 }
 
 function which(cmd: string): string | undefined {
@@ -267,22 +265,11 @@ export async function run(args: BenchArgs): Promise<void> {
           r.idleConnections = idleConns;
           r.memoryPerIdleBytes = Math.round((rssBytes(pid) - before) / idleConns);
           // The connections are set up; measure over whole heartbeat intervals.
-          const t0 = cpuTicks(pid);
-          const w0 = performance.now();
-          await sleep(cpuSeconds * 1000);
-          const ticks = cpuTicks(pid) - t0;
+          r.idleCpuPercentOfCore = await cpuPercentOver(pid, cpuSeconds * 1000);
           r.memoryPerIdleSteadyBytes = Math.round((rssBytes(pid) - before) / idleConns);
-          r.idleCpuPercentOfCore = Number(
-            ((ticks / 100 / ((performance.now() - w0) / 1000)) * 100).toFixed(2),
-          );
           // A second window: what the heartbeats alone cost, once the
           // collections that follow the burst of handshakes are over.
-          const t1 = cpuTicks(pid);
-          const w1 = performance.now();
-          await sleep(cpuSeconds * 1000);
-          r.idleCpuSteadyPercentOfCore = Number(
-            (((cpuTicks(pid) - t1) / 100 / ((performance.now() - w1) / 1000)) * 100).toFixed(2),
-          );
+          r.idleCpuSteadyPercentOfCore = await cpuPercentOver(pid, cpuSeconds * 1000);
           debug('cpu measured');
           await ask(clients, { cmd: 'close' });
           await sleep(500);
