@@ -1,5 +1,6 @@
 import type { Target } from '../balance/types.ts';
 import { formatHostPort, type HostPort } from '../config/address.ts';
+import { LiveSet } from '../live-set.ts';
 import type { ProxiedConnection } from './connection.ts';
 
 /**
@@ -28,8 +29,8 @@ export class Backend implements Target {
   state: BackendState = 'active';
   /** Clock time it became eligible (slow start reads it). */
   since: number;
-  /** Live connections, registered for their whole life. */
-  readonly connections = new Set<ProxiedConnection>();
+  /** Live connections, registered for their whole life, oldest first. */
+  readonly connections = new LiveSet<ProxiedConnection>();
   /** Totals since the backend appeared, for metrics. */
   connectionsTotal = 0;
   connectFailures = 0;

@@ -254,7 +254,9 @@ export class Cluster {
    * (persistence) is told, and told again when it unregisters.
    */
   register(backend: Backend, conn: ProxiedConnection, ctx?: PickContext): void {
-    backend.connections.add(conn);
+    // A connection (an HTTP exchange) registering again reuses its node: nothing allocated per request.
+    if (conn.backendNode === undefined) conn.backendNode = backend.connections.add(conn);
+    else backend.connections.attach(conn.backendNode);
     backend.connectionsTotal++;
     this.connectionsTotal++;
     if (ctx === undefined) return;
@@ -266,7 +268,7 @@ export class Cluster {
 
   /** The connection has closed (or failed to connect). */
   unregister(backend: Backend, conn: ProxiedConnection): void {
-    if (!backend.connections.delete(conn)) return;
+    if (conn.backendNode === undefined || !backend.connections.delete(conn.backendNode)) return;
     const held = this.#held.get(conn);
     if (held !== undefined) {
       this.#held.delete(conn);
@@ -319,7 +321,7 @@ export class Cluster {
         clock: this.#clock,
         reason,
         timeoutMs: this.#drainTimeoutMs,
-        isOpen: (c) => backend.connections.has(c),
+        isOpen: (c) => backend.connections.has(c.backendNode),
       }),
     );
   }

@@ -1,3 +1,5 @@
+import type { LiveNode } from '../live-set.ts';
+
 /** Why a connection is asked to leave its backend. */
 export type LeaveReason = 'drain' | 'shutdown' | 'rebalance' | 'max-age' | 'unhealthy';
 
@@ -18,6 +20,8 @@ export interface ProxiedConnection {
   /** Bytes received from and sent to the backend so far, where the protocol counts them. */
   readonly bytesIn?: number;
   readonly bytesOut?: number;
+  /** Its place among its backend's live connections: written by cluster/ only, starts undefined. */
+  backendNode: LiveNode<ProxiedConnection> | undefined;
   /** Close now, without further grace (a drain deadline has passed). Idempotent. */
   destroy(): void;
 }

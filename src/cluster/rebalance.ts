@@ -206,7 +206,7 @@ export class Rebalancer {
     minAge: number,
     taken: Set<ProxiedConnection>,
   ): ProxiedConnection | undefined {
-    // Sets iterate in insertion order: registration order, oldest first.
+    // Registration order, oldest first.
     for (const c of backend.connections) {
       if (now - c.openedAt < minAge) return undefined;
       if (taken.has(c) || this.#leaving.has(c)) continue;

@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { Clock, Timer } from '../cluster/clock.ts';
+import type { LiveNode } from '../live-set.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext } from './http.ts';
@@ -278,6 +279,7 @@ export class HttpPlane {
 
 /** One request through the proxy, across its attempts. Registered on the backend of the current attempt. */
 class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
+  backendNode: LiveNode<ProxiedConnection> | undefined = undefined;
   readonly #plane: HttpPlane;
   readonly #down: Downstream;
   // The state below is (re)set by #reset for each request this object serves.

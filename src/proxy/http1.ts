@@ -14,6 +14,7 @@ import { Readable } from 'node:stream';
 import type { PickContext } from '../balance/types.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
+import { type LiveNode, LiveSet } from '../live-set.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
 import { readThrough, SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
@@ -59,7 +60,7 @@ function statusLine(status: number): string {
 
 export class Http1Handler implements RequestHandler {
   readonly plane: HttpPlane;
-  readonly #conns = new Set<ClientConn>();
+  readonly #conns = new LiveSet<ClientConn>();
   limits: HeadLimits;
   maxAgeMs: number;
   idleMs: number;
@@ -89,12 +90,12 @@ export class Http1Handler implements RequestHandler {
 
   /** The connection was handed over (an upgrade): drain no longer reaches it from here. */
   forget(conn: ClientConn): void {
-    this.#conns.delete(conn);
+    if (conn.node !== undefined) this.#conns.delete(conn.node);
   }
 
   handleConnection(socket: Socket, upgrade: Upgrade, first?: Buffer): void {
     const conn = new ClientConn(this, socket, upgrade);
-    this.#conns.add(conn);
+    conn.node = this.#conns.add(conn);
     socket.on('close', conn.onClose);
     this.#watchIdle();
     if (first !== undefined && first.length > 0) conn.received(first);
@@ -168,6 +169,8 @@ function onClientRead(this: Socket, n: number, buf: Buffer): void {
 /** One client connection: its unparsed bytes, the request being served and its body. */
 class ClientConn implements ChunkSink {
   readonly handler: Http1Handler;
+  /** Its place among the handler's connections. */
+  node: LiveNode<ClientConn> | undefined = undefined;
   readonly socket: Socket;
   readonly #upgrade: Upgrade;
   /** Bytes received and not consumed yet. */

@@ -10,6 +10,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
+import { type LiveNode, LiveSet } from '../live-set.ts';
 import type { Http2Handler } from './http.ts';
 import { errorReply, grpcErrorHeaders, type ProxyFailure } from './http-errors.ts';
 import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
@@ -88,6 +89,8 @@ class Session extends H2Connection {
   idleSince = 0;
   stopPing: () => void = ignore;
   ageTimer: Timer | undefined;
+  /** Its place among the handler's sessions. */
+  node: LiveNode<Session> | undefined = undefined;
 
   constructor(socket: Socket, limits: H2Limits, plane: HttpPlane, handler: Http2DownstreamHandler) {
     super(socket, limits, plane.ctx.clock);
@@ -169,7 +172,7 @@ function simpleResponse(
 
 export class Http2DownstreamHandler implements Http2Handler {
   readonly #plane: HttpPlane;
-  readonly #sessions = new Set<Session>();
+  readonly #sessions = new LiveSet<Session>();
   #idleSweep: Timer | undefined;
   #config: ServiceConfig;
   #limits: H2Limits;
@@ -200,7 +203,7 @@ export class Http2DownstreamHandler implements Http2Handler {
   }
 
   forget(session: Session): void {
-    this.#sessions.delete(session);
+    if (session.node !== undefined) this.#sessions.delete(session.node);
   }
 
   handleConnection(socket: Socket, first?: Buffer): void {
@@ -209,7 +212,7 @@ export class Http2DownstreamHandler implements Http2Handler {
     // Cleartext sockets read into the shared read buffer (socket-reads.ts); TLS through 'data'.
     readThrough(socket, onConnectionRead);
     const session = new Session(socket, this.#limits, plane, this);
-    this.#sessions.add(session);
+    session.node = this.#sessions.add(session);
     session.stopPing = startKeepalive(
       session,
       {

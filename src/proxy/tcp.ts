@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { Backend } from '../cluster/backend.ts';
 import type { Clock, Timer } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
+import type { LiveNode } from '../live-set.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
@@ -176,6 +177,7 @@ interface HeldContext {
 }
 
 class TcpConnection implements ProxiedConnection, LegOwner {
+  backendNode: LiveNode<ProxiedConnection> | undefined = undefined;
   readonly openedAt: number;
   readonly proxy: TcpProxy;
   /** The accepted socket, until the backend is connected (then the `down` leg). */

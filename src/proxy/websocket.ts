@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { isIPv6, type Socket } from 'node:net';
 import type { Backend } from '../cluster/backend.ts';
 import type { Timer } from '../cluster/clock.ts';
+import { type LiveNode, LiveSet } from '../live-set.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
@@ -84,7 +85,7 @@ export class WebSocketProxy implements UpgradeHandler {
   readonly ctx: HttpContext;
   settings: WebSocketSettings;
   /** Open (relaying or closing) connections, visited by the heartbeat tick. */
-  readonly connections = new Set<WsConnection>();
+  readonly connections = new LiveSet<WsConnection>();
   readonly rebalancer: Rebalancer;
   #tick: Timer | undefined;
   #tickMs = 1000;
@@ -173,13 +174,13 @@ export class WebSocketProxy implements UpgradeHandler {
 
   /** A connection finished its handshake and now relays. */
   opened(conn: WsConnection): void {
-    this.connections.add(conn);
+    conn.proxyNode = this.connections.add(conn);
     if (this.#tick === undefined) this.#schedule();
     this.rebalancer.start();
   }
 
   closed(conn: WsConnection): void {
-    this.connections.delete(conn);
+    if (conn.proxyNode !== undefined) this.connections.delete(conn.proxyNode);
     if (this.connections.size === 0) this.rebalancer.stop();
   }
 
@@ -310,6 +311,9 @@ function onClientRead(this: Socket, n: number, buf: Buffer): void {
  * object: `u*` is the client → backend direction, `d*` backend → client.
  */
 class WsConnection implements ProxiedConnection, LegOwner {
+  backendNode: LiveNode<ProxiedConnection> | undefined = undefined;
+  /** Its place among the proxy's open connections, once the handshake is done. */
+  proxyNode: LiveNode<WsConnection> | undefined = undefined;
   readonly openedAt: number;
   readonly proxy: WebSocketProxy;
   /** The client's leg (once the backend accepted the upgrade) and the backend's (from its connect on). */

@@ -4,11 +4,13 @@ import { createBalancer } from '../../src/balance/index.ts';
 import type { Backend } from '../../src/cluster/backend.ts';
 import { ManualClock } from '../../src/cluster/clock.ts';
 import { Cluster } from '../../src/cluster/cluster.ts';
+import type { LiveNode } from '../../src/live-set.ts';
 import type { LeaveReason, ProxiedConnection } from '../../src/cluster/connection.ts';
 import { memoryLogger } from '../helpers/gateway.ts';
 
 /** A connection that records when it was asked to leave and closes when told. */
 class FakeConn implements ProxiedConnection {
+  backendNode: LiveNode<ProxiedConnection> | undefined = undefined;
   readonly openedAt = 0;
   leftAt: number | undefined;
   destroyedAt: number | undefined;

@@ -13,6 +13,7 @@ import { decodeHealthResponse, encodeHealthRequest } from '../../src/health/prob
 import { dial, freePort, readUntil, startEchoBackend, waitFor } from '../helpers/net.ts';
 import { health, reachable, testCluster } from './_util.ts';
 import type { Cluster } from '../../src/cluster/cluster.ts';
+import type { ProxiedConnection } from '../../src/cluster/connection.ts';
 
 /** Advance one check interval and wait until every tracked backend has a new result. */
 async function round(clock: ManualClock, cluster: Cluster, ms: number): Promise<void> {
@@ -186,7 +187,12 @@ describe('active health checks', () => {
       const socket = await dial(backend.port);
       cleanups.push(() => socket.destroy());
       const left: string[] = [];
-      const conn = { openedAt: 0, leave: (r: string) => left.push(r), destroy: () => left.push('destroyed') };
+      const conn: ProxiedConnection = {
+        openedAt: 0,
+        leave: (r: string) => left.push(r),
+        destroy: () => left.push('destroyed'),
+        backendNode: undefined,
+      };
       const b = [...cluster.backends.values()][0]!;
       cluster.register(b, conn);
       cluster.markHealth(b.key, false, 'test says so');

@@ -53,6 +53,7 @@ import {
 } from './frames.ts';
 import { type HeaderSink, HpackDecoder, sharedEncoder as encoder } from './hpack.ts';
 import type { Fields, H2Stream } from './stream.ts';
+import { StreamTable } from './stream-table.ts';
 
 /** Limits and windows one connection advertises and enforces. */
 export interface H2Limits {
@@ -196,7 +197,7 @@ export abstract class H2Connection implements HeaderSink {
   readonly limits: H2Limits;
   readonly streamWindow: number;
   readonly #decoder = new HpackDecoder(4096);
-  readonly #streams = new Map<number, H2Stream>();
+  readonly #streams = new StreamTable<H2Stream>();
   /** Highest stream id the client opened (processed or refused). */
   #lastStreamId = 0;
   /** GOAWAY sent: streams above `#goawayId` are refused. */
@@ -985,7 +986,7 @@ export abstract class H2Connection implements HeaderSink {
   // ---- streams ----
 
   addStream(stream: H2Stream): void {
-    this.#streams.set(stream.id, stream);
+    this.#streams.add(stream);
   }
 
   /** Close a stream with RST_STREAM `code` from us. */
@@ -1029,8 +1030,7 @@ export abstract class H2Connection implements HeaderSink {
   }
 
   #closeAll(): void {
-    const streams = [...this.#streams.values()];
-    this.#streams.clear();
+    const streams = this.#streams.clear();
     for (const s of streams) s.close(false);
   }
 
