@@ -27,9 +27,15 @@ export interface KeepaliveOptions {
 /** Connection-level HTTP/2 flow-control window the proxy opens on every session, both sides. */
 export const SESSION_WINDOW = 16 << 20;
 
-/** Randomise `ms` by ± `jitter` (a share). */
+/**
+ * Randomise `ms` by ± `jitter` (a share), in steps of 1/512 of `ms` (at least
+ * 1 ms): Node keeps one timer list per distinct duration, so timers that
+ * share a few durations share a few lists, where durations to the
+ * millisecond would cost a list (and a leftover map entry) each.
+ */
 export function jittered(ms: number, jitter: number): number {
-  return Math.max(1, Math.round(ms * (1 + jitter * (2 * Math.random() - 1))));
+  const step = Math.max(1, Math.floor(ms / 512));
+  return Math.max(1, Math.round((ms * (1 + jitter * (2 * Math.random() - 1))) / step) * step);
 }
 
 /**

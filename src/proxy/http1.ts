@@ -97,27 +97,43 @@ export class Http1Handler implements RequestHandler {
     const conn = new ClientConn(this, socket, upgrade);
     conn.node = this.#conns.add(conn);
     socket.on('close', conn.onClose);
-    this.#watchIdle();
+    this.#watch();
     if (first !== undefined && first.length > 0) conn.received(first);
     socket.resume();
   }
 
-  #idleTimer: Timer | undefined;
+  #sweepTimer: Timer | undefined;
 
   /**
-   * Keep-alive idle timeout without a timer per connection (a socket keeps
-   * its Timeout object for life, even after setTimeout(0)): one sweep per
-   * service closes connections with no request in flight whose byte counters
-   * have not moved for `clientIdle` (between 1 and 1.25 times it).
+   * Keep-alive idle timeout and `maxConnectionAge` without a timer per
+   * connection (a socket keeps its Timeout object for life, even after
+   * setTimeout(0); and a Timeout of a duration of its own, as a jittered age
+   * is, costs Node a timer list of its own). One sweep per service:
+   * - closes connections with no request in flight whose byte counters have
+   *   not moved for `clientIdle` (between 1 and 1.25 times it);
+   * - asks connections past their age to leave (`Connection: close` on the
+   *   next response, or closed now if idle), within 1/20 of the age or a
+   *   minute, whichever is less, of when they were due.
    */
-  #watchIdle(): void {
-    if (this.#idleTimer !== undefined || this.idleMs <= 0) return;
+  #watch(): void {
+    if (this.#sweepTimer !== undefined) return;
+    const idleMs = this.idleMs;
+    const ageMs = this.maxAgeMs;
+    if (idleMs <= 0 && ageMs <= 0) return;
+    let every = 60_000;
+    if (idleMs > 0) every = Math.min(every, idleMs / 4);
+    if (ageMs > 0) every = Math.min(every, ageMs / 20);
     const clock = this.plane.ctx.clock;
-    this.#idleTimer = clock.setTimer(
+    this.#sweepTimer = clock.setTimer(
       () => {
-        this.#idleTimer = undefined;
+        this.#sweepTimer = undefined;
         const now = clock.now();
         for (const c of this.#conns) {
+          if (c.leaveAt !== 0 && now >= c.leaveAt) {
+            c.leaveAt = 0;
+            c.leave();
+          }
+          if (this.idleMs <= 0) continue;
           const traffic = c.socket.bytesRead + c.socket.bytesWritten;
           if (traffic !== c.idleBytes || c.cur !== undefined) {
             c.idleBytes = traffic;
@@ -126,9 +142,9 @@ export class Http1Handler implements RequestHandler {
             c.socket.destroy();
           } else c.quiet();
         }
-        if (this.#conns.size > 0) this.#watchIdle();
+        if (this.#conns.size > 0) this.#watch();
       },
-      Math.max(10, Math.min(this.idleMs / 4, 60_000)),
+      Math.max(10, every),
     );
   }
 }
@@ -182,7 +198,8 @@ class ClientConn implements ChunkSink {
   #processing = false;
   #clientEnded = false;
   leaving: boolean;
-  #ageTimer: Timer | undefined;
+  /** `maxConnectionAge`: when the handler's sweep asks it to leave (0: never). */
+  leaveAt = 0;
   #headTimer: Timer | undefined;
   #gone = false;
   readonly https: boolean;
@@ -270,9 +287,7 @@ class ClientConn implements ChunkSink {
     readThrough(socket, onClientRead);
     socket.on('end', this.#onEnd);
     this.idleSince = handler.plane.ctx.clock.now();
-    if (handler.maxAgeMs > 0) {
-      this.#ageTimer = handler.plane.ctx.clock.setTimer(() => this.leave(), jittered(handler.maxAgeMs, 0.1));
-    }
+    if (handler.maxAgeMs > 0) this.leaveAt = this.idleSince + jittered(handler.maxAgeMs, 0.1);
   }
 
   /** This hop's `Forwarded` element (cached while the Host stays the same). */
@@ -349,7 +364,6 @@ class ClientConn implements ChunkSink {
 
   closed(): void {
     this.#gone = true;
-    this.#ageTimer?.cancel();
     this.#headTimer?.cancel();
     const cur = this.cur;
     if (cur !== undefined) {
@@ -457,7 +471,6 @@ class ClientConn implements ChunkSink {
         this.#buf = undefined;
         this.socket.removeListener('end', this.#onEnd);
         this.#gone = true;
-        this.#ageTimer?.cancel();
         // Let go of the socket entirely, so that nothing of this connection
         // stays alive for the upgraded connection's whole life.
         this.socket.removeListener('close', this.onClose);

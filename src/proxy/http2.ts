@@ -88,7 +88,8 @@ class Session extends H2Connection {
   idleMark = -1;
   idleSince = 0;
   stopPing: () => void = ignore;
-  ageTimer: Timer | undefined;
+  /** `maxConnectionAge`: when the handler's sweep sends GOAWAY (0: never). */
+  goAwayAt = 0;
   /** Its place among the handler's sessions. */
   node: LiveNode<Session> | undefined = undefined;
 
@@ -147,7 +148,6 @@ class Session extends H2Connection {
   protected closedHook(): void {
     this.handler.forget(this);
     this.stopPing();
-    this.ageTimer?.cancel();
   }
 }
 
@@ -173,7 +173,7 @@ function simpleResponse(
 export class Http2DownstreamHandler implements Http2Handler {
   readonly #plane: HttpPlane;
   readonly #sessions = new LiveSet<Session>();
-  #idleSweep: Timer | undefined;
+  #sweep: Timer | undefined;
   #config: ServiceConfig;
   #limits: H2Limits;
   #draining = false;
@@ -227,37 +227,47 @@ export class Http2DownstreamHandler implements Http2Handler {
       },
     );
     const age = maxAge(config);
-    if (age > 0) session.ageTimer = plane.ctx.clock.setTimer(() => session.goAway(), jittered(age, 0.1));
+    if (age > 0) session.goAwayAt = plane.ctx.clock.now() + jittered(age, 0.1);
     if (this.#draining) session.goAway();
-    this.#scheduleIdleSweep();
+    this.#scheduleSweep();
     session.start(first);
     if (!session.destroyed) socket.resume();
   }
 
   /**
-   * Idle sessions (no stream open, none started) get GOAWAY after `clientIdle`
-   * (between 1 and 1.25 times it), found by one sweep over the sessions rather
-   * than a timer per session. PINGs do not count as activity, so a client that
-   * only answers our keepalive is still idle.
+   * One sweep over the sessions rather than timers per session:
+   * - idle sessions (no stream open, none started) get GOAWAY after
+   *   `clientIdle` (between 1 and 1.25 times it). PINGs do not count as
+   *   activity, so a client that only answers our keepalive is still idle;
+   * - sessions past `maxConnectionAge` get GOAWAY, within 1/20 of the age or
+   *   a minute, whichever is less, of when they were due.
    */
-  #scheduleIdleSweep(): void {
+  #scheduleSweep(): void {
     const idle = this.#config.httpTimeouts.clientIdle;
-    if (this.#idleSweep !== undefined || idle <= 0 || this.#sessions.size === 0) return;
+    const age = maxAge(this.#config);
+    if (this.#sweep !== undefined || (idle <= 0 && age <= 0) || this.#sessions.size === 0) return;
+    let every = 60_000;
+    if (idle > 0) every = Math.min(every, idle / 4);
+    if (age > 0) every = Math.min(every, age / 20);
     const clock = this.#plane.ctx.clock;
-    this.#idleSweep = clock.setTimer(
+    this.#sweep = clock.setTimer(
       () => {
-        this.#idleSweep = undefined;
+        this.#sweep = undefined;
         const now = clock.now();
         const limit = this.#config.httpTimeouts.clientIdle;
         for (const st of this.#sessions) {
+          if (st.goAwayAt !== 0 && now >= st.goAwayAt) {
+            st.goAwayAt = 0;
+            st.goAway();
+          }
           if (st.open > 0 || st.started !== st.idleMark) {
             st.idleMark = st.started;
             st.idleSince = now;
           } else if (limit > 0 && now - st.idleSince >= limit) st.goAway();
         }
-        this.#scheduleIdleSweep();
+        this.#scheduleSweep();
       },
-      Math.max(10, Math.min(idle / 4, 60_000)),
+      Math.max(10, every),
     );
   }
 }

@@ -49,3 +49,36 @@ test('an idle keep-alive client connection is closed after clientIdle; one waiti
   const took = Date.now() - idleSince;
   assert.ok(took >= 250 && took < 2_000, `closed after ${took} ms`);
 });
+
+test('maxConnectionAge: a request in flight at the age gets Connection: close on its response; an idle connection is closed', async () => {
+  const backend = createServer((req, res) => setTimeout(() => res.end('ok'), req.url === '/slow' ? 800 : 0));
+  backend.listen(0, '127.0.0.1');
+  await once(backend, 'listening');
+  cleanups.push(() => void backend.close());
+  const port = await freePort();
+  const { gateway } = await startGateway(`
+services:
+  - name: aged
+    protocol: http
+    listen: 127.0.0.1:${port}
+    maxConnectionAge: 400ms
+    backends: { static: [127.0.0.1:${(backend.address() as AddressInfo).port}] }
+`);
+  cleanups.push(() => gateway.shutdown());
+  const busy = await dial(port);
+  cleanups.push(() => void busy.destroy());
+  const idle = await dial(port);
+  cleanups.push(() => void idle.destroy());
+  const opened = Date.now();
+  const since = (): number => Date.now() - opened;
+  const idleClosed = new Promise<number>((resolve) => idle.once('close', () => resolve(since())));
+  const busyClosed = new Promise<number>((resolve) => busy.once('close', () => resolve(since())));
+  idle.write('GET / HTTP/1.1\r\nhost: x\r\n\r\n');
+  assert.doesNotMatch(await readUntil(idle, 'ok'), /connection: close/i, 'young: keep-alive');
+  // Still in flight when the connection's age (400 ms ± 10 %) comes.
+  busy.write('GET /slow HTTP/1.1\r\nhost: x\r\n\r\n');
+  assert.match(await readUntil(busy, 'ok'), /connection: close/i);
+  assert.ok((await busyClosed) < 2_000);
+  const idleMs = await idleClosed;
+  assert.ok(idleMs >= 350 && idleMs < 2_000, `idle connection closed after ${idleMs} ms`);
+});
