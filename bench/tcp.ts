@@ -1,11 +1,17 @@
 /**
- * `npm run bench -- tcp [--json] [--seconds N] [--runs N] [--idle N]`
+ * `npm run bench -- tcp [--json] [--seconds N] [--runs N] [--idle N] [--base N] [--steps N] [--no-trim]
+ *  [--peers holdfast,nginx,haproxy] [--only throughput,memory]`
  *
  * holdfast's TCP proxy side by side with nginx's stream proxy and HAProxy in
  * TCP mode, in one run on this machine:
  *   - single-connection throughput (iperf3 through each proxy), median of runs;
- *   - memory per idle proxied connection with N (default 5,000) open: growth
- *     of the proxy's resident memory from before to after, divided by N.
+ *   - memory per idle proxied connection, in bytes per added connection: the
+ *     least-squares slope of the proxy's resident memory (VmRSS) against
+ *     connections open, read at `--steps` + 1 (default 5) evenly spaced counts
+ *     from `--base` (default 0) to base + `--idle` (default 5,000), each
+ *     reading taken in a settled state: a pause, a full memory-reducing
+ *     collection (holdfast only), another pause, glibc's malloc_trim (all
+ *     peers; needs gdb, `--no-trim` leaves it out). See idleMemory.
  * Every proxy runs one worker / one thread, as holdfast does.
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -15,6 +21,7 @@ import { parseArgs } from 'node:util';
 import type { BenchArgs } from './run.ts';
 import {
   cpuMs,
+  mallocTrim,
   median,
   NODE,
   rssBytes,
@@ -35,9 +42,12 @@ function startPeer(name: PeerName, backend: number): Promise<RunningPeer | strin
   const port = PORTS[name];
   switch (name) {
     case 'holdfast':
+      // With gc-on-signal.mjs preloaded for `settle`: it only adds a SIGUSR2
+      // listener, so the throughput runs are not affected.
       return startHoldfast(
         `services:\n  - name: bench\n    listen: 127.0.0.1:${port}\n    backends: { static: [127.0.0.1:${backend}] }\n    limits: { maxConnections: 9800 }\n`,
         port,
+        { preloadGc: true },
       );
     case 'nginx':
       return startNginx(
@@ -129,13 +139,87 @@ async function throughput(names: PeerName[], seconds: number, runs: number, out:
   }
 }
 
+/** Pause before and after the collection that settles a proxy before a memory reading. */
+const SETTLE_MS = 1_000;
+
 /**
- * Memory per idle proxied connection: resident memory with `count` more
- * connections open, minus before, over `count`. `base` connections are held
- * open throughout (default 0): with a few thousand, the figure is the
- * marginal cost at scale, with the heap's one-time growth steps already paid.
+ * Bring a proxy to a settled state before a memory reading, the same way for
+ * every peer: a pause (the last connections' setup is over, closed handles
+ * are gone); a full memory-reducing collection for holdfast (SIGUSR2 to
+ * bench/lib/gc-on-signal.mjs; nginx and HAProxy have no collector); another
+ * pause (the collection, V8's concurrent sweeping and the release of its
+ * empty pages are over); then, with `trim`, glibc's `malloc_trim(0)` in
+ * every process of the proxy (bench/lib/peers.ts mallocTrim). The trim is
+ * what makes holdfast's readings a line: the burst of the first connections
+ * leaves ~4–5 MiB of freed native memory in the middle of glibc's heap,
+ * resident (V8's optimising compilers' scratch memory: with `--no-opt
+ * --no-maglev` the jump is gone), and the next ~4,000 connections' native
+ * parts reuse it, so with a full collection alone RSS barely grows over them
+ * and the slope from 0 to 5,000 reads ~1,150–1,250 B with R² ≈ 0.7. That
+ * memory is a one-time cost, not a per-connection one. Returns whether every
+ * process was trimmed.
  */
-async function idleMemory(names: PeerName[], count: number, base: number, out: (row: object) => void) {
+async function settle(peer: RunningPeer, trim: boolean): Promise<boolean> {
+  await sleep(SETTLE_MS);
+  peer.collectGarbage?.();
+  await sleep(SETTLE_MS);
+  return trim && peer.pids().every((pid) => mallocTrim(pid));
+}
+
+/** Least-squares line through the points: its slope and R². */
+function leastSquares(points: readonly { x: number; y: number }[]): { slope: number; r2: number } {
+  const n = points.length;
+  const mx = points.reduce((a, p) => a + p.x, 0) / n;
+  const my = points.reduce((a, p) => a + p.y, 0) / n;
+  let sxy = 0;
+  let sxx = 0;
+  let syy = 0;
+  for (const p of points) {
+    sxy += (p.x - mx) * (p.y - my);
+    sxx += (p.x - mx) ** 2;
+    syy += (p.y - my) ** 2;
+  }
+  const slope = sxy / sxx;
+  return { slope, r2: syy === 0 ? 1 : (sxy * sxy) / (sxx * syy) };
+}
+
+/**
+ * Memory per idle proxied connection, as a settled slope. After a warm-up
+ * (100 connections opened and closed), `base` connections are opened and
+ * held throughout (default 0; with a few thousand, the figure is the
+ * marginal cost at scale). Then, while they stay open, `count` more are
+ * opened in `steps` equal steps, each step's connections held while the next
+ * ones open. Before the first step and after each one the proxy is settled
+ * (`settle`) and its resident memory (VmRSS, summed over its processes: the
+ * nginx worker, not the master) read. `bytesPerConnection` is the
+ * least-squares slope of those `steps` + 1 readings against connections
+ * open.
+ *
+ * Why settled, and a slope: this used to be one difference, RSS 2 s after
+ * opening `count` connections minus RSS before, neither settled. It
+ * subtracted whatever holdfast gave back in between: its "before" reading
+ * held ~10 MiB that a full collection frees (young-generation pages, startup
+ * garbage), and the burst's native scratch memory (see `settle`) hid the
+ * native part of the next connections, so it read 435–679 B per connection,
+ * −2,251 to 1,050 B with `--base 2000`, when two TCP wraps alone hold ~850 B
+ * of native memory. Settled readings hold what is live (and the allocators'
+ * overhead on it), and a slope over several of them does not rest on any
+ * one.
+ *
+ * Besides the figure: `rssBeforeMiB` and `rssAfterMiB` are the first and last
+ * settled readings, `endPointBytesPerConnection` their difference over
+ * `count`, `r2` the fit's R² (how straight the line is), `readings` all of
+ * them, and `allocatorTrimmed` whether every reading was trimmed (false
+ * without gdb or with `--no-trim`: then holdfast's figure understates).
+ */
+async function idleMemory(
+  names: PeerName[],
+  count: number,
+  base: number,
+  steps: number,
+  trim: boolean,
+  out: (row: object) => void,
+) {
   const backend = spawn(NODE, [join(HERE, 'lib/hold.ts'), 'server', String(BACKEND)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -150,28 +234,36 @@ async function idleMemory(names: PeerName[], count: number, base: number, out: (
       try {
         // Warm the proxy with a few connections first so one-time allocations don't count.
         await holdConnections(PORTS[name], 100, async () => {});
-        await sleep(1_000);
         const rss = (): number => peer.pids().reduce((n, pid) => n + rssBytes(pid), 0);
-        let before = 0;
-        let after = 0;
-        const measure = async (): Promise<void> => {
-          await sleep(1_000);
-          before = rss();
-          await holdConnections(PORTS[name], count, async () => {
-            await sleep(2_000);
-            after = rss();
-          });
+        const added = (step: number): number => Math.round((count * step) / steps);
+        const readings: { open: number; rss: number }[] = [];
+        // Settle and read, then open the next step's connections and, while
+        // they are held, go on to the next step.
+        let trimmed = trim;
+        const climb = async (step: number): Promise<void> => {
+          trimmed = (await settle(peer, trim)) && trimmed;
+          readings.push({ open: base + added(step), rss: rss() });
+          if (step === steps) return;
+          await holdConnections(PORTS[name], added(step + 1) - added(step), () => climb(step + 1));
         };
-        if (base > 0) await holdConnections(PORTS[name], base, measure);
-        else await measure();
+        if (base > 0) await holdConnections(PORTS[name], base, () => climb(0));
+        else await climb(0);
+        const fit = leastSquares(readings.map((r) => ({ x: r.open, y: r.rss })));
+        const first = readings[0]!;
+        const last = readings[readings.length - 1]!;
         out({
           name: 'tcp-idle-memory',
           peer: name,
           connections: count,
           alreadyOpen: base,
-          rssBeforeMiB: round(before / 2 ** 20),
-          rssAfterMiB: round(after / 2 ** 20),
-          bytesPerConnection: Math.round((after - before) / count),
+          rssBeforeMiB: round(first.rss / 2 ** 20),
+          rssAfterMiB: round(last.rss / 2 ** 20),
+          bytesPerConnection: Math.round(fit.slope),
+          method: `settled least-squares slope over ${readings.length} readings`,
+          endPointBytesPerConnection: Math.round((last.rss - first.rss) / count),
+          r2: Math.round(fit.r2 * 10_000) / 10_000,
+          allocatorTrimmed: trimmed,
+          readings: readings.map((r) => ({ open: r.open, rssMiB: round(r.rss / 2 ** 20) })),
         });
       } finally {
         await peer.stop();
@@ -217,10 +309,13 @@ export async function run(args: BenchArgs): Promise<void> {
       runs: { type: 'string', default: '3' },
       idle: { type: 'string', default: '5000' },
       base: { type: 'string', default: '0' },
+      steps: { type: 'string', default: '4' },
+      trim: { type: 'boolean', default: true },
       peers: { type: 'string', default: 'holdfast,nginx,haproxy' },
       only: { type: 'string', default: 'throughput,memory' },
     },
     allowPositionals: true,
+    allowNegative: true,
   });
   const names = values.peers.split(',').filter((p): p is PeerName => p in PORTS && p !== 'direct');
   const rows: Record<string, unknown>[] = [];
@@ -231,13 +326,14 @@ export async function run(args: BenchArgs): Promise<void> {
   };
   const only = values.only.split(',');
   if (only.includes('throughput')) await throughput(names, Number(values.seconds), Number(values.runs), out);
-  if (only.includes('memory')) await idleMemory(names, Number(values.idle), Number(values.base), out);
+  if (only.includes('memory'))
+    await idleMemory(names, Number(values.idle), Number(values.base), Number(values.steps), values.trim, out);
   if (args.json) return;
   // Human summary with ratios against the peers measured in this run.
   const get = (name: string, peer: string, key: string): number | undefined =>
     rows.find((r) => r.name === name && r.peer === peer)?.[key] as number | undefined;
   const hf = get('tcp-throughput', 'holdfast', 'gbitPerSec');
-  console.log('\nsingle-connection throughput (iperf3, Gbit/s, median)');
+  if (only.includes('throughput')) console.log('\nsingle-connection throughput (iperf3, Gbit/s, median)');
   for (const r of rows.filter((r) => r.name === 'tcp-throughput')) {
     const v = r.gbitPerSec as number | undefined;
     const ratio =
@@ -250,13 +346,17 @@ export async function run(args: BenchArgs): Promise<void> {
     );
   }
   const hm = get('tcp-idle-memory', 'holdfast', 'bytesPerConnection');
-  console.log(`\nmemory per idle proxied connection (${values.idle} open, bytes)`);
+  if (only.includes('memory'))
+    console.log(
+      `\nmemory per idle proxied connection (bytes per added connection: settled least-squares slope, ${values.base} to ${Number(values.base) + Number(values.idle)} open)`,
+    );
   for (const r of rows.filter((r) => r.name === 'tcp-idle-memory')) {
     const v = r.bytesPerConnection as number | undefined;
     const ratio =
       v !== undefined && hm !== undefined && r.peer !== 'holdfast'
         ? `  holdfast/${String(r.peer)} = ${(hm / v).toFixed(2)}`
         : '';
-    console.log(`  ${String(r.peer).padEnd(20)} ${v ?? `skipped: ${String(r.skipped)}`}${ratio}`);
+    const untrimmed = r.allocatorTrimmed === false ? '  (allocator not trimmed: understates)' : '';
+    console.log(`  ${String(r.peer).padEnd(20)} ${v ?? `skipped: ${String(r.skipped)}`}${ratio}${untrimmed}`);
   }
 }

@@ -18,6 +18,12 @@ export interface RunningPeer {
   name: string;
   /** PIDs whose memory counts as the proxy's (nginx: the worker, not the master). */
   pids(): number[];
+  /**
+   * Ask the process for a full collection (holdfast started with
+   * `preloadGc`; returns at once, the collection runs in the process). Absent
+   * for peers that have no garbage collector.
+   */
+  collectGarbage?(): void;
   stop(): Promise<void>;
 }
 
@@ -81,19 +87,42 @@ export function holdfastEntry(): string {
 /** The Node flags of the `holdfast` launcher (src/cli/main.ts's first line). */
 export const LAUNCHER_FLAGS = '--max-semi-space-size=8 --expose-gc';
 
-export async function startHoldfast(yaml: string, port: number): Promise<RunningPeer> {
+/** Bench-only preload: SIGUSR2 runs a full, memory-reducing collection (see the file). */
+export const GC_ON_SIGNAL = join(ROOT, 'bench/lib/gc-on-signal.mjs');
+
+export interface HoldfastOptions {
+  /**
+   * Load bench/lib/gc-on-signal.mjs, so that `settle` (SIGUSR2) can ask the
+   * process for a full collection before a memory reading. Needs `--expose-gc`
+   * in the flags (the launcher's flags have it).
+   */
+  preloadGc?: boolean;
+}
+
+export async function startHoldfast(
+  yaml: string,
+  port: number,
+  options: HoldfastOptions = {},
+): Promise<RunningPeer> {
   const dir = tempDir('holdfast');
   const file = join(dir, 'holdfast.yaml');
   writeFileSync(file, yaml);
   // The same V8 flags and allocator setting the `holdfast` launcher uses
   // (see src/cli/main.ts's first line).
   const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? LAUNCHER_FLAGS).split(' ').filter((f) => f !== '');
+  if (options.preloadGc === true) flags.push('--import', GC_ON_SIGNAL);
   const child = spawn(NODE, [...flags, holdfastEntry(), 'serve', '--config', file, '--json'], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1' },
   });
   await waitForPort(port);
-  return { name: 'holdfast', pids: () => [child.pid!], stop: () => stopChild(child) };
+  const peer: RunningPeer = { name: 'holdfast', pids: () => [child.pid!], stop: () => stopChild(child) };
+  if (options.preloadGc === true) {
+    peer.collectGarbage = () => {
+      if (!child.kill('SIGUSR2')) throw new Error('holdfast is gone: could not signal it to collect');
+    };
+  }
+  return peer;
 }
 
 export async function startNginx(
@@ -161,6 +190,23 @@ export function rssBytes(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const m = /VmRSS:\s+(\d+) kB/.exec(status);
   return m === null ? 0 : Number(m[1]) * 1024;
+}
+
+/**
+ * Ask glibc's allocator in a running process to give its free pages back to
+ * the system: `malloc_trim(0)` called through gdb (attached for about a
+ * second, the process stopped meanwhile). free() returns memory to the
+ * system only from the top of the heap; pages of free chunks in the middle
+ * stay resident until they are reused or trimmed. Returns false when gdb is
+ * not installed or the call did not run (no permission to attach, no glibc).
+ */
+export function mallocTrim(pid: number): boolean {
+  if (which('gdb') === undefined) return false;
+  const r = spawnSync('gdb', ['-p', String(pid), '-batch', '-nx', '-ex', 'call (int) malloc_trim(0)'], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  return r.status === 0 && /^\$1 = [01]$/m.test(r.stdout);
 }
 
 /** CPU time (user + system) of a process in ms, from /proc/PID/stat. */
