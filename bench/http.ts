@@ -147,6 +147,7 @@ export async function run(args: BenchArgs): Promise<void> {
   }
 
   const rows: Row[] = [];
+  let run = 0;
   const measure = async (
     name: string,
     start: () => Promise<RunningPeer | string>,
@@ -162,10 +163,16 @@ export async function run(args: BenchArgs): Promise<void> {
         if (haveWrk && h1Port !== undefined) runWrk(h1Port, warmup);
         if (haveH2load && h2Port !== undefined) runH2load(h2Port, warmup);
       }
-      if (haveWrk && h1Port !== undefined)
-        rows.push({ proxy: name, load: 'http1', ...runWrk(h1Port, seconds) });
+      const record = (row: Row): void => {
+        rows.push(row);
+        // Each run as it comes (stderr, so --json output stays one row per median): the spread behind the medians.
+        console.error(
+          `# run ${run + 1}: ${row.proxy} ${row.load} ${Math.round(row.rps)} req/s, ${row.latencyMs.toFixed(2)} ms ${row.latencyKind}`,
+        );
+      };
+      if (haveWrk && h1Port !== undefined) record({ proxy: name, load: 'http1', ...runWrk(h1Port, seconds) });
       if (haveH2load && h2Port !== undefined)
-        rows.push({ proxy: name, load: 'http2', ...runH2load(h2Port, seconds) });
+        record({ proxy: name, load: 'http2', ...runH2load(h2Port, seconds) });
     } finally {
       await peer.stop();
     }
@@ -212,7 +219,7 @@ backend b
   server s1 127.0.0.1:${backendPort}
 `;
   // Several runs interleave the proxies, so a noisy neighbour hits them alike; medians are reported.
-  for (let run = 0; run < runs; run++) {
+  for (run = 0; run < runs; run++) {
     await measure('holdfast', () => startHoldfast(holdfastYaml, hfPort!), hfPort, hfPort);
     await measure('nginx', () => startNginx(nginxH1, ngPort!), ngPort, undefined);
     await measure('nginx', () => startNginx(nginxH2, ngPort!), undefined, ngPort);
