@@ -85,7 +85,7 @@ export function holdfastEntry(): string {
 }
 
 /** The Node flags of the `holdfast` launcher (src/cli/main.ts's first line). */
-export const LAUNCHER_FLAGS = '--max-semi-space-size=8 --expose-gc';
+export const LAUNCHER_FLAGS = '--max-semi-space-size=8 --no-allocation-site-pretenuring --expose-gc';
 
 /** Bench-only preload: SIGUSR2 runs a full, memory-reducing collection (see the file). */
 export const GC_ON_SIGNAL = join(ROOT, 'bench/lib/gc-on-signal.mjs');
