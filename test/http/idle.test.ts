@@ -11,21 +11,19 @@ after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
 
-async function setup(): Promise<number> {
-  const backend = createServer((req, res) => {
-    const delay = req.url === '/slow' ? 900 : 0;
-    setTimeout(() => res.end('ok'), delay);
-  });
+/** A backend answering `ok` (after `delayMs(url)`), behind a gateway with `settings` for the service. */
+async function setup(settings: string, delayMs: (url: string) => number): Promise<number> {
+  const backend = createServer((req, res) => setTimeout(() => res.end('ok'), delayMs(req.url ?? '/')));
   backend.listen(0, '127.0.0.1');
   await once(backend, 'listening');
   cleanups.push(() => void backend.close());
   const port = await freePort();
   const { gateway } = await startGateway(`
 services:
-  - name: idle
+  - name: svc
     protocol: http
     listen: 127.0.0.1:${port}
-    httpTimeouts: { clientIdle: 300ms }
+    ${settings}
     backends: { static: [127.0.0.1:${(backend.address() as AddressInfo).port}] }
 `);
   cleanups.push(() => gateway.shutdown());
@@ -33,7 +31,7 @@ services:
 }
 
 test('an idle keep-alive client connection is closed after clientIdle; one waiting for a slow response is not', async () => {
-  const port = await setup();
+  const port = await setup('httpTimeouts: { clientIdle: 300ms }', (url) => (url === '/slow' ? 900 : 0));
   const slow = await dial(port);
   cleanups.push(() => void slow.destroy());
   slow.write('GET /slow HTTP/1.1\r\nhost: x\r\n\r\n');
@@ -51,20 +49,7 @@ test('an idle keep-alive client connection is closed after clientIdle; one waiti
 });
 
 test('maxConnectionAge: a request in flight at the age gets Connection: close on its response; an idle connection is closed', async () => {
-  const backend = createServer((req, res) => setTimeout(() => res.end('ok'), req.url === '/slow' ? 800 : 0));
-  backend.listen(0, '127.0.0.1');
-  await once(backend, 'listening');
-  cleanups.push(() => void backend.close());
-  const port = await freePort();
-  const { gateway } = await startGateway(`
-services:
-  - name: aged
-    protocol: http
-    listen: 127.0.0.1:${port}
-    maxConnectionAge: 400ms
-    backends: { static: [127.0.0.1:${(backend.address() as AddressInfo).port}] }
-`);
-  cleanups.push(() => gateway.shutdown());
+  const port = await setup('maxConnectionAge: 400ms', (url) => (url === '/slow' ? 800 : 0));
   const busy = await dial(port);
   cleanups.push(() => void busy.destroy());
   const idle = await dial(port);
