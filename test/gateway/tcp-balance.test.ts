@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import type { Socket } from 'node:net';
+import { createServer, type ServerOpts, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startGateway } from '../helpers/gateway.ts';
@@ -29,6 +29,23 @@ async function gateway(yaml: string) {
   const g = await startGateway(yaml);
   cleanups.push(() => g.gateway.shutdown());
   return g;
+}
+
+/** A gateway service in front of one backend whose connections `serve` handles; returns the service's port. */
+async function serviceFor(name: string, serve: (s: Socket) => void, opts: ServerOpts = {}): Promise<number> {
+  const port = await freePort();
+  const backendPort = await freePort();
+  const server = createServer(opts, serve);
+  server.listen(backendPort, '127.0.0.1');
+  await once(server, 'listening');
+  cleanups.push(() => void server.close());
+  await gateway(`
+services:
+  - name: ${name}
+    listen: 127.0.0.1:${port}
+    backends: { static: [127.0.0.1:${backendPort}] }
+`);
+  return port;
 }
 
 async function openMany(port: number, n: number): Promise<Socket[]> {
@@ -104,24 +121,16 @@ services:
   });
 
   test('half-close passes through: the client FIN reaches the backend, which can still answer', async () => {
-    const port = await freePort();
-    const backendPort = await freePort();
     // A backend that answers only after the client has finished sending (like `nc -q`, or HTTP/1.0 bodies).
-    const { createServer } = await import('node:net');
-    const server = createServer({ allowHalfOpen: true }, (s) => {
-      let got = '';
-      s.on('data', (d: Buffer) => (got += d.toString()));
-      s.on('end', () => s.end(`received ${got.length} bytes after your FIN`));
-    });
-    server.listen(backendPort, '127.0.0.1');
-    await once(server, 'listening');
-    cleanups.push(() => void server.close());
-    await gateway(`
-services:
-  - name: halfclose
-    listen: 127.0.0.1:${port}
-    backends: { static: [127.0.0.1:${backendPort}] }
-`);
+    const port = await serviceFor(
+      'halfclose',
+      (s) => {
+        let got = '';
+        s.on('data', (d: Buffer) => (got += d.toString()));
+        s.on('end', () => s.end(`received ${got.length} bytes after your FIN`));
+      },
+      { allowHalfOpen: true },
+    );
     const client = await dial(port);
     client.end('hello world');
     let reply = '';
@@ -131,25 +140,13 @@ services:
   });
 
   test("a backend's reset reaches the client as a reset (ECONNRESET), not as a clean end", async () => {
-    const port = await freePort();
-    const backendPort = await freePort();
-    const { createServer } = await import('node:net');
     // A backend that aborts the connection (RST) when asked to.
-    const server = createServer((s) => {
+    const port = await serviceFor('resets', (s) => {
       s.on('error', () => {});
       s.on('data', (d: Buffer) => {
         if (d.toString().includes('reset')) s.resetAndDestroy();
       });
     });
-    server.listen(backendPort, '127.0.0.1');
-    await once(server, 'listening');
-    cleanups.push(() => void server.close());
-    await gateway(`
-services:
-  - name: resets
-    listen: 127.0.0.1:${port}
-    backends: { static: [127.0.0.1:${backendPort}] }
-`);
     const client = await dial(port);
     let ended = false;
     client.on('end', () => (ended = true));

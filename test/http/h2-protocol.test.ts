@@ -785,16 +785,13 @@ describe('HTTP/2 client sessions: keepalive PING and maxConnectionAge', () => {
   let gateway: Gateway;
   let kaPort: number;
   let agePort: number;
-
-  before(async () => {
-    backend = await startH1Backend();
-    [kaPort, agePort] = [await freePort(), await freePort()];
-    ({ gateway } = await startGateway(`
+  /** Service `ka` pings; service `age` has a short maxConnectionAge. `streams`: ka's maxConcurrentStreams. */
+  const yaml = (streams?: number): string => `
 services:
   - name: ka
     protocol: http
     listen: 127.0.0.1:${kaPort}
-    http2: { ping: { interval: 200ms, timeout: 300ms } }
+    http2: { ping: { interval: 200ms, timeout: 300ms }${streams === undefined ? '' : `, maxConcurrentStreams: ${streams}`} }
     backends: { static: [127.0.0.1:${backend.port}] }
   - name: age
     protocol: http
@@ -802,7 +799,12 @@ services:
     maxConnectionAge: 500ms
     http2: { ping: { interval: off } }
     backends: { static: [127.0.0.1:${backend.port}] }
-`));
+`;
+
+  before(async () => {
+    backend = await startH1Backend();
+    [kaPort, agePort] = [await freePort(), await freePort()];
+    ({ gateway } = await startGateway(yaml()));
   });
   after(async () => {
     await gateway.shutdown();
@@ -873,20 +875,6 @@ services:
   });
 
   it('a reload that changes the http2 settings sends GOAWAY to existing sessions; new ones get the new SETTINGS', async () => {
-    const yaml = (streams: number): string => `
-services:
-  - name: ka
-    protocol: http
-    listen: 127.0.0.1:${kaPort}
-    http2: { ping: { interval: 200ms, timeout: 300ms }, maxConcurrentStreams: ${streams} }
-    backends: { static: [127.0.0.1:${backend.port}] }
-  - name: age
-    protocol: http
-    listen: 127.0.0.1:${agePort}
-    maxConnectionAge: 500ms
-    http2: { ping: { interval: off } }
-    backends: { static: [127.0.0.1:${backend.port}] }
-`;
     const old = h2connect(`http://127.0.0.1:${kaPort}`);
     old.on('error', () => {});
     try {
