@@ -14,8 +14,9 @@
  * holdfast starts as shipped (bench/lib/peers.ts startHoldfast: the launcher's
  * V8 flags and allocator setting). For holdfast, "after the idle window"
  * understates: the memory reducer's collection also frees what the process
- * held before the connections came (see bench/RESULTS.md). Runs are interleaved (holdfast, nginx, haproxy, holdfast, …) and
- * medians reported. Missing peers are reported and skipped.
+ * held before the connections came (see bench/RESULTS.md). Runs are
+ * interleaved (holdfast, nginx, haproxy, holdfast, …) and medians reported.
+ * Missing peers are reported and skipped.
  */
 import { type ChildProcess, fork, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
