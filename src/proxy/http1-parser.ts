@@ -98,6 +98,8 @@ const N_REQUEST_DROP = 7;
 /** Request fields this hop rewrites or acts on: such a request is handled from a map. */
 const N_REQUEST_OPAQUE = 8;
 const N_FORWARDED_PROTO = 9;
+/** TE: handled from a map in a request (like N_REQUEST_OPAQUE) and in a response (an HTTP/2 client must not get it). */
+const N_TE = 10;
 const NAMES: readonly (readonly [Buffer, number])[] = [
   ['content-length', N_CONTENT_LENGTH],
   ['transfer-encoding', N_TRANSFER_ENCODING],
@@ -111,7 +113,7 @@ const NAMES: readonly (readonly [Buffer, number])[] = [
   ['proxy-authorization', N_REQUEST_DROP],
   ['http2-settings', N_REQUEST_DROP],
   ['expect', N_REQUEST_OPAQUE],
-  ['te', N_REQUEST_OPAQUE],
+  ['te', N_TE],
   ['x-forwarded-for', N_REQUEST_OPAQUE],
   ['forwarded', N_REQUEST_OPAQUE],
   ['x-forwarded-proto', N_FORWARDED_PROTO],
@@ -347,9 +349,9 @@ export function parseHead(
       // The same checks as below, without a string for every name and value.
       let id = nameId(buf, lineStart, i);
       if (id >= N_REQUEST_DROP && !isRequest) {
-        // Kept in a response, but some (te, proxy-authenticate, http2-settings) must not reach an
-        // HTTP/2 client: such rare heads take the header-map path, which leaves hop-by-hop fields out.
-        if (id === N_REQUEST_DROP || id === N_REQUEST_OPAQUE) raw.opaque = true;
+        // Kept in a response, but hop-by-hop ones (te, proxy-authenticate, http2-settings) must not
+        // reach an HTTP/2 client: such rare heads take the header-map path, which leaves them out.
+        if (id === N_REQUEST_DROP || id === N_TE) raw.opaque = true;
         id = N_OTHER;
       }
       switch (id) {
@@ -392,6 +394,7 @@ export function parseHead(
           }
           break;
         case N_REQUEST_OPAQUE:
+        case N_TE:
           raw.opaque = true;
           continue;
         case N_FORWARDED_PROTO:
@@ -442,31 +445,18 @@ export function parseHead(
     }
   }
   const keepAlive = minor === 1 ? !hasToken(connection, 'close') : hasToken(connection, 'keep-alive');
-  if (out !== undefined && raw !== undefined) {
-    out.method = method;
-    out.target = target;
-    out.status = status;
-    out.minor = minor;
-    out.headers = headers;
-    out.count = count;
-    out.contentLength = contentLength;
-    out.chunked = chunked;
-    out.keepAlive = keepAlive;
-    out.end = stop + 4;
-    return out;
-  }
-  return {
-    method,
-    target,
-    status,
-    minor,
-    headers,
-    count,
-    contentLength,
-    chunked,
-    keepAlive,
-    end: stop + 4,
-  };
+  const head = out ?? emptyHead();
+  head.method = method;
+  head.target = target;
+  head.status = status;
+  head.minor = minor;
+  head.headers = headers;
+  head.count = count;
+  head.contentLength = contentLength;
+  head.chunked = chunked;
+  head.keepAlive = keepAlive;
+  head.end = stop + 4;
+  return head;
 }
 
 /** Does a comma-separated, lowercased list contain `token`? */
