@@ -352,6 +352,9 @@ class HandleLeg implements Leg {
   /** Writes handed to libuv and not yet complete. */
   queued = 0;
   failure: string | undefined = undefined;
+  /** The handle's byte counts as it closed (-1 before): Node detaches it from them after its close callback. */
+  #readAtClose = -1;
+  #writtenAtClose = -1;
 
   constructor(handle: StreamHandle, owner: LegOwner, buf: Buffer) {
     this.handle = handle;
@@ -373,11 +376,20 @@ class HandleLeg implements Leg {
   }
 
   get bytesRead(): number {
-    return this.handle.bytesRead;
+    return this.#readAtClose >= 0 ? this.#readAtClose : this.handle.bytesRead;
   }
 
   get bytesWritten(): number {
-    return this.handle.bytesWritten;
+    return this.#writtenAtClose >= 0 ? this.#writtenAtClose : this.handle.bytesWritten;
+  }
+
+  /** The handle has closed: keep its counts for the owner, which may read them after the other leg closes. */
+  closed(): void {
+    this.#readAtClose = this.handle.bytesRead;
+    this.#writtenAtClose = this.handle.bytesWritten;
+    open.handle--;
+    releaseReadBuffer(this.buf);
+    this.owner.legClose(this, (this.flags & F_ERROR) !== 0);
   }
 
   write(bytes: Buffer): boolean {
@@ -510,10 +522,7 @@ function onShutdown(this: ShutdownReq, status: number): void {
 }
 
 function onHandleClosed(this: StreamHandle): void {
-  const leg = this[internals!.owner] as HandleLeg;
-  open.handle--;
-  releaseReadBuffer(leg.buf);
-  leg.owner.legClose(leg, (leg.flags & F_ERROR) !== 0);
+  (this[internals!.owner] as HandleLeg).closed();
 }
 
 // ---- socket legs (fallback) ----

@@ -258,6 +258,46 @@ services:
     assert.equal(g.adminPort, admin);
   });
 
+  test("a closed connection's bytes still count for its backend, whichever side closed first", async () => {
+    const [port = 0, admin = 0, backendPort = 0] = await freePorts(3);
+    // Echoes 1000 bytes, then closes first (the backend side of the relay closes before the client's).
+    const server = createServer((s) => {
+      let got = 0;
+      s.on('data', (d: Buffer) => {
+        got += d.length;
+        if (got >= 1000) s.end('y'.repeat(1000));
+      });
+    });
+    server.listen(backendPort, '127.0.0.1');
+    await once(server, 'listening');
+    cleanups.push(() => void server.close());
+    await gateway(`
+admin: { listen: 127.0.0.1:${admin} }
+services:
+  - name: closing
+    listen: 127.0.0.1:${port}
+    backends: { static: [127.0.0.1:${backendPort}] }
+`);
+    const client = await dial(port);
+    client.write('x'.repeat(1000));
+    await readUntil(client, 'y'.repeat(1000));
+    await once(client, 'end');
+    client.end();
+    await once(client, 'close');
+    const line = (direction: string): RegExp =>
+      new RegExp(
+        `holdfast_backend_bytes_total\\{service="closing",backend="[^"]+",direction="${direction}"\\} 1000\\b`,
+      );
+    await waitFor(
+      async () => {
+        const metrics = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
+        return line('in').test(metrics) && line('out').test(metrics);
+      },
+      3_000,
+      'bytes in and out counted once the connection closed',
+    );
+  });
+
   test('maglev over the source IP sends every connection of one client address to the same backend', async () => {
     const bs = await backends(3);
     const port = await freePort();
