@@ -920,3 +920,58 @@ services:
     }
   });
 });
+
+describe('HTTP/2 request bodies and the connection window', () => {
+  it('a whole upload answered with an error by the proxy gives its bytes back to the connection window', async () => {
+    // Nothing listens on the backend's port: every request fails to connect, after its body came.
+    const [port, dead] = [await freePort(), await freePort()];
+    const { gateway } = await startGateway(`
+services:
+  - name: nobody
+    protocol: http
+    listen: 127.0.0.1:${port}
+    backends: { static: [127.0.0.1:${dead}] }
+`);
+    try {
+      await withRaw(port, async (raw) => {
+        // 20 uploads of 900 KB each, one after the other: 18 MB through a 16 MiB connection window,
+        // which only works if the bytes of answered uploads are given back.
+        const body = Buffer.alloc(900 * 1024, 0x61);
+        const frames: Buffer[] = [];
+        for (let off = 0; off < body.length; off += 16_384) {
+          const last = off + 16_384 >= body.length;
+          frames.push(F.frame(F.DATA, last ? F.FLAG_END_STREAM : 0, 0, body.subarray(off, off + 16_384)));
+        }
+        for (let i = 0; i < 20; i++) {
+          const id = 1 + 2 * i;
+          raw.request(
+            id,
+            [
+              [':method', 'POST'],
+              [':scheme', 'http'],
+              [':authority', 'x'],
+              [':path', '/upload'],
+            ],
+            false,
+          );
+          for (const f of frames) {
+            f.writeUInt32BE(id, 5);
+            raw.socket.write(Buffer.from(f));
+          }
+          assert.equal(await raw.status(id), '502', `upload ${i + 1}`);
+        }
+        const credited = raw.frames
+          .filter((f) => f.type === F.WINDOW_UPDATE && f.id === 0)
+          .reduce((n, f) => n + f.payload.readUInt32BE(0), 0);
+        // The first WINDOW_UPDATE widens the window to 16 MiB; the rest give uploaded bytes back.
+        assert.ok(credited - ((16 << 20) - 65_535) >= 8 << 20, `credited ${credited}`);
+        assert.equal(
+          raw.frames.find((f) => f.type === F.GOAWAY),
+          undefined,
+        );
+      });
+    } finally {
+      await gateway.shutdown();
+    }
+  });
+});

@@ -260,6 +260,9 @@ export class H2Stream {
       if (this.remoteClosed) body.push(null);
       else body.destroy();
     }
+    // Body bytes held back from the window (nobody read them): the connection gets them back
+    // whoever ends the stream, or a whole upload answered early would keep them for ever.
+    this.bodyWanted();
     this.closedHook(complete);
   }
 
