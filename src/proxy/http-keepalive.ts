@@ -39,6 +39,20 @@ export function jittered(ms: number, jitter: number): number {
 }
 
 /**
+ * How often a handler sweeps its client connections for `clientIdle` and
+ * `maxConnectionAge` (0 or less: off): within a quarter of the idle timeout
+ * and a twentieth of the age, at most a minute apart, at least 10 ms. 0 when
+ * both are off (no sweep).
+ */
+export function sweepEvery(idleMs: number, ageMs: number): number {
+  if (idleMs <= 0 && ageMs <= 0) return 0;
+  let every = 60_000;
+  if (idleMs > 0) every = Math.min(every, idleMs / 4);
+  if (ageMs > 0) every = Math.min(every, ageMs / 20);
+  return Math.max(10, every);
+}
+
+/**
  * Ping `session` until it closes. `onDead` runs once when an ACK is late; the
  * caller decides how to close (it usually destroys the session). Returns a
  * function that stops the keepalive.

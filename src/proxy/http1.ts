@@ -23,7 +23,7 @@ import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
 import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
 import { appendForwarded, forwardableHeaders, type HeaderMap, maxAge } from './http-headers.ts';
-import { jittered } from './http-keepalive.ts';
+import { jittered, sweepEvery } from './http-keepalive.ts';
 import {
   ChunkedDecoder,
   type ChunkSink,
@@ -117,35 +117,27 @@ export class Http1Handler implements RequestHandler {
    */
   #watch(): void {
     if (this.#sweepTimer !== undefined) return;
-    const idleMs = this.idleMs;
-    const ageMs = this.maxAgeMs;
-    if (idleMs <= 0 && ageMs <= 0) return;
-    let every = 60_000;
-    if (idleMs > 0) every = Math.min(every, idleMs / 4);
-    if (ageMs > 0) every = Math.min(every, ageMs / 20);
+    const every = sweepEvery(this.idleMs, this.maxAgeMs);
+    if (every === 0) return;
     const clock = this.plane.ctx.clock;
-    this.#sweepTimer = clock.setTimer(
-      () => {
-        this.#sweepTimer = undefined;
-        const now = clock.now();
-        for (const c of this.#conns) {
-          if (c.leaveAt !== 0 && now >= c.leaveAt) {
-            c.leaveAt = 0;
-            c.leave();
-          }
-          if (this.idleMs <= 0) continue;
-          const traffic = c.socket.bytesRead + c.socket.bytesWritten;
-          if (traffic !== c.idleBytes || c.cur !== undefined) {
-            c.idleBytes = traffic;
-            c.idleSince = now;
-          } else if (now - c.idleSince >= this.idleMs) {
-            c.socket.destroy();
-          } else c.quiet();
+    this.#sweepTimer = clock.setTimer(() => {
+      this.#sweepTimer = undefined;
+      const now = clock.now();
+      for (const c of this.#conns) {
+        if (c.leaveAt !== 0 && now >= c.leaveAt) {
+          c.leaveAt = 0;
+          c.leave();
         }
-        if (this.#conns.size > 0) this.#watch();
-      },
-      Math.max(10, every),
-    );
+        const traffic = c.socket.bytesRead + c.socket.bytesWritten;
+        if (traffic !== c.idleBytes || c.cur !== undefined) {
+          c.idleBytes = traffic;
+          c.idleSince = now;
+        } else if (this.idleMs > 0 && now - c.idleSince >= this.idleMs) {
+          c.socket.destroy();
+        } else c.quiet();
+      }
+      if (this.#conns.size > 0) this.#watch();
+    }, every);
   }
 }
 

@@ -23,7 +23,7 @@ import {
   isGrpc,
   maxAge,
 } from './http-headers.ts';
-import { jittered, SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
+import { jittered, SESSION_WINDOW, startKeepalive, sweepEvery } from './http-keepalive.ts';
 import type { RawResponseHead } from './http-upstream.ts';
 import {
   type H2Limits,
@@ -87,7 +87,6 @@ class Session extends H2Connection {
   /** The idle sweep's view: `started` at its last pass, and since when nothing started or was open. */
   idleMark = -1;
   idleSince = 0;
-  stopPing: () => void = ignore;
   /** `maxConnectionAge`: when the handler's sweep sends GOAWAY (0: never). */
   goAwayAt = 0;
   /** Its place among the handler's sessions. */
@@ -147,11 +146,8 @@ class Session extends H2Connection {
 
   protected closedHook(): void {
     this.handler.forget(this);
-    this.stopPing();
   }
 }
-
-const ignore = (): void => {};
 
 /** A response the proxy makes up itself (405, 431). */
 function simpleResponse(
@@ -213,7 +209,8 @@ export class Http2DownstreamHandler implements Http2Handler {
     readThrough(socket, onConnectionRead);
     const session = new Session(socket, this.#limits, plane, this);
     session.node = this.#sessions.add(session);
-    session.stopPing = startKeepalive(
+    // Stops by itself when the session closes.
+    startKeepalive(
       session,
       {
         intervalMs: config.http2.ping.interval,
@@ -243,32 +240,26 @@ export class Http2DownstreamHandler implements Http2Handler {
    *   a minute, whichever is less, of when they were due.
    */
   #scheduleSweep(): void {
-    const idle = this.#config.httpTimeouts.clientIdle;
-    const age = maxAge(this.#config);
-    if (this.#sweep !== undefined || (idle <= 0 && age <= 0) || this.#sessions.size === 0) return;
-    let every = 60_000;
-    if (idle > 0) every = Math.min(every, idle / 4);
-    if (age > 0) every = Math.min(every, age / 20);
+    if (this.#sweep !== undefined || this.#sessions.size === 0) return;
+    const every = sweepEvery(this.#config.httpTimeouts.clientIdle, maxAge(this.#config));
+    if (every === 0) return;
     const clock = this.#plane.ctx.clock;
-    this.#sweep = clock.setTimer(
-      () => {
-        this.#sweep = undefined;
-        const now = clock.now();
-        const limit = this.#config.httpTimeouts.clientIdle;
-        for (const st of this.#sessions) {
-          if (st.goAwayAt !== 0 && now >= st.goAwayAt) {
-            st.goAwayAt = 0;
-            st.goAway();
-          }
-          if (st.open > 0 || st.started !== st.idleMark) {
-            st.idleMark = st.started;
-            st.idleSince = now;
-          } else if (limit > 0 && now - st.idleSince >= limit) st.goAway();
+    this.#sweep = clock.setTimer(() => {
+      this.#sweep = undefined;
+      const now = clock.now();
+      const limit = this.#config.httpTimeouts.clientIdle;
+      for (const st of this.#sessions) {
+        if (st.goAwayAt !== 0 && now >= st.goAwayAt) {
+          st.goAwayAt = 0;
+          st.goAway();
         }
-        this.#scheduleSweep();
-      },
-      Math.max(10, every),
-    );
+        if (st.open > 0 || st.started !== st.idleMark) {
+          st.idleMark = st.started;
+          st.idleSince = now;
+        } else if (limit > 0 && now - st.idleSince >= limit) st.goAway();
+      }
+      this.#scheduleSweep();
+    }, every);
   }
 }
 
