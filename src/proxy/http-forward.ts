@@ -9,7 +9,7 @@ import type { Readable } from 'node:stream';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { Clock, Timer } from '../cluster/clock.ts';
-import type { LiveNode } from '../live-set.ts';
+import { type LiveNode, LiveSet } from '../live-set.ts';
 import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext } from './http.ts';
@@ -121,8 +121,8 @@ const SWEEP_MS = 2_000;
 class Deadlines {
   readonly ms: number;
   readonly #clock: Clock;
-  #head: Exchange | undefined;
-  #tail: Exchange | undefined;
+  /** Oldest first: the first one's deadline comes first. */
+  readonly #waiting = new LiveSet<Exchange>();
   #timer: Timer | undefined;
 
   constructor(clock: Clock, ms: number) {
@@ -131,29 +131,15 @@ class Deadlines {
   }
 
   get empty(): boolean {
-    return this.#head === undefined;
+    return this.#waiting.size === 0;
   }
 
   add(x: Exchange, now: number): void {
     x.deadlineAt = now + this.ms;
-    x.deadlines = this;
-    x.deadlinePrev = this.#tail;
-    if (this.#tail === undefined) this.#head = x;
-    else this.#tail.deadlineNext = x;
-    this.#tail = x;
+    // An exchange serving a keep-alive connection's next request comes back with its node.
+    if (x.deadlineNode === undefined) x.deadlineNode = this.#waiting.add(x);
+    else this.#waiting.attach(x.deadlineNode);
     if (this.#timer === undefined) this.#arm(this.ms);
-  }
-
-  remove(x: Exchange): void {
-    const prev = x.deadlinePrev;
-    const next = x.deadlineNext;
-    if (prev === undefined) this.#head = next;
-    else prev.deadlineNext = next;
-    if (next === undefined) this.#tail = prev;
-    else next.deadlinePrev = prev;
-    x.deadlinePrev = undefined;
-    x.deadlineNext = undefined;
-    x.deadlines = undefined;
   }
 
   #arm(ms: number): void {
@@ -164,11 +150,13 @@ class Deadlines {
   readonly #fire = (): void => {
     this.#timer = undefined;
     const now = this.#clock.now();
-    for (let x = this.#head; x !== undefined && x.deadlineAt <= now; x = this.#head) {
-      this.remove(x);
+    const waiting = this.#waiting;
+    for (let x = waiting.first; x !== undefined && x.deadlineAt <= now; x = waiting.first) {
+      waiting.delete(x.deadlineNode!);
       x.timedOut();
     }
-    if (this.#head !== undefined) this.#arm(this.#head.deadlineAt - now);
+    const next = waiting.first;
+    if (next !== undefined) this.#arm(next.deadlineAt - now);
   };
 
   close(): void {
@@ -296,9 +284,8 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
   #finished!: boolean;
   /** The request timeout (see Deadlines): when, and the list this request waits in. */
   deadlineAt!: number;
-  deadlines: Deadlines | undefined;
-  deadlinePrev: Exchange | undefined;
-  deadlineNext: Exchange | undefined;
+  /** Its place in the plane's Deadlines while it waits for a response head (kept for the next request). */
+  deadlineNode: LiveNode<Exchange> | undefined = undefined;
   #deadline: Timer | undefined;
   #lastFailure: ProxyFailure | undefined;
 
@@ -325,6 +312,12 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     this.start();
   }
 
+  /** Out of the request-timeout list (the response head came, or the request ended). */
+  #leaveDeadlines(): void {
+    const node = this.deadlineNode;
+    if (node !== undefined) node.set?.delete(node);
+  }
+
   /** Every field starts over. */
   #reset(): void {
     this.openedAt = this.#plane.ctx.clock.now();
@@ -338,9 +331,6 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     this.#ended = false;
     this.#finished = false;
     this.deadlineAt = 0;
-    this.deadlines = undefined;
-    this.deadlinePrev = undefined;
-    this.deadlineNext = undefined;
     this.#deadline = undefined;
     this.#lastFailure = undefined;
   }
@@ -413,7 +403,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
       if (status >= 500) this.#plane.ctx.cluster.reportFailure(backend, 'http-5xx');
       else this.#plane.ctx.cluster.reportSuccess(backend);
     }
-    this.deadlines?.remove(this);
+    this.#leaveDeadlines();
   }
 
   onData(chunk: Buffer, transient = false): boolean {
@@ -428,7 +418,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
   onEnd(trailers: IncomingHttpHeaders | undefined): void {
     if (this.#finished) return;
     this.#ended = true;
-    this.deadlines?.remove(this);
+    this.#leaveDeadlines();
     this.#deadline?.cancel();
     this.#down.end(trailers);
   }
@@ -496,7 +486,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     if (this.#backend !== undefined) this.#plane.ctx.cluster.unregister(this.#backend, this);
     this.#backend = undefined;
     this.#ended = true;
-    this.deadlines?.remove(this);
+    this.#leaveDeadlines();
     this.#deadline?.cancel();
     this.#down.fail(kind);
   }
@@ -504,7 +494,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
   #finish(): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.deadlines?.remove(this);
+    this.#leaveDeadlines();
     this.#deadline?.cancel();
     const plane = this.#plane;
     plane.live--;
