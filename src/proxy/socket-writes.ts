@@ -36,7 +36,6 @@ import {
 
 /** A write request of ours: the socket and bytes are set only on a write in flight. */
 interface WriteReq extends BindingWriteReq {
-  handle?: unknown;
   socket?: Socket | undefined;
   buffer?: string | Buffer | undefined;
 }

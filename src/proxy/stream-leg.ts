@@ -5,7 +5,6 @@ import {
   nextReadBuffer,
   type ReadCallback,
   readBufferOf,
-  readsOwnBuffers,
   readPlainly,
   readThrough,
   releaseReadBuffer,
@@ -324,7 +323,6 @@ function liftable(socket: Socket): StreamHandle | undefined {
     // A write in flight would complete into the Socket.
     s._writableState?.length !== 0 ||
     s._writableState.pendingcb !== 0 ||
-    !readsOwnBuffers(socket) ||
     readBufferOf(socket) === undefined ||
     probe() === null ||
     // A TCP wrap, whose methods the probe checked, and this socket's own.
@@ -397,6 +395,7 @@ class HandleLeg implements Leg {
     const r = writeToHandle(internals!, this.handle, bytes);
     if (r === 0) return true;
     if (typeof r === 'number') {
+      this.failure = `write ${getSystemErrorName(r)}`;
       this.fail();
       return true;
     }
@@ -478,7 +477,10 @@ function onHandleRead(this: StreamHandle): Buffer | undefined {
   }
   if (n === 0 || (leg.flags & F_DESTROYED) !== 0) return undefined;
   if (n === UV_EOF) leg.eof();
-  else leg.fail();
+  else {
+    leg.failure = `read ${getSystemErrorName(n)}`;
+    leg.fail();
+  }
   return undefined;
 }
 
@@ -517,8 +519,10 @@ function onShutdown(this: ShutdownReq, status: number): void {
   this.leg = undefined;
   if ((leg.flags & F_DESTROYED) !== 0) return;
   leg.flags |= F_SHUT;
-  if (status < 0) leg.fail();
-  else if ((leg.flags & F_EOF) !== 0) leg.destroy();
+  if (status < 0) {
+    leg.failure = `shutdown ${getSystemErrorName(status)}`;
+    leg.fail();
+  } else if ((leg.flags & F_EOF) !== 0) leg.destroy();
 }
 
 function onHandleClosed(this: StreamHandle): void {
