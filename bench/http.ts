@@ -11,6 +11,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import type { BenchArgs } from './run.ts';
 import {
+  cpuMs,
   NODE,
   type RunningPeer,
   startHaproxy,
@@ -29,7 +30,17 @@ interface Row {
   latencyMs: number;
   latencyKind: 'p99' | 'mean';
   errors: number;
+  /**
+   * CPU time (user + system) the proxy's processes spent per request in the
+   * measured window, in µs. Throughput on a small machine also depends on how
+   * much CPU the load generator and the backend get beside the proxy; this
+   * says what the proxy itself costs per request.
+   */
+  cpuUsPerRequest: number;
 }
+
+/** A load run's figures, before the proxy's CPU is added. */
+type LoadResult = Omit<Row, 'proxy' | 'load' | 'cpuUsPerRequest'> & { requests: number };
 
 const PLAIN_PROXY = `
 const http = require('node:http');
@@ -62,8 +73,13 @@ function medians(rows: Row[]): Row[] {
   return [...groups.values()].map((g) => {
     const sorted = [...g].sort((a, b) => a.rps - b.rps);
     const mid = sorted[Math.floor((sorted.length - 1) / 2)]!;
-    const lat = g.map((r) => r.latencyMs).sort((a, b) => a - b)[Math.floor((g.length - 1) / 2)]!;
-    return { ...mid, latencyMs: lat, errors: g.reduce((n, r) => n + r.errors, 0) };
+    const at = (xs: number[]): number => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
+    return {
+      ...mid,
+      latencyMs: at(g.map((r) => r.latencyMs)),
+      cpuUsPerRequest: at(g.map((r) => r.cpuUsPerRequest)),
+      errors: g.reduce((n, r) => n + r.errors, 0),
+    };
   });
 }
 
@@ -72,29 +88,38 @@ function toMs(v: string, unit: string): number {
   return unit === 'us' ? n / 1000 : unit === 's' ? n * 1000 : n;
 }
 
-function runWrk(port: number, seconds: number): Omit<Row, 'proxy' | 'load'> {
+function runWrk(port: number, seconds: number): LoadResult {
   const r = spawnSync('wrk', ['-t1', '-c32', `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/`], {
     encoding: 'utf8',
   });
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.stdout)?.[1] ?? 0);
+  const requests = Number(/(\d+) requests in/.exec(r.stdout)?.[1] ?? 0);
   const p99 = /\s99%\s+([\d.]+)(us|ms|s)/.exec(r.stdout);
   const errs = /Non-2xx or 3xx responses: (\d+)/.exec(r.stdout);
   const sockErr = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(r.stdout);
   const errors =
     Number(errs?.[1] ?? 0) + (sockErr === null ? 0 : sockErr.slice(1).reduce((n, x) => n + Number(x), 0));
-  return { rps, latencyMs: p99 === null ? NaN : toMs(p99[1]!, p99[2]!), latencyKind: 'p99', errors };
+  return {
+    rps,
+    requests,
+    latencyMs: p99 === null ? NaN : toMs(p99[1]!, p99[2]!),
+    latencyKind: 'p99',
+    errors,
+  };
 }
 
-function runH2load(port: number, seconds: number): Omit<Row, 'proxy' | 'load'> {
+function runH2load(port: number, seconds: number): LoadResult {
   const r = spawnSync('h2load', ['-c8', '-m16', '-t1', `-D${seconds}`, `http://127.0.0.1:${port}/`], {
     encoding: 'utf8',
   });
   const rps = Number(/finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(r.stdout)?.[1] ?? 0);
+  const requests = Number(/requests: \d+ total, \d+ started, (\d+) done/.exec(r.stdout)?.[1] ?? 0);
   const mean = /time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)/.exec(r.stdout);
   const failed =
     Number(/(\d+) failed/.exec(r.stdout)?.[1] ?? 0) + Number(/(\d+) errored/.exec(r.stdout)?.[1] ?? 0);
   return {
     rps,
+    requests,
     latencyMs: mean === null ? NaN : toMs(mean[1]!, mean[2]!),
     latencyKind: 'mean',
     errors: failed,
@@ -163,16 +188,20 @@ export async function run(args: BenchArgs): Promise<void> {
         if (haveWrk && h1Port !== undefined) runWrk(h1Port, warmup);
         if (haveH2load && h2Port !== undefined) runH2load(h2Port, warmup);
       }
-      const record = (row: Row): void => {
+      const cpu = (): number => peer.pids().reduce((n, pid) => n + cpuMs(pid), 0);
+      const record = (load: Row['load'], runLoad: () => LoadResult): void => {
+        const before = cpu();
+        const { requests, ...result } = runLoad();
+        const cpuUsPerRequest = requests > 0 ? ((cpu() - before) * 1000) / requests : NaN;
+        const row: Row = { proxy: name, load, ...result, cpuUsPerRequest };
         rows.push(row);
         // Each run as it comes (stderr, so --json output stays one row per median): the spread behind the medians.
         console.error(
-          `# run ${run + 1}: ${row.proxy} ${row.load} ${Math.round(row.rps)} req/s, ${row.latencyMs.toFixed(2)} ms ${row.latencyKind}`,
+          `# run ${run + 1}: ${row.proxy} ${row.load} ${Math.round(row.rps)} req/s, ${row.latencyMs.toFixed(2)} ms ${row.latencyKind}, ${cpuUsPerRequest.toFixed(1)} µs CPU/request`,
         );
       };
-      if (haveWrk && h1Port !== undefined) record({ proxy: name, load: 'http1', ...runWrk(h1Port, seconds) });
-      if (haveH2load && h2Port !== undefined)
-        record({ proxy: name, load: 'http2', ...runH2load(h2Port, seconds) });
+      if (haveWrk && h1Port !== undefined) record('http1', () => runWrk(h1Port, seconds));
+      if (haveH2load && h2Port !== undefined) record('http2', () => runH2load(h2Port, seconds));
     } finally {
       await peer.stop();
     }
@@ -247,18 +276,22 @@ backend b
   console.log(
     `http bench: ${seconds}s per load, median of ${runs} run(s), one proxy process, one backend (${typeof backend === 'string' ? 'node' : backend.name})`,
   );
-  console.log('| proxy | load | req/s | latency (ms) | errors | vs nginx |');
-  console.log('| --- | --- | ---: | ---: | ---: | ---: |');
+  console.log('| proxy | load | req/s | latency (ms) | CPU µs/request | errors | vs nginx |');
+  console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: |');
   for (const r of clean) {
     if (r.rps === 0 && r.errors === 0) continue;
     const n = ref('nginx', r.load);
     const ratio = n === undefined ? '' : `${(r.rps / n.rps).toFixed(2)}×`;
     console.log(
-      `| ${r.proxy} | ${r.load} | ${Math.round(r.rps)} | ${r.latencyMs.toFixed(2)} ${r.latencyKind} | ${r.errors} | ${ratio} |`,
+      `| ${r.proxy} | ${r.load} | ${Math.round(r.rps)} | ${r.latencyMs.toFixed(2)} ${r.latencyKind} | ${r.cpuUsPerRequest.toFixed(1)} | ${r.errors} | ${ratio} |`,
     );
   }
   const hf = ref('holdfast', 'http1');
   const plain = ref('node:http proxy', 'http1');
-  if (hf !== undefined && plain !== undefined)
-    console.log(`holdfast / plain node proxy (HTTP/1.1): ${(hf.rps / plain.rps).toFixed(2)}×`);
+  if (hf !== undefined && plain !== undefined) {
+    console.log(
+      `holdfast / plain node proxy (HTTP/1.1): ${(hf.rps / plain.rps).toFixed(2)}× req/s, ` +
+        `${(plain.cpuUsPerRequest / hf.cpuUsPerRequest).toFixed(2)}× less CPU per request`,
+    );
+  }
 }
