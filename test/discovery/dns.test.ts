@@ -1,24 +1,21 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { ManualClock } from '../../src/cluster/clock.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { Gateway } from '../../src/gateway.ts';
-import { memoryLogger } from '../helpers/gateway.ts';
+import { startGateway } from '../helpers/gateway.ts';
 import { freePort, waitFor } from '../helpers/net.ts';
 import { TestDnsServer } from './dns-server.ts';
 
 async function gatewayFor(dns: string, clock: ManualClock) {
   const listen = await freePort();
-  const { log, records } = memoryLogger();
-  const gateway = await Gateway.start(
-    parseConfig(`
+  const { gateway, records } = await startGateway(
+    `
 services:
   - name: svc
     listen: 127.0.0.1:${listen}
     backends:
       dns: ${dns}
-`),
-    { log, clock },
+`,
+    { clock },
   );
   const cluster = gateway.services.get('svc')!.cluster;
   const active = () =>

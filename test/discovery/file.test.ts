@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { parseConfig } from '../../src/config/load.ts';
 import { Gateway } from '../../src/gateway.ts';
-import { memoryLogger } from '../helpers/gateway.ts';
+import { memoryLogger, startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, readUntil, startEchoBackend, waitFor } from '../helpers/net.ts';
 
 /** Replace the file the way editors and ConfigMap mounts do: write elsewhere, rename over. */
@@ -31,18 +31,14 @@ describe('file discovery', () => {
     const file = join(dir, 'backends.yaml');
     writeFileSync(file, `- 127.0.0.1:${a.port}\n`);
     const listen = await freePort();
-    const { log, records } = memoryLogger();
-    const gateway = await Gateway.start(
-      parseConfig(`
+    const { gateway, records } = await startGateway(`
 services:
   - name: svc
     listen: 127.0.0.1:${listen}
     drain: { timeout: 5s }
     backends:
       file: { path: ${file}, pollInterval: 1s }
-`),
-      { log },
-    );
+`);
     cleanups.push(() => gateway.shutdown());
     const cluster = gateway.services.get('svc')!.cluster;
     await waitFor(() => cluster.backends.size === 1, 5_000, 'the first read');

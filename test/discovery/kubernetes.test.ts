@@ -3,10 +3,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { parseConfig } from '../../src/config/load.ts';
 import { endpointsOf } from '../../src/discovery/kubernetes.ts';
-import { Gateway } from '../../src/gateway.ts';
-import { memoryLogger } from '../helpers/gateway.ts';
+import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, readUntil, startEchoBackend, waitFor } from '../helpers/net.ts';
 import { FakeApiServer, slice } from './fake-apiserver.ts';
 
@@ -34,9 +32,7 @@ contexts:
 
 async function gatewayFor(api: FakeApiServer, extra = '') {
   const listen = await freePort();
-  const { log, records } = memoryLogger();
-  const gateway = await Gateway.start(
-    parseConfig(`
+  const { gateway, records } = await startGateway(`
 services:
   - name: svc
     listen: 127.0.0.1:${listen}
@@ -49,9 +45,7 @@ services:
         backoff: 50ms
         maxBackoff: 200ms
         ${extra}
-`),
-    { log },
-  );
+`);
   const cluster = gateway.services.get('svc')!.cluster;
   const states = () =>
     Object.fromEntries(

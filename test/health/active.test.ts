@@ -6,9 +6,8 @@ import { after, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { ManualClock } from '../../src/cluster/clock.ts';
 import { parseConfig } from '../../src/config/load.ts';
-import { Gateway } from '../../src/gateway.ts';
 import { HealthChecker } from '../../src/health/active.ts';
-import { memoryLogger } from '../helpers/gateway.ts';
+import { startGateway } from '../helpers/gateway.ts';
 import { decodeHealthResponse, encodeHealthRequest } from '../../src/health/probe.ts';
 import { dial, freePort, readUntil, startEchoBackend, waitFor } from '../helpers/net.ts';
 import { health, reachable, testCluster } from './_util.ts';
@@ -212,17 +211,16 @@ describe('active health checks', () => {
     );
     const listen = await freePort();
     const clock = new ManualClock();
-    const { log, records } = memoryLogger();
-    const gateway = await Gateway.start(
-      parseConfig(`
+    const { gateway, records } = await startGateway(
+      `
 services:
   - name: svc
     listen: 127.0.0.1:${listen}
     balance: round-robin
     backends: { static: [127.0.0.1:${a.port}, 127.0.0.1:${b.port}] }
     health: { type: tcp, interval: 1s, timeout: 500ms, unhealthyThreshold: 1, healthyThreshold: 1, jitter: 0 }
-`),
-      { log, clock },
+`,
+      { clock },
     );
     cleanups.push(() => gateway.shutdown());
     const cluster = gateway.services.get('svc')!.cluster;

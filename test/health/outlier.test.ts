@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { ManualClock } from '../../src/cluster/clock.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { Gateway } from '../../src/gateway.ts';
 import { OutlierDetector } from '../../src/health/outlier.ts';
-import { memoryLogger } from '../helpers/gateway.ts';
+import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePorts, readUntil, startEchoBackend } from '../helpers/net.ts';
 import { outlier, reachable, testCluster } from './_util.ts';
 
@@ -19,9 +17,8 @@ describe('passive outlier detection', () => {
     cleanups.push(...live.map((b) => () => b.close()));
     const [dead1, dead2, listen] = await freePorts(3);
     const clock = new ManualClock();
-    const { log, records } = memoryLogger();
-    const gateway = await Gateway.start(
-      parseConfig(`
+    const { gateway, records } = await startGateway(
+      `
 services:
   - name: svc
     listen: 127.0.0.1:${listen}
@@ -33,8 +30,8 @@ services:
       baseEjectionTime: 30s
       maxEjectionTime: 5m
       maxEjectionPercent: 25
-`),
-      { log, clock },
+`,
+      { clock },
     );
     cleanups.push(() => gateway.shutdown());
     const cluster = gateway.services.get('svc')!.cluster;

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseConfig } from '../../src/config/load.ts';
-import { Gateway } from '../../src/gateway.ts';
+import { Gateway, type GatewayOptions } from '../../src/gateway.ts';
 import { createLogger, type Logger } from '../../src/log.ts';
 
 export const ROOT = new URL('../../', import.meta.url).pathname;
@@ -27,12 +27,13 @@ export function memoryLogger(): { log: Logger; records: Record<string, unknown>[
   return { log, records };
 }
 
-/** Start a gateway in this process from YAML text. */
+/** Start a gateway in this process from YAML text (on `clock` when given), logging to memory. */
 export async function startGateway(
   yaml: string,
+  options: Omit<GatewayOptions, 'log'> = {},
 ): Promise<{ gateway: Gateway; records: Record<string, unknown>[] }> {
   const { log, records } = memoryLogger();
-  const gateway = await Gateway.start(parseConfig(yaml, 'test.yaml'), { log });
+  const gateway = await Gateway.start(parseConfig(yaml, 'test.yaml'), { ...options, log });
   return { gateway, records };
 }
 
