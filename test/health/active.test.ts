@@ -30,6 +30,19 @@ describe('active health checks', () => {
     for (const c of cleanups.reverse()) await c();
   });
 
+  /** A cluster of backends on `ports` under checks of `spec` (no jitter), after the first round. */
+  const checking = async (ports: number[], spec: Record<string, unknown>) => {
+    const t = testCluster(ports);
+    const checker = new HealthChecker(t.cluster, health({ jitter: 0, ...spec }), {
+      clock: t.clock,
+      log: t.log,
+    });
+    cleanups.push(() => checker.stop());
+    checker.sync();
+    await round(t.clock, t.cluster, 0);
+    return t;
+  };
+
   test('tcp: a stopped backend is marked down within interval × unhealthyThreshold, and up again after it returns', async () => {
     const a = await startEchoBackend();
     const b = await startEchoBackend();
@@ -37,22 +50,13 @@ describe('active health checks', () => {
       () => a.close(),
       () => b.close(),
     );
-    const { clock, cluster, log, records } = testCluster([a.port, b.port]);
-    const checker = new HealthChecker(
-      cluster,
-      health({
-        type: 'tcp',
-        interval: '1s',
-        timeout: '500ms',
-        unhealthyThreshold: 2,
-        healthyThreshold: 2,
-        jitter: 0,
-      }),
-      { clock, log },
-    );
-    cleanups.push(() => checker.stop());
-    checker.sync();
-    await round(clock, cluster, 0);
+    const { clock, cluster, records } = await checking([a.port, b.port], {
+      type: 'tcp',
+      interval: '1s',
+      timeout: '500ms',
+      unhealthyThreshold: 2,
+      healthyThreshold: 2,
+    });
     assert.deepEqual(reachable(cluster).size, 2);
 
     await a.close();
@@ -89,25 +93,16 @@ describe('active health checks', () => {
     await once(server, 'listening');
     cleanups.push(() => server.close());
     const port = (server.address() as AddressInfo).port;
-    const { clock, cluster, log } = testCluster([port]);
-    const checker = new HealthChecker(
-      cluster,
-      health({
-        type: 'http',
-        path: '/ready',
-        host: 'app.local',
-        expectStatus: '200-299',
-        interval: '2s',
-        timeout: '1s',
-        unhealthyThreshold: 1,
-        healthyThreshold: 1,
-        jitter: 0,
-      }),
-      { clock, log },
-    );
-    cleanups.push(() => checker.stop());
-    checker.sync();
-    await round(clock, cluster, 0);
+    const { clock, cluster } = await checking([port], {
+      type: 'http',
+      path: '/ready',
+      host: 'app.local',
+      expectStatus: '200-299',
+      interval: '2s',
+      timeout: '1s',
+      unhealthyThreshold: 1,
+      healthyThreshold: 1,
+    });
     assert.equal(seen[0], 'app.local /ready');
     status = 503;
     await round(clock, cluster, 2_000);
@@ -149,23 +144,14 @@ describe('active health checks', () => {
       ),
     );
     cleanups.push(() => server.forceShutdown());
-    const { clock, cluster, log } = testCluster([port]);
-    const checker = new HealthChecker(
-      cluster,
-      health({
-        type: 'grpc',
-        grpcService: 'echo.Echo',
-        interval: '2s',
-        timeout: '1s',
-        unhealthyThreshold: 1,
-        healthyThreshold: 1,
-        jitter: 0,
-      }),
-      { clock, log },
-    );
-    cleanups.push(() => checker.stop());
-    checker.sync();
-    await round(clock, cluster, 0);
+    const { clock, cluster } = await checking([port], {
+      type: 'grpc',
+      grpcService: 'echo.Echo',
+      interval: '2s',
+      timeout: '1s',
+      unhealthyThreshold: 1,
+      healthyThreshold: 1,
+    });
     assert.equal(asked[0], 'echo.Echo');
     assert.equal([...cluster.backends.values()][0]!.checksPassed, 1);
     serving = 2; // NOT_SERVING
