@@ -375,8 +375,13 @@ class Http2Downstream extends H2Stream implements Downstream {
     this.sendHeaders(encodeRawHead(head), endStream);
   }
 
-  write(chunk: Buffer): boolean {
-    return this.writeData(chunk);
+  /** Chunks may be views of a backend's read buffer: the stream copies what it keeps (small frames are copied anyway). */
+  get takesViews(): boolean {
+    return true;
+  }
+
+  write(chunk: Buffer, transient = false): boolean {
+    return this.writeData(chunk, transient);
   }
 
   onDrain(fn: () => void): void {

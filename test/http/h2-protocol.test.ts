@@ -24,6 +24,17 @@ function pattern(n: number): Buffer {
   return b;
 }
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** Body bytes that never repeat (distinct 32-bit words): a misplaced or stale piece cannot look right. */
+function unique(seed: number, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let k = 0; k + 4 <= n; k += 4)
+    b.writeUInt32LE(Math.imul((k >> 2) ^ (seed << 24), 0x9e3779b1) >>> 0, k);
+  return b;
+}
+/** Sizes the /pieces route writes in turn: below and above the size the proxy copies next to its frame header. */
+const PIECES = [300, 1800, 2500, 7000, 16_000, 40_000, 900, 2048, 2049];
+const PIECES_TOTAL = 1 << 20;
 const BIG = 5 * 1024 * 1024;
 const BIG_BODY = pattern(BIG);
 
@@ -239,6 +250,25 @@ describe('HTTP/2 server side', () => {
         more();
         return true;
       }
+      if (url.pathname === '/pieces') {
+        // One write per event-loop turn: the proxy reads them one by one, into its shared read buffer.
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        const body = unique(Number(url.searchParams.get('seed')), PIECES_TOTAL);
+        let off = 0;
+        let k = 0;
+        const more = (): void => {
+          if (res.destroyed) return;
+          if (off >= PIECES_TOTAL) return void res.end();
+          const n = PIECES[k++ % PIECES.length]!;
+          const ok = res.write(body.subarray(off, off + n));
+          off += n;
+          if (ok) setImmediate(more);
+          else res.once('drain', more);
+        };
+        more();
+        return true;
+      }
       if (url.pathname === '/te') {
         // Fields that are connection-specific in HTTP/2 (RFC 9113 §8.2.2).
         res.writeHead(200, { te: 'gzip', 'proxy-authenticate': 'Basic', 'x-kept': 'yes' });
@@ -293,6 +323,36 @@ services:
         });
         assert.equal(got.length, BIG);
         assert.equal(sha(got), sha(BIG_BODY));
+      } finally {
+        session.close();
+      }
+    });
+
+    it('bodies read from backends piece by piece reach a slow client with a small window byte-exact, several streams at once', async () => {
+      // The proxy reads each backend's response into a shared buffer that the next read overwrites:
+      // whatever it keeps (DATA waiting for the window, large payloads waiting for the socket) must be a copy.
+      const session = h2connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 20_000 } });
+      try {
+        const one = (seed: number): Promise<Buffer> =>
+          new Promise((resolve, reject) => {
+            const req = session.request({ ':path': `/pieces?seed=${seed}` });
+            const chunks: Buffer[] = [];
+            req.on('data', (d: Buffer) => {
+              chunks.push(d);
+              if (seed % 2 === 0) return;
+              req.pause();
+              setTimeout(() => req.resume(), 1);
+            });
+            req.on('end', () => resolve(Buffer.concat(chunks)));
+            req.on('error', reject);
+          });
+        const seeds = [1, 2, 3, 4];
+        const got = await Promise.all(seeds.map(one));
+        for (const [i, seed] of seeds.entries()) {
+          const want = unique(seed, PIECES_TOTAL);
+          assert.equal(got[i]!.length, want.length, `stream ${seed}: length`);
+          assert.ok(got[i]!.equals(want), `stream ${seed}: the bytes as the backend sent them`);
+        }
       } finally {
         session.close();
       }

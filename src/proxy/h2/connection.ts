@@ -1134,8 +1134,19 @@ export abstract class H2Connection implements HeaderSink {
     this.headersFrame(stream, encoder.block(), true);
   }
 
-  /** One DATA frame of `chunk[start, end)` (the caller checked the windows). */
-  dataFrame(stream: H2Stream, chunk: Buffer, start: number, end: number, endStream: boolean): void {
+  /**
+   * One DATA frame of `chunk[start, end)` (the caller checked the windows).
+   * `transient`: the chunk is valid only during this call, so a payload
+   * written by reference is copied first.
+   */
+  dataFrame(
+    stream: H2Stream,
+    chunk: Buffer,
+    start: number,
+    end: number,
+    endStream: boolean,
+    transient = false,
+  ): void {
     const n = end - start;
     this.#sendWindow -= n;
     stream.sendWindow -= n;
@@ -1156,7 +1167,12 @@ export abstract class H2Connection implements HeaderSink {
       this.#lastDataBuf = b;
       this.#lastDataFlags = at + 4;
       this.#seal();
-      this.#parts.push(start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end));
+      let part: Buffer;
+      if (transient) {
+        part = Buffer.allocUnsafe(n);
+        chunk.copy(part, 0, start, end);
+      } else part = start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end);
+      this.#parts.push(part);
       this.#outBytes += n;
     }
     this.#lastDataStream = stream;
