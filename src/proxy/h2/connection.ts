@@ -195,7 +195,6 @@ interface Ping {
 export abstract class H2Connection implements HeaderSink {
   readonly socket: Socket;
   readonly limits: H2Limits;
-  readonly streamWindow: number;
   readonly #decoder = new HpackDecoder(4096);
   readonly #streams = new StreamTable<H2Stream>();
   /** Highest stream id the client opened (processed or refused). */
@@ -293,7 +292,6 @@ export abstract class H2Connection implements HeaderSink {
     this.socket = socket;
     this.#clock = clock;
     this.limits = limits;
-    this.streamWindow = limits.streamWindow;
     this.#recvWindow = limits.connectionWindow;
     this.#maxBlock = Math.max(MIN_BLOCK_BYTES, limits.maxHeaderListSize * 2);
     const s = socket as ConnSocket;
@@ -1062,7 +1060,7 @@ export abstract class H2Connection implements HeaderSink {
     this.creditConnection(n);
     if (stream.closed || stream.remoteClosed) return;
     stream.unacked += n;
-    if (stream.unacked >= this.streamWindow / 2) {
+    if (stream.unacked >= this.limits.streamWindow / 2) {
       const inc = stream.unacked;
       stream.unacked = 0;
       stream.recvWindow += inc;

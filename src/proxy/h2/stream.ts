@@ -76,7 +76,7 @@ export class H2Stream {
     this.conn = conn;
     this.id = id;
     this.sendWindow = conn.peerInitialWindow;
-    this.recvWindow = conn.streamWindow;
+    this.recvWindow = conn.limits.streamWindow;
     this.remoteClosed = endStream;
     if (!endStream) this.body = new H2Body(this);
     conn.addStream(this);
