@@ -16,6 +16,7 @@ import {
   CONTINUATION,
   COMPRESSION_ERROR,
   DATA,
+  DEFAULT_HEADER_TABLE,
   DEFAULT_MAX_FRAME,
   DEFAULT_WINDOW,
   ENHANCE_YOUR_CALM,
@@ -195,7 +196,7 @@ interface Ping {
 export abstract class H2Connection implements HeaderSink {
   readonly socket: Socket;
   readonly limits: H2Limits;
-  readonly #decoder = new HpackDecoder(4096);
+  readonly #decoder = new HpackDecoder(DEFAULT_HEADER_TABLE);
   readonly #streams = new StreamTable<H2Stream>();
   /** Highest stream id the client opened (processed or refused). */
   #lastStreamId = 0;
@@ -218,10 +219,11 @@ export abstract class H2Connection implements HeaderSink {
   /**
    * The client lowered SETTINGS_HEADER_TABLE_SIZE: our next header block must
    * start with a dynamic table size update (RFC 7541 §4.2). Our encoder never
-   * uses the table, so the update says 0.
+   * uses the table, so the update says 0, and once it is asked for, no later
+   * setting can be below it: `#tableZeroed`.
    */
   #tableUpdate = false;
-  #encoderTable = 4096;
+  #tableZeroed = false;
   #peerMaxFrame = DEFAULT_MAX_FRAME;
   /** Connection-level send window (the client's), and our receive window. */
   #sendWindow = DEFAULT_WINDOW;
@@ -868,8 +870,8 @@ export abstract class H2Connection implements HeaderSink {
           this.#peerMaxFrame = value;
           break;
         case SETTINGS_HEADER_TABLE_SIZE:
-          if (value < this.#encoderTable) {
-            this.#encoderTable = 0;
+          if (value < DEFAULT_HEADER_TABLE && !this.#tableZeroed) {
+            this.#tableZeroed = true;
             this.#tableUpdate = true;
           }
           break;

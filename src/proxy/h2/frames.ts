@@ -49,6 +49,8 @@ export const SETTINGS_MAX_HEADER_LIST_SIZE = 0x6;
 export const DEFAULT_WINDOW = 65_535;
 export const MAX_WINDOW = 0x7fff_ffff;
 export const DEFAULT_MAX_FRAME = 16_384;
+/** SETTINGS_HEADER_TABLE_SIZE until a peer says otherwise (both HPACK tables start at it). */
+export const DEFAULT_HEADER_TABLE = 4096;
 export const MAX_MAX_FRAME = 16_777_215;
 
 /** The client connection preface (RFC 9113 §3.4). */
