@@ -65,7 +65,10 @@ export interface H2Limits {
   maxHeaderCount: number;
   /** SETTINGS_INITIAL_WINDOW_SIZE we advertise (per stream receive window). */
   streamWindow: number;
-  /** Connection-level receive window. */
+  /**
+   * Connection-level receive window, at least DEFAULT_WINDOW: a connection's
+   * window starts at 65,535 and no setting lowers it, a WINDOW_UPDATE only widens it.
+   */
   connectionWindow: number;
 }
 
@@ -319,7 +322,7 @@ export abstract class H2Connection implements HeaderSink {
     }
     if (limits.connectionWindow > DEFAULT_WINDOW) {
       this.#windowUpdate(0, limits.connectionWindow - DEFAULT_WINDOW);
-    } else this.#recvWindow = DEFAULT_WINDOW;
+    }
     this.#schedule();
   }
 
