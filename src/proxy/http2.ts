@@ -99,7 +99,6 @@ class Session extends H2Connection {
     this.handler = handler;
     const a = socketAddresses(socket);
     this.peer = new Peer(a.ip ?? 'unknown', a.port, a.localIp, a.localPort);
-    this.idleSince = plane.ctx.clock.now();
   }
 
   protected request(id: number, head: RequestHead, endStream: boolean): void {
