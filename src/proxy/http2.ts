@@ -82,9 +82,8 @@ class Session extends H2Connection {
   readonly plane: HttpPlane;
   readonly handler: Http2DownstreamHandler;
   readonly peer: Peer;
-  /** Streams forwarded so far, and those still open (for the idle sweep). */
+  /** Streams forwarded so far (for the idle sweep). */
   started = 0;
-  open = 0;
   /** The idle sweep's view: `started` at its last pass, and since when nothing started or was open. */
   idleMark = -1;
   idleSince = 0;
@@ -112,7 +111,6 @@ class Session extends H2Connection {
       return;
     }
     this.started++;
-    this.open++;
     this.plane.forward(new Http2Downstream(this, id, head, endStream));
   }
 
@@ -253,7 +251,7 @@ export class Http2DownstreamHandler implements Http2Handler {
           st.goAwayAt = 0;
           st.goAway();
         }
-        if (st.open > 0 || st.started !== st.idleMark) {
+        if (st.openStreams > 0 || st.started !== st.idleMark) {
           st.idleMark = st.started;
           st.idleSince = now;
         } else if (limit > 0 && now - st.idleSince >= limit) st.goAway();
@@ -485,7 +483,6 @@ class Http2Downstream extends H2Stream implements Downstream {
   }
 
   protected override closedHook(complete: boolean): void {
-    this.#session.open--;
     const watcher = this.#onClose;
     if (watcher === undefined) return;
     this.#onClose = undefined;

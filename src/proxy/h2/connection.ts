@@ -343,6 +343,11 @@ export abstract class H2Connection implements HeaderSink {
     return this.#closed;
   }
 
+  /** Streams open now (answers the proxy made up itself included). */
+  get openStreams(): number {
+    return this.#streams.size;
+  }
+
   /** Closed or closing (keepalive's view). */
   get closed(): boolean {
     return this.#dead || this.#closed;
