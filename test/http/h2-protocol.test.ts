@@ -69,6 +69,13 @@ function block(fields: [string, string][]): Buffer {
   return Buffer.concat(parts);
 }
 
+const POST = (path: string): [string, string][] => [
+  [':method', 'POST'],
+  [':scheme', 'http'],
+  [':path', path],
+  [':authority', 'test'],
+];
+
 const GET = (path = '/'): [string, string][] => [
   [':method', 'GET'],
   [':scheme', 'http'],
@@ -554,6 +561,24 @@ services:
       });
     });
 
+    it('padding may take all of a frame after its fixed fields (DATA, HEADERS with a priority)', async () => {
+      await withRaw(port, async (raw) => {
+        const head = Buffer.concat([
+          Buffer.from([3]),
+          u32(0),
+          Buffer.from([16]),
+          block(POST('/echo')),
+          Buffer.alloc(3),
+        ]);
+        raw.send(F.HEADERS, F.FLAG_END_HEADERS | F.FLAG_PADDED | F.FLAG_PRIORITY, 1, head);
+        raw.send(F.DATA, F.FLAG_PADDED, 1, Buffer.from([4, 0, 0, 0, 0]));
+        raw.send(F.DATA, F.FLAG_PADDED | F.FLAG_END_STREAM, 1, Buffer.from([1, 0x68, 0x69, 0]));
+        assert.equal(await raw.status(1), '200');
+        const body = await raw.next((f) => f.type === F.DATA && f.id === 1);
+        assert.equal(body?.payload.toString(), 'hi');
+      });
+    });
+
     it('HEADERS with a self-dependent priority; PRIORITY frames otherwise ignored', async () => {
       await withRaw(port, async (raw) => {
         const prio = Buffer.concat([u32(1), Buffer.from([16]), block(GET())]);
@@ -658,6 +683,62 @@ services:
         'a connection window beyond 2^31-1',
         F.FLOW_CONTROL_ERROR,
         (r) => r.send(F.WINDOW_UPDATE, 0, 0, u32(0x7fffffff)),
+      ],
+      // PADDED frames (RFC 9113 §4.2, §6.1, §6.2): too short for their fixed fields, FRAME_SIZE_ERROR;
+      // padding longer than what is left after them, PROTOCOL_ERROR.
+      [
+        'a padded DATA frame without room for its Pad Length',
+        F.FRAME_SIZE_ERROR,
+        (r) => {
+          r.request(1, POST('/echo'), false);
+          r.send(F.DATA, F.FLAG_PADDED, 1);
+        },
+      ],
+      [
+        'a padded DATA frame whose padding is as long as its payload',
+        F.PROTOCOL_ERROR,
+        (r) => {
+          r.request(1, POST('/echo'), false);
+          r.send(F.DATA, F.FLAG_PADDED, 1, Buffer.from([3, 0x61, 0x62]));
+        },
+      ],
+      [
+        'a padded HEADERS frame without room for its Pad Length',
+        F.FRAME_SIZE_ERROR,
+        (r) => r.send(F.HEADERS, F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PADDED, 1),
+      ],
+      [
+        'a padded HEADERS frame whose padding is longer than the rest of its payload',
+        F.PROTOCOL_ERROR,
+        (r) =>
+          r.send(
+            F.HEADERS,
+            F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PADDED,
+            1,
+            Buffer.from([4, 1, 2, 3]),
+          ),
+      ],
+      [
+        'a padded HEADERS frame with a priority, without room for both',
+        F.FRAME_SIZE_ERROR,
+        (r) =>
+          r.send(
+            F.HEADERS,
+            F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PADDED | F.FLAG_PRIORITY,
+            1,
+            Buffer.from([0, 0, 0, 0, 0]),
+          ),
+      ],
+      [
+        'a padded HEADERS frame with a priority, its padding longer than what the priority leaves',
+        F.PROTOCOL_ERROR,
+        (r) =>
+          r.send(
+            F.HEADERS,
+            F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PADDED | F.FLAG_PRIORITY,
+            1,
+            Buffer.from([4, 0, 0, 0, 0, 16, 0, 0]),
+          ),
       ],
       ['an HPACK index of 0', F.COMPRESSION_ERROR, (r) => r.send(F.HEADERS, 5, 1, Buffer.from([0x80]))],
       [

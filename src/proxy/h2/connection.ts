@@ -562,10 +562,9 @@ export abstract class H2Connection implements HeaderSink {
     if (this.#recvWindow < 0) return this.#fatal(FLOW_CONTROL_ERROR, 'h2-session-error');
     let end = p + len;
     if ((flags & FLAG_PADDED) !== 0) {
-      if (len < 1) return this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
-      const pad = buf[p]!;
+      const pad = this.#padding(buf, p, len, 0);
+      if (pad < 0) return;
       p++;
-      if (pad > end - p) return this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
       end -= pad;
     }
     const stream = this.#streams.get(id);
@@ -591,18 +590,38 @@ export abstract class H2Connection implements HeaderSink {
     stream.data(buf, p, end, len, endStream);
   }
 
+  /**
+   * The Pad Length of a PADDED DATA or HEADERS frame at `buf[p]`, `len` bytes
+   * of payload, `fixed` of them fields after Pad Length (HEADERS' priority);
+   * -1 when the connection was closed for it. A frame too short to hold those
+   * fields is a FRAME_SIZE_ERROR (RFC 9113 §4.2); padding that leaves no room
+   * for them is a PROTOCOL_ERROR (§6.1, §6.2).
+   */
+  #padding(buf: Buffer, p: number, len: number, fixed: number): number {
+    if (len < 1 + fixed) {
+      this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
+      return -1;
+    }
+    const pad = buf[p]!;
+    if (pad > len - 1 - fixed) {
+      this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
+      return -1;
+    }
+    return pad;
+  }
+
   #onHeaders(buf: Buffer, p: number, len: number, flags: number, id: number): void {
     if (id === 0) return this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
     let end = p + len;
+    const priority = (flags & FLAG_PRIORITY) !== 0;
     if ((flags & FLAG_PADDED) !== 0) {
-      if (len < 1) return this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
-      const pad = buf[p]!;
+      const pad = this.#padding(buf, p, len, priority ? 5 : 0);
+      if (pad < 0) return;
       p++;
-      if (pad > end - p) return this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
       end -= pad;
     }
     let priorityError = false;
-    if ((flags & FLAG_PRIORITY) !== 0) {
+    if (priority) {
       if (end - p < 5) return this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
       priorityError = (buf.readUInt32BE(p) & 0x7fff_ffff) === id;
       p += 5;
