@@ -1044,12 +1044,11 @@ export abstract class H2Connection implements HeaderSink {
   }
 
   #closeStream(stream: H2Stream, complete: boolean): void {
-    if (!this.#streams.delete(stream.id)) {
-      stream.close(complete);
-      return;
-    }
+    const wasOpen = this.#streams.delete(stream.id);
     stream.close(complete);
-    if (this.#streams.size === 0 && (this.#goawayFinal || this.#peerGoaway) && !this.#dead) this.#endSocket();
+    // The last stream of a connection that is going away: nothing more will come.
+    if (wasOpen && this.#streams.size === 0 && (this.#goawayFinal || this.#peerGoaway) && !this.#dead)
+      this.#endSocket();
   }
 
   #wasReset(id: number): boolean {
@@ -1281,15 +1280,12 @@ export abstract class H2Connection implements HeaderSink {
           s.ready = false;
           if (s.closed) continue;
           if (s.pump()) sent = true;
-          if (s.queued > 0) {
-            // Still blocked (window, socket) or more to send: next round or next WINDOW_UPDATE.
+          if (s.queued > 0 || (s.needDrain && this.congested)) {
+            // More to send (window, socket), or a writer to wake once the socket takes more:
+            // next round, next WINDOW_UPDATE or next 'drain'.
             s.ready = true;
             this.#ready.push(s);
-          } else if (s.needDrain && !this.congested) s.drained();
-          else if (s.needDrain) {
-            s.ready = true;
-            this.#ready.push(s);
-          }
+          } else if (s.needDrain) s.drained();
         }
         list.length = 0;
         if (!sent) break;
