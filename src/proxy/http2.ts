@@ -8,6 +8,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
+import type { PickContext } from '../balance/types.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import { type LiveNode, LiveSet } from '../live-set.ts';
@@ -81,9 +82,8 @@ class Session extends H2Connection {
   readonly plane: HttpPlane;
   readonly handler: Http2DownstreamHandler;
   readonly peer: Peer;
-  /** Streams forwarded so far, and those still open (for the idle sweep). */
+  /** Streams forwarded so far (for the idle sweep). */
   started = 0;
-  open = 0;
   /** The idle sweep's view: `started` at its last pass, and since when nothing started or was open. */
   idleMark = -1;
   idleSince = 0;
@@ -98,7 +98,6 @@ class Session extends H2Connection {
     this.handler = handler;
     const a = socketAddresses(socket);
     this.peer = new Peer(a.ip ?? 'unknown', a.port, a.localIp, a.localPort);
-    this.idleSince = plane.ctx.clock.now();
   }
 
   protected request(id: number, head: RequestHead, endStream: boolean): void {
@@ -112,7 +111,6 @@ class Session extends H2Connection {
       return;
     }
     this.started++;
-    this.open++;
     this.plane.forward(new Http2Downstream(this, id, head, endStream));
   }
 
@@ -253,7 +251,7 @@ export class Http2DownstreamHandler implements Http2Handler {
           st.goAwayAt = 0;
           st.goAway();
         }
-        if (st.open > 0 || st.started !== st.idleMark) {
+        if (st.openStreams > 0 || st.started !== st.idleMark) {
           st.idleMark = st.started;
           st.idleSince = now;
         } else if (limit > 0 && now - st.idleSince >= limit) st.goAway();
@@ -317,13 +315,80 @@ function encodeRawHead(head: RawResponseHead): Buffer {
   return encoder.block();
 }
 
+/**
+ * A stream's pick context. The balancer sees the request as the client sent
+ * it: `headers` is the forwarded map with the forwarding fields this hop added
+ * or appended to put back as they came, made only when a policy reads it
+ * (maglev's header and cookie keys), not for every request.
+ */
+class StreamPick implements PickContext {
+  now = 0;
+  readonly #down: Http2Downstream;
+  readonly #peer: Peer;
+  /** The client's X-Forwarded-For, X-Forwarded-Proto and Forwarded (undefined: not sent). */
+  readonly #xff: string | string[] | undefined;
+  readonly #xfp: string | string[] | undefined;
+  readonly #fwd: string | string[] | undefined;
+  #headers: HeaderMap | undefined;
+
+  constructor(
+    down: Http2Downstream,
+    peer: Peer,
+    xff: string | string[] | undefined,
+    xfp: string | string[] | undefined,
+    fwd: string | string[] | undefined,
+  ) {
+    this.#down = down;
+    this.#peer = peer;
+    this.#xff = xff;
+    this.#xfp = xfp;
+    this.#fwd = fwd;
+  }
+
+  get clientIp(): string {
+    return this.#peer.ip;
+  }
+  get clientPort(): number | undefined {
+    return this.#peer.port;
+  }
+  get localIp(): string | undefined {
+    return this.#peer.localIp;
+  }
+  get localPort(): number | undefined {
+    return this.#peer.localPort;
+  }
+  get host(): string | undefined {
+    return this.#down.authority;
+  }
+  get path(): string {
+    return this.#down.path;
+  }
+
+  /** The request's fields as the client sent them (lower-case names). */
+  get headers(): HeaderMap {
+    if (this.#headers !== undefined) return this.#headers;
+    const forwarded = this.#down.headers;
+    const out: HeaderMap = {};
+    for (const name in forwarded) {
+      // An HTTP/2 upstream adds its pseudo-headers to the map it sends; a later read may come after that.
+      if (name.charCodeAt(0) === 58 /* ':' */) continue;
+      if (name === 'x-forwarded-for' || name === 'x-forwarded-proto' || name === 'forwarded') continue;
+      out[name] = forwarded[name]!;
+    }
+    if (this.#xff !== undefined) out['x-forwarded-for'] = this.#xff;
+    if (this.#xfp !== undefined) out['x-forwarded-proto'] = this.#xfp;
+    if (this.#fwd !== undefined) out.forwarded = this.#fwd;
+    return (this.#headers = out);
+  }
+}
+
 class Http2Downstream extends H2Stream implements Downstream {
   readonly method: string;
   readonly path: string;
   readonly authority: string | undefined;
   readonly headers: HeaderMap;
   readonly grpc: boolean;
-  readonly pick;
+  readonly pick: StreamPick;
   readonly #session: Session;
   #onClose: CloseWatcher | undefined;
 
@@ -338,27 +403,18 @@ class Http2Downstream extends H2Stream implements Downstream {
     this.grpc = isGrpc(headers['content-type']);
     const peer = session.peer;
     const proto = head.scheme === 'https' ? 'https' : 'http';
-    // The balancer sees the request as the client sent it.
-    let seen: HeaderMap = headers;
-    if (headers['x-forwarded-for'] === undefined && headers.forwarded === undefined && proto === 'http') {
+    const xff = headers['x-forwarded-for'];
+    const xfp = headers['x-forwarded-proto'];
+    const fwd = headers.forwarded;
+    if (xff === undefined && fwd === undefined && proto === 'http') {
       headers['x-forwarded-for'] = peer.ip;
-      if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = proto;
+      if (xfp === undefined) headers['x-forwarded-proto'] = proto;
       headers.forwarded = peer.forwardedFor(this.authority);
     } else {
-      seen = { ...headers };
       appendForwarded(headers, { ip: peer.ip, proto, host: this.authority });
     }
     this.headers = headers;
-    this.pick = {
-      now: 0,
-      clientIp: peer.ip,
-      clientPort: peer.port,
-      localIp: peer.localIp,
-      localPort: peer.localPort,
-      host: this.authority,
-      path: this.path,
-      headers: seen,
-    };
+    this.pick = new StreamPick(this, peer, xff, xfp, fwd);
   }
 
   get gone(): boolean {
@@ -375,8 +431,13 @@ class Http2Downstream extends H2Stream implements Downstream {
     this.sendHeaders(encodeRawHead(head), endStream);
   }
 
-  write(chunk: Buffer): boolean {
-    return this.writeData(chunk);
+  /** Chunks may be views of a backend's read buffer: the stream copies what it keeps (small frames are copied anyway). */
+  get takesViews(): boolean {
+    return true;
+  }
+
+  write(chunk: Buffer, transient = false): boolean {
+    return this.writeData(chunk, transient);
   }
 
   onDrain(fn: () => void): void {
@@ -422,7 +483,6 @@ class Http2Downstream extends H2Stream implements Downstream {
   }
 
   protected override closedHook(complete: boolean): void {
-    this.#session.open--;
     const watcher = this.#onClose;
     if (watcher === undefined) return;
     this.#onClose = undefined;

@@ -24,6 +24,17 @@ function pattern(n: number): Buffer {
   return b;
 }
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** Body bytes that never repeat (distinct 32-bit words): a misplaced or stale piece cannot look right. */
+function unique(seed: number, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let k = 0; k + 4 <= n; k += 4)
+    b.writeUInt32LE(Math.imul((k >> 2) ^ (seed << 24), 0x9e3779b1) >>> 0, k);
+  return b;
+}
+/** Sizes the /pieces route writes in turn: below and above the size the proxy copies next to its frame header. */
+const PIECES = [300, 1800, 2500, 7000, 16_000, 40_000, 900, 2048, 2049];
+const PIECES_TOTAL = 1 << 20;
 const BIG = 5 * 1024 * 1024;
 const BIG_BODY = pattern(BIG);
 
@@ -57,6 +68,13 @@ function block(fields: [string, string][]): Buffer {
   }
   return Buffer.concat(parts);
 }
+
+const POST = (path: string): [string, string][] => [
+  [':method', 'POST'],
+  [':scheme', 'http'],
+  [':path', path],
+  [':authority', 'test'],
+];
 
 const GET = (path = '/'): [string, string][] => [
   [':method', 'GET'],
@@ -239,6 +257,25 @@ describe('HTTP/2 server side', () => {
         more();
         return true;
       }
+      if (url.pathname === '/pieces') {
+        // One write per event-loop turn: the proxy reads them one by one, into its shared read buffer.
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        const body = unique(Number(url.searchParams.get('seed')), PIECES_TOTAL);
+        let off = 0;
+        let k = 0;
+        const more = (): void => {
+          if (res.destroyed) return;
+          if (off >= PIECES_TOTAL) return void res.end();
+          const n = PIECES[k++ % PIECES.length]!;
+          const ok = res.write(body.subarray(off, off + n));
+          off += n;
+          if (ok) setImmediate(more);
+          else res.once('drain', more);
+        };
+        more();
+        return true;
+      }
       if (url.pathname === '/te') {
         // Fields that are connection-specific in HTTP/2 (RFC 9113 §8.2.2).
         res.writeHead(200, { te: 'gzip', 'proxy-authenticate': 'Basic', 'x-kept': 'yes' });
@@ -293,6 +330,36 @@ services:
         });
         assert.equal(got.length, BIG);
         assert.equal(sha(got), sha(BIG_BODY));
+      } finally {
+        session.close();
+      }
+    });
+
+    it('bodies read from backends piece by piece reach a slow client with a small window byte-exact, several streams at once', async () => {
+      // The proxy reads each backend's response into a shared buffer that the next read overwrites:
+      // whatever it keeps (DATA waiting for the window, large payloads waiting for the socket) must be a copy.
+      const session = h2connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 20_000 } });
+      try {
+        const one = (seed: number): Promise<Buffer> =>
+          new Promise((resolve, reject) => {
+            const req = session.request({ ':path': `/pieces?seed=${seed}` });
+            const chunks: Buffer[] = [];
+            req.on('data', (d: Buffer) => {
+              chunks.push(d);
+              if (seed % 2 === 0) return;
+              req.pause();
+              setTimeout(() => req.resume(), 1);
+            });
+            req.on('end', () => resolve(Buffer.concat(chunks)));
+            req.on('error', reject);
+          });
+        const seeds = [1, 2, 3, 4];
+        const got = await Promise.all(seeds.map(one));
+        for (const [i, seed] of seeds.entries()) {
+          const want = unique(seed, PIECES_TOTAL);
+          assert.equal(got[i]!.length, want.length, `stream ${seed}: length`);
+          assert.ok(got[i]!.equals(want), `stream ${seed}: the bytes as the backend sent them`);
+        }
       } finally {
         session.close();
       }
@@ -494,6 +561,24 @@ services:
       });
     });
 
+    it('padding may take all of a frame after its fixed fields (DATA, HEADERS with a priority)', async () => {
+      await withRaw(port, async (raw) => {
+        const head = Buffer.concat([
+          Buffer.from([3]),
+          u32(0),
+          Buffer.from([16]),
+          block(POST('/echo')),
+          Buffer.alloc(3),
+        ]);
+        raw.send(F.HEADERS, F.FLAG_END_HEADERS | F.FLAG_PADDED | F.FLAG_PRIORITY, 1, head);
+        raw.send(F.DATA, F.FLAG_PADDED, 1, Buffer.from([4, 0, 0, 0, 0]));
+        raw.send(F.DATA, F.FLAG_PADDED | F.FLAG_END_STREAM, 1, Buffer.from([1, 0x68, 0x69, 0]));
+        assert.equal(await raw.status(1), '200');
+        const body = await raw.next((f) => f.type === F.DATA && f.id === 1);
+        assert.equal(body?.payload.toString(), 'hi');
+      });
+    });
+
     it('HEADERS with a self-dependent priority; PRIORITY frames otherwise ignored', async () => {
       await withRaw(port, async (raw) => {
         const prio = Buffer.concat([u32(1), Buffer.from([16]), block(GET())]);
@@ -598,6 +683,62 @@ services:
         'a connection window beyond 2^31-1',
         F.FLOW_CONTROL_ERROR,
         (r) => r.send(F.WINDOW_UPDATE, 0, 0, u32(0x7fffffff)),
+      ],
+      // PADDED frames (RFC 9113 §4.2, §6.1, §6.2): too short for their fixed fields, FRAME_SIZE_ERROR;
+      // padding longer than what is left after them, PROTOCOL_ERROR.
+      [
+        'a padded DATA frame without room for its Pad Length',
+        F.FRAME_SIZE_ERROR,
+        (r) => {
+          r.request(1, POST('/echo'), false);
+          r.send(F.DATA, F.FLAG_PADDED, 1);
+        },
+      ],
+      [
+        'a padded DATA frame whose padding is as long as its payload',
+        F.PROTOCOL_ERROR,
+        (r) => {
+          r.request(1, POST('/echo'), false);
+          r.send(F.DATA, F.FLAG_PADDED, 1, Buffer.from([3, 0x61, 0x62]));
+        },
+      ],
+      [
+        'a padded HEADERS frame without room for its Pad Length',
+        F.FRAME_SIZE_ERROR,
+        (r) => r.send(F.HEADERS, F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PADDED, 1),
+      ],
+      [
+        'a padded HEADERS frame whose padding is longer than the rest of its payload',
+        F.PROTOCOL_ERROR,
+        (r) =>
+          r.send(
+            F.HEADERS,
+            F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PADDED,
+            1,
+            Buffer.from([4, 1, 2, 3]),
+          ),
+      ],
+      [
+        'a padded HEADERS frame with a priority, without room for both',
+        F.FRAME_SIZE_ERROR,
+        (r) =>
+          r.send(
+            F.HEADERS,
+            F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PADDED | F.FLAG_PRIORITY,
+            1,
+            Buffer.from([0, 0, 0, 0, 0]),
+          ),
+      ],
+      [
+        'a padded HEADERS frame with a priority, its padding longer than what the priority leaves',
+        F.PROTOCOL_ERROR,
+        (r) =>
+          r.send(
+            F.HEADERS,
+            F.FLAG_END_HEADERS | F.FLAG_END_STREAM | F.FLAG_PADDED | F.FLAG_PRIORITY,
+            1,
+            Buffer.from([4, 0, 0, 0, 0, 16, 0, 0]),
+          ),
       ],
       ['an HPACK index of 0', F.COMPRESSION_ERROR, (r) => r.send(F.HEADERS, 5, 1, Buffer.from([0x80]))],
       [

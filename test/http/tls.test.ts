@@ -166,3 +166,77 @@ services:
     },
   );
 });
+
+describe('HTTP/2: the balancer sees the request as the client sent it', () => {
+  const made = makeCert();
+  after(() => {
+    if (typeof made !== 'string') rmSync(made.dir, { recursive: true, force: true });
+  });
+  it(
+    'a maglev hash on X-Forwarded-For reads the value the client sent, not the one this hop forwards, over TLS and cleartext',
+    { skip: typeof made === 'string' ? made : false },
+    async () => {
+      if (typeof made === 'string') return;
+      const backends = [await startH1Backend(), await startH1Backend()];
+      const [tlsPort, plainPort] = [await freePort(), await freePort()];
+      const service = (name: string, port: number, tls: string): string => `
+  - name: ${name}
+    protocol: http
+    listen: 127.0.0.1:${port}${tls}
+    balance: maglev
+    hashKey: header:x-forwarded-for
+    backends: { static: [${backends.map((b) => `127.0.0.1:${b.port}`).join(', ')}] }`;
+      const { gateway } = await startGateway(`
+services:${service('tls', tlsPort, `\n    tls: { cert: ${made.cert}, key: ${made.key} }`)}${service('plain', plainPort, '')}
+`);
+      /** The backend that answers `headers` on a new session to `url`, and what it was forwarded. */
+      const ask = async (
+        url: string,
+        headers: Record<string, string>,
+      ): Promise<{ backend: string; forwarded: Record<string, string> }> => {
+        const session = h2connect(url, { rejectUnauthorized: false });
+        try {
+          return await new Promise((resolve, reject) => {
+            const req = session.request({ ':path': '/headers', ...headers });
+            let backend = '';
+            let body = '';
+            req.on('response', (h) => (backend = String(h['x-backend'])));
+            req.on('data', (d: Buffer) => (body += d.toString()));
+            req.on('end', () => resolve({ backend, forwarded: JSON.parse(body) as Record<string, string> }));
+            req.on('error', reject);
+          });
+        } finally {
+          session.close();
+        }
+      };
+      try {
+        for (const url of [`https://127.0.0.1:${tlsPort}`, `http://127.0.0.1:${plainPort}`]) {
+          // A client (or the proxy before us) that sends X-Forwarded-For: its value is the key.
+          const byKey = new Map<string, string>();
+          for (let round = 0; round < 2; round++) {
+            for (let u = 0; u < 16; u++) {
+              const key = `10.0.0.${u}`;
+              const got = await ask(url, { 'x-forwarded-for': key });
+              assert.equal(got.forwarded['x-forwarded-for'], `${key}, 127.0.0.1`, 'this hop appends itself');
+              if (round === 0) byKey.set(key, got.backend);
+              else assert.equal(got.backend, byKey.get(key), `${url}: ${key} stays on its backend`);
+            }
+          }
+          assert.equal(new Set(byKey.values()).size, 2, `${url}: the keys spread over both backends`);
+          // A client that sends none: no key (each connection hashed on its own), though the backend is
+          // forwarded X-Forwarded-For: 127.0.0.1 — which, were it the key, would send all of them to one backend.
+          const seen = new Set<string>();
+          for (let i = 0; i < 24; i++) {
+            const got = await ask(url, {});
+            assert.equal(got.forwarded['x-forwarded-for'], '127.0.0.1');
+            seen.add(got.backend);
+          }
+          assert.equal(seen.size, 2, `${url}: requests without the header are not all keyed alike`);
+        }
+      } finally {
+        await gateway.shutdown();
+        for (const b of backends) await b.close();
+      }
+    },
+  );
+});

@@ -16,6 +16,7 @@ import {
   CONTINUATION,
   COMPRESSION_ERROR,
   DATA,
+  DEFAULT_HEADER_TABLE,
   DEFAULT_MAX_FRAME,
   DEFAULT_WINDOW,
   ENHANCE_YOUR_CALM,
@@ -64,7 +65,10 @@ export interface H2Limits {
   maxHeaderCount: number;
   /** SETTINGS_INITIAL_WINDOW_SIZE we advertise (per stream receive window). */
   streamWindow: number;
-  /** Connection-level receive window. */
+  /**
+   * Connection-level receive window, at least DEFAULT_WINDOW: a connection's
+   * window starts at 65,535 and no setting lowers it, a WINDOW_UPDATE only widens it.
+   */
   connectionWindow: number;
 }
 
@@ -195,8 +199,7 @@ interface Ping {
 export abstract class H2Connection implements HeaderSink {
   readonly socket: Socket;
   readonly limits: H2Limits;
-  readonly streamWindow: number;
-  readonly #decoder = new HpackDecoder(4096);
+  readonly #decoder = new HpackDecoder(DEFAULT_HEADER_TABLE);
   readonly #streams = new StreamTable<H2Stream>();
   /** Highest stream id the client opened (processed or refused). */
   #lastStreamId = 0;
@@ -219,10 +222,11 @@ export abstract class H2Connection implements HeaderSink {
   /**
    * The client lowered SETTINGS_HEADER_TABLE_SIZE: our next header block must
    * start with a dynamic table size update (RFC 7541 §4.2). Our encoder never
-   * uses the table, so the update says 0.
+   * uses the table, so the update says 0, and once it is asked for, no later
+   * setting can be below it: `#tableZeroed`.
    */
   #tableUpdate = false;
-  #encoderTable = 4096;
+  #tableZeroed = false;
   #peerMaxFrame = DEFAULT_MAX_FRAME;
   /** Connection-level send window (the client's), and our receive window. */
   #sendWindow = DEFAULT_WINDOW;
@@ -293,7 +297,6 @@ export abstract class H2Connection implements HeaderSink {
     this.socket = socket;
     this.#clock = clock;
     this.limits = limits;
-    this.streamWindow = limits.streamWindow;
     this.#recvWindow = limits.connectionWindow;
     this.#maxBlock = Math.max(MIN_BLOCK_BYTES, limits.maxHeaderListSize * 2);
     const s = socket as ConnSocket;
@@ -319,7 +322,7 @@ export abstract class H2Connection implements HeaderSink {
     }
     if (limits.connectionWindow > DEFAULT_WINDOW) {
       this.#windowUpdate(0, limits.connectionWindow - DEFAULT_WINDOW);
-    } else this.#recvWindow = DEFAULT_WINDOW;
+    }
     this.#schedule();
   }
 
@@ -338,6 +341,11 @@ export abstract class H2Connection implements HeaderSink {
 
   get destroyed(): boolean {
     return this.#closed;
+  }
+
+  /** Streams open now (answers the proxy made up itself included). */
+  get openStreams(): number {
+    return this.#streams.size;
   }
 
   /** Closed or closing (keepalive's view). */
@@ -554,10 +562,9 @@ export abstract class H2Connection implements HeaderSink {
     if (this.#recvWindow < 0) return this.#fatal(FLOW_CONTROL_ERROR, 'h2-session-error');
     let end = p + len;
     if ((flags & FLAG_PADDED) !== 0) {
-      if (len < 1) return this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
-      const pad = buf[p]!;
+      const pad = this.#padding(buf, p, len, 0);
+      if (pad < 0) return;
       p++;
-      if (pad > end - p) return this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
       end -= pad;
     }
     const stream = this.#streams.get(id);
@@ -583,18 +590,38 @@ export abstract class H2Connection implements HeaderSink {
     stream.data(buf, p, end, len, endStream);
   }
 
+  /**
+   * The Pad Length of a PADDED DATA or HEADERS frame at `buf[p]`, `len` bytes
+   * of payload, `fixed` of them fields after Pad Length (HEADERS' priority);
+   * -1 when the connection was closed for it. A frame too short to hold those
+   * fields is a FRAME_SIZE_ERROR (RFC 9113 §4.2); padding that leaves no room
+   * for them is a PROTOCOL_ERROR (§6.1, §6.2).
+   */
+  #padding(buf: Buffer, p: number, len: number, fixed: number): number {
+    if (len < 1 + fixed) {
+      this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
+      return -1;
+    }
+    const pad = buf[p]!;
+    if (pad > len - 1 - fixed) {
+      this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
+      return -1;
+    }
+    return pad;
+  }
+
   #onHeaders(buf: Buffer, p: number, len: number, flags: number, id: number): void {
     if (id === 0) return this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
     let end = p + len;
+    const priority = (flags & FLAG_PRIORITY) !== 0;
     if ((flags & FLAG_PADDED) !== 0) {
-      if (len < 1) return this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
-      const pad = buf[p]!;
+      const pad = this.#padding(buf, p, len, priority ? 5 : 0);
+      if (pad < 0) return;
       p++;
-      if (pad > end - p) return this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
       end -= pad;
     }
     let priorityError = false;
-    if ((flags & FLAG_PRIORITY) !== 0) {
+    if (priority) {
       if (end - p < 5) return this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
       priorityError = (buf.readUInt32BE(p) & 0x7fff_ffff) === id;
       p += 5;
@@ -870,8 +897,8 @@ export abstract class H2Connection implements HeaderSink {
           this.#peerMaxFrame = value;
           break;
         case SETTINGS_HEADER_TABLE_SIZE:
-          if (value < this.#encoderTable) {
-            this.#encoderTable = 0;
+          if (value < DEFAULT_HEADER_TABLE && !this.#tableZeroed) {
+            this.#tableZeroed = true;
             this.#tableUpdate = true;
           }
           break;
@@ -1017,12 +1044,11 @@ export abstract class H2Connection implements HeaderSink {
   }
 
   #closeStream(stream: H2Stream, complete: boolean): void {
-    if (!this.#streams.delete(stream.id)) {
-      stream.close(complete);
-      return;
-    }
+    const wasOpen = this.#streams.delete(stream.id);
     stream.close(complete);
-    if (this.#streams.size === 0 && (this.#goawayFinal || this.#peerGoaway) && !this.#dead) this.#endSocket();
+    // The last stream of a connection that is going away: nothing more will come.
+    if (wasOpen && this.#streams.size === 0 && (this.#goawayFinal || this.#peerGoaway) && !this.#dead)
+      this.#endSocket();
   }
 
   #wasReset(id: number): boolean {
@@ -1062,7 +1088,7 @@ export abstract class H2Connection implements HeaderSink {
     this.creditConnection(n);
     if (stream.closed || stream.remoteClosed) return;
     stream.unacked += n;
-    if (stream.unacked >= this.streamWindow / 2) {
+    if (stream.unacked >= this.limits.streamWindow / 2) {
       const inc = stream.unacked;
       stream.unacked = 0;
       stream.recvWindow += inc;
@@ -1134,8 +1160,19 @@ export abstract class H2Connection implements HeaderSink {
     this.headersFrame(stream, encoder.block(), true);
   }
 
-  /** One DATA frame of `chunk[start, end)` (the caller checked the windows). */
-  dataFrame(stream: H2Stream, chunk: Buffer, start: number, end: number, endStream: boolean): void {
+  /**
+   * One DATA frame of `chunk[start, end)` (the caller checked the windows).
+   * `transient`: the chunk is valid only during this call, so a payload
+   * written by reference is copied first.
+   */
+  dataFrame(
+    stream: H2Stream,
+    chunk: Buffer,
+    start: number,
+    end: number,
+    endStream: boolean,
+    transient = false,
+  ): void {
     const n = end - start;
     this.#sendWindow -= n;
     stream.sendWindow -= n;
@@ -1156,7 +1193,12 @@ export abstract class H2Connection implements HeaderSink {
       this.#lastDataBuf = b;
       this.#lastDataFlags = at + 4;
       this.#seal();
-      this.#parts.push(start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end));
+      let part: Buffer;
+      if (transient) {
+        part = Buffer.allocUnsafe(n);
+        chunk.copy(part, 0, start, end);
+      } else part = start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end);
+      this.#parts.push(part);
       this.#outBytes += n;
     }
     this.#lastDataStream = stream;
@@ -1238,15 +1280,12 @@ export abstract class H2Connection implements HeaderSink {
           s.ready = false;
           if (s.closed) continue;
           if (s.pump()) sent = true;
-          if (s.queued > 0) {
-            // Still blocked (window, socket) or more to send: next round or next WINDOW_UPDATE.
+          if (s.queued > 0 || (s.needDrain && this.congested)) {
+            // More to send (window, socket), or a writer to wake once the socket takes more:
+            // next round, next WINDOW_UPDATE or next 'drain'.
             s.ready = true;
             this.#ready.push(s);
-          } else if (s.needDrain && !this.congested) s.drained();
-          else if (s.needDrain) {
-            s.ready = true;
-            this.#ready.push(s);
-          }
+          } else if (s.needDrain) s.drained();
         }
         list.length = 0;
         if (!sent) break;

@@ -21,21 +21,17 @@ export const FLAG_END_HEADERS = 0x4;
 export const FLAG_PADDED = 0x8;
 export const FLAG_PRIORITY = 0x20;
 
-/** Error codes. */
+/** Error codes (those we send or read). */
 export const NO_ERROR = 0x0;
 export const PROTOCOL_ERROR = 0x1;
 export const INTERNAL_ERROR = 0x2;
 export const FLOW_CONTROL_ERROR = 0x3;
-export const SETTINGS_TIMEOUT = 0x4;
 export const STREAM_CLOSED = 0x5;
 export const FRAME_SIZE_ERROR = 0x6;
 export const REFUSED_STREAM = 0x7;
 export const CANCEL = 0x8;
 export const COMPRESSION_ERROR = 0x9;
-export const CONNECT_ERROR = 0xa;
 export const ENHANCE_YOUR_CALM = 0xb;
-export const INADEQUATE_SECURITY = 0xc;
-export const HTTP_1_1_REQUIRED = 0xd;
 
 /** Settings identifiers. */
 export const SETTINGS_HEADER_TABLE_SIZE = 0x1;
@@ -49,6 +45,8 @@ export const SETTINGS_MAX_HEADER_LIST_SIZE = 0x6;
 export const DEFAULT_WINDOW = 65_535;
 export const MAX_WINDOW = 0x7fff_ffff;
 export const DEFAULT_MAX_FRAME = 16_384;
+/** SETTINGS_HEADER_TABLE_SIZE until a peer says otherwise (both HPACK tables start at it). */
+export const DEFAULT_HEADER_TABLE = 4096;
 export const MAX_MAX_FRAME = 16_777_215;
 
 /** The client connection preface (RFC 9113 §3.4). */

@@ -31,6 +31,13 @@ export class H2Body extends Readable {
   }
 }
 
+/** `chunk[from…]` in a buffer of its own. */
+function copyOf(chunk: Buffer, from: number): Buffer {
+  const copy = Buffer.allocUnsafe(chunk.length - from);
+  chunk.copy(copy, 0, from);
+  return copy;
+}
+
 export class H2Stream {
   readonly conn: H2Connection;
   readonly id: number;
@@ -42,7 +49,7 @@ export class H2Stream {
   unacked = 0;
   /** Body bytes pushed beyond the Readable's high-water mark: credited once read. */
   #held = 0;
-  /** Response DATA waiting for window or socket (views of the writer's chunks). */
+  /** Response DATA waiting for window or socket (the writer's chunks, or copies of transient ones). */
   #queue: Buffer[] | undefined;
   queued = 0;
   /** `finish` was called while DATA was still queued: END_STREAM (and trailers) follow it. */
@@ -69,7 +76,7 @@ export class H2Stream {
     this.conn = conn;
     this.id = id;
     this.sendWindow = conn.peerInitialWindow;
-    this.recvWindow = conn.streamWindow;
+    this.recvWindow = conn.limits.streamWindow;
     this.remoteClosed = endStream;
     if (!endStream) this.body = new H2Body(this);
     conn.addStream(this);
@@ -138,8 +145,13 @@ export class H2Stream {
     if (endStream) this.#localEnd();
   }
 
-  /** Queue or send DATA; false when the writer should wait for `drained`. */
-  writeData(chunk: Buffer): boolean {
+  /**
+   * Queue or send DATA; false when the writer should wait for `drained`.
+   * `transient`: the chunk is valid only during this call (a view of a read
+   * buffer): what is kept beyond it, a large frame's payload or what waits in
+   * the queue, is copied; what goes into the connection's scratch buffer is not.
+   */
+  writeData(chunk: Buffer, transient = false): boolean {
     if (this.closed || this.localClosed || this.#endPending) return true;
     const conn = this.conn;
     if (this.queued === 0) {
@@ -148,7 +160,7 @@ export class H2Stream {
       while (off < len) {
         const n = conn.sendable(this, len - off);
         if (n <= 0) break;
-        conn.dataFrame(this, chunk, off, off + n, false);
+        conn.dataFrame(this, chunk, off, off + n, false, transient);
         off += n;
       }
       if (off === len) {
@@ -157,8 +169,9 @@ export class H2Stream {
         conn.markReady(this);
         return false;
       }
-      if (off > 0) chunk = chunk.subarray(off);
-    }
+      if (transient) chunk = copyOf(chunk, off);
+      else if (off > 0) chunk = chunk.subarray(off);
+    } else if (transient) chunk = copyOf(chunk, 0);
     (this.#queue ??= []).push(chunk);
     this.queued += chunk.length;
     conn.markReady(this);
