@@ -421,7 +421,9 @@ export class MaglevBalancer<T extends Target = Target> implements Balancer<T> {
           h = hashSourceIp31(ctx.clientIp, this.#prefix4, this.#prefix6, LOOKUP_SEED);
         break;
       case KEY_HEADER: {
-        const v = ctx.headers?.[this.#keyName];
+        // Own fields only: header maps are plain objects, and `header:constructor` must not read Object.prototype.
+        const hs = ctx.headers;
+        const v = hs !== undefined && Object.hasOwn(hs, this.#keyName) ? hs[this.#keyName] : undefined;
         if (typeof v === 'string') h = hashString31(v, LOOKUP_SEED);
         else if (v !== undefined && v.length > 0) h = hashStrings31(v, LOOKUP_SEED);
         break;

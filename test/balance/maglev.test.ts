@@ -281,6 +281,20 @@ describe('maglev policy', () => {
     assert.equal(hashCookie31(['a=1', 'sid=xyz'], 'sid'), hashCookie31('sid=xyz', 'sid'));
   });
 
+  it('a header key named like an Object.prototype member counts as absent when the client does not send it', () => {
+    const ts = targets(50);
+    const proto = new MaglevBalancer<TestTarget>({ hashKey: 'header:constructor' });
+    const plain = new MaglevBalancer<TestTarget>({ hashKey: 'header:x-absent' });
+    proto.setTargets(ts);
+    plain.setTargets(ts);
+    // Absent: both fall back to the same 5-tuple hash.
+    for (let port = 1; port < 20; port++) {
+      const c = { ...ctx('192.0.2.1', port), headers: {} };
+      assert.equal(proto.pick(c), plain.pick(c));
+    }
+    assert.equal(proto.affinity({ ...ctx('192.0.2.1'), headers: {} }), undefined);
+  });
+
   it('validates hash keys', () => {
     assert.equal(parseHashKey('header:x-tenant'), 'header:x-tenant');
     assert.throws(
