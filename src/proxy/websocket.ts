@@ -219,7 +219,9 @@ function forwardedFor(ip: string): string {
 /**
  * What only the handshake needs: the client's request, bytes it sent after
  * it, the backends tried. Dropped (with the request and its headers) as soon
- * as the connection relays, so an open connection keeps none of it.
+ * as the connection relays, so an open connection keeps none of it (except
+ * the header map of a connection a policy holds by a header or cookie: see
+ * `held`).
  */
 class Handshake {
   /** The client's socket until the connection opens (then a leg of the connection). */
@@ -248,6 +250,8 @@ interface HeldContext {
   clientPort: number | undefined;
   host: string | undefined;
   path: string | undefined;
+  /** The request's headers, only when the policy's answer depends on them (maglev on a header or cookie). */
+  headers: UpgradeRequest['headers'] | undefined;
 }
 
 const HANDSHAKE = 0;
@@ -395,10 +399,23 @@ class WsConnection implements ProxiedConnection, LegOwner {
     this.backend = backend;
     ctx.cluster.register(backend, this, pickCtx);
     // Keep what the policy matched on only if it binds this client to the backend.
-    this.held =
-      ctx.cluster.affinity(pickCtx) === undefined
+    const bound = ctx.cluster.affinity(pickCtx);
+    const held: HeldContext | undefined =
+      bound === undefined
         ? undefined
-        : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
+        : {
+            clientIp: hs.ip,
+            clientPort: pickCtx.clientPort,
+            host: pickCtx.host,
+            path: pickCtx.path,
+            headers: undefined,
+          };
+    // The header map stays with the connection only if the policy placed it by
+    // one (maglev on a header or cookie): without it, rebalancing would judge
+    // the connection unbound and close it, and its client would come back here.
+    if (held !== undefined && ctx.cluster.affinity({ ...held, now: pickCtx.now }) !== bound)
+      held.headers = req.headers;
+    this.held = held;
     const s = proxy.settings;
     const up = connectBackend(backend, s, client, this);
     this.up = up;
