@@ -3,12 +3,12 @@ import type { Logger } from 'pino';
 import type { Backend } from '../cluster/backend.ts';
 import type { Clock, Timer } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
-import type { LiveNode } from '../live-set.ts';
-import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
+import type { LeaveReason } from '../cluster/connection.ts';
 import { type RebalanceSettings, Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
+import { readEarly, Relay, relayHeld } from './relay.ts';
 import { afterRead, ownBytes, readThrough } from './socket-reads.ts';
-import { type Leg, type LegOwner, takeOver } from './stream-leg.ts';
+import type { Leg } from './stream-leg.ts';
 import { connectBackend, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 
 /** Settings of a TCP service that a reload may change; read per new connection. */
@@ -65,10 +65,7 @@ export class TcpProxy {
       clock,
       log,
       settings: settings.rebalance,
-      isHeld: (conn, backend) =>
-        conn instanceof TcpConnection &&
-        conn.held !== undefined &&
-        cluster.affinity({ ...conn.held, now: clock.now() }) === backend,
+      isHeld: relayHeld(cluster, clock),
     });
   }
 
@@ -87,7 +84,7 @@ export class TcpProxy {
       client.destroy();
       return;
     }
-    readThrough(client, onClientRead);
+    readThrough(client, readEarly);
     this.stats.accepted++;
     if (this.live++ === 0) this.rebalancer.start();
     if (s.keepAliveMs !== undefined) client.setKeepAlive(true, s.keepAliveMs);
@@ -140,54 +137,15 @@ export class TcpProxy {
 type Phase = 'connecting' | 'open' | 'leaving' | 'closed';
 
 /**
- * The client socket's listeners while the backend connects are shared
- * module-level functions that find their connection through this property,
- * rather than closures made per connection. Once both sides are up, the
- * connection relays over two legs (stream-leg.ts) that report to it as their
- * owner: an idle proxied connection is then one small object, two legs and
- * the kernel's sockets.
+ * One client connection anchored to one backend connection. Once both sides
+ * are up it relays over two legs (stream-leg.ts) that report to it as their
+ * owner (relay.ts): an idle proxied connection is then one small object, two
+ * legs and the kernel's sockets.
  */
-const kConn = Symbol('holdfast.tcp');
-interface ClientSocket extends Socket {
-  [kConn]: TcpConnection;
-}
-
-function noop(): void {}
-
-/**
- * The client is paused until the backend is connected. Bytes that still
- * arrive (a paused net.Socket may read once more) wait for the backend.
- */
-function onClientRead(this: Socket, n: number, buf: Buffer): void {
-  (this as ClientSocket)[kConn].early(Buffer.from(buf.subarray(0, n)));
-  this.pause();
-  afterRead(buf, n, false);
-}
-/** The client went away (or was turned away) before the backend connection was up. */
-function onClientClose(this: ClientSocket): void {
-  this[kConn].clientGone();
-}
-
-/** What an affinity policy matched on; kept only when the policy holds the client on its backend. */
-interface HeldContext {
-  clientIp: string | undefined;
-  clientPort: number | undefined;
-  localIp: string | undefined;
-  localPort: number | undefined;
-}
-
-class TcpConnection implements ProxiedConnection, LegOwner {
-  backendNode: LiveNode<ProxiedConnection> | undefined = undefined;
-  readonly openedAt: number;
+class TcpConnection extends Relay {
   readonly proxy: TcpProxy;
   /** The accepted socket, until the backend is connected (then the `down` leg). */
-  client: ClientSocket | undefined;
-  /** The client's leg and the backend's. */
-  down: Leg | undefined = undefined;
-  up: Leg | undefined = undefined;
-  backend: Backend | undefined;
-  /** The pick context, only if the policy holds this client on its backend (for the rebalancer). */
-  held: HeldContext | undefined = undefined;
+  client: Socket | undefined;
   #tried: Set<Backend> | undefined;
   #connectTimer: Timer | undefined;
   #early: Buffer | undefined;
@@ -198,22 +156,11 @@ class TcpConnection implements ProxiedConnection, LegOwner {
   idleSince: number;
 
   constructor(proxy: TcpProxy, client: Socket) {
+    const openedAt = proxy.clock.now();
+    super(client, openedAt);
     this.proxy = proxy;
-    const c = client as ClientSocket;
-    c[kConn] = this;
-    this.client = c;
-    this.openedAt = proxy.clock.now();
-    this.idleSince = this.openedAt;
-    client.on('error', noop);
-    client.on('close', onClientClose);
-  }
-
-  get bytesIn(): number {
-    return this.up?.bytesRead ?? 0;
-  }
-
-  get bytesOut(): number {
-    return this.up?.bytesWritten ?? 0;
+    this.client = client;
+    this.idleSince = openedAt;
   }
 
   start(): void {
@@ -233,17 +180,7 @@ class TcpConnection implements ProxiedConnection, LegOwner {
       client.destroy();
       return;
     }
-    this.backend = backend;
-    proxy.cluster.register(backend, this, ctx);
-    this.held =
-      proxy.cluster.affinity(ctx) === undefined
-        ? undefined
-        : {
-            clientIp: ctx.clientIp,
-            clientPort: ctx.clientPort,
-            localIp: ctx.localIp,
-            localPort: ctx.localPort,
-          };
+    this.place(proxy.cluster, backend, ctx);
     const s = proxy.settings;
     const up = connectBackend(backend, s, client, this);
     this.up = up;
@@ -253,7 +190,6 @@ class TcpConnection implements ProxiedConnection, LegOwner {
     );
   }
 
-  /** Client bytes that arrived before the backend connected. */
   early(bytes: Buffer): void {
     this.#early = this.#early === undefined ? bytes : Buffer.concat([this.#early, bytes]);
   }
@@ -301,12 +237,10 @@ class TcpConnection implements ProxiedConnection, LegOwner {
     }
     this.#phase = 'open';
     this.proxy.cluster.reportSuccess(this.backend!);
-    client.off('close', onClientClose);
     // Relay (legRead) with backpressure: a reader pauses while what it
-    // forwarded stays queued, and resumes when the writer drains.
-    const down = takeOver(client, this);
+    // forwarded stays queued, and resumes when the writer drains (legDrain).
     this.client = undefined;
-    this.down = down;
+    const down = this.takeClient(client);
     const early = this.#early;
     this.#early = undefined;
     if (early === undefined || up.write(early)) down.resume();
@@ -316,7 +250,7 @@ class TcpConnection implements ProxiedConnection, LegOwner {
   }
 
   legRead(leg: Leg, n: number, buf: Buffer): void {
-    const to = leg === this.down ? this.up : this.down;
+    const to = this.other(leg);
     let held = false;
     if (to !== undefined && !to.writableEnded) {
       held = !to.write(ownBytes(buf, 0, n));
@@ -325,22 +259,13 @@ class TcpConnection implements ProxiedConnection, LegOwner {
     afterRead(buf, n, held);
   }
 
-  legDrain(leg: Leg): void {
-    (leg === this.down ? this.up : this.down)?.resume();
-  }
-
-  /** Half-close: a FIN from one side becomes a FIN to the other, never a reset. */
-  legEnd(leg: Leg): void {
-    (leg === this.down ? this.up : this.down)?.end();
-  }
-
   legClose(leg: Leg, error: boolean): void {
     if (this.#phase === 'connecting') {
       this.connectFailed(leg, leg.failure ?? 'the backend closed the connection');
       return;
     }
     if (leg !== this.up && leg !== this.down) return;
-    const other = leg === this.down ? this.up : this.down;
+    const other = this.other(leg);
     if (error && leg === this.up && this.backend !== undefined)
       this.proxy.cluster.reportFailure(this.backend, 'reset');
     this.#closedSides++;
@@ -358,12 +283,7 @@ class TcpConnection implements ProxiedConnection, LegOwner {
   #finish(): void {
     if (this.#phase === 'closed') return;
     this.#phase = 'closed';
-    const backend = this.backend;
-    if (backend !== undefined) {
-      backend.bytesReceivedClosed += this.bytesIn;
-      backend.bytesSentClosed += this.bytesOut;
-      this.proxy.cluster.unregister(backend, this);
-    }
+    this.unregister(this.proxy.cluster);
     this.proxy.done();
   }
 

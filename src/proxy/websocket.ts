@@ -10,13 +10,14 @@ import { isIPv6, type Socket } from 'node:net';
 import type { Backend } from '../cluster/backend.ts';
 import type { Timer } from '../cluster/clock.ts';
 import { type LiveNode, LiveSet } from '../live-set.ts';
-import type { LeaveReason, ProxiedConnection } from '../cluster/connection.ts';
+import type { LeaveReason } from '../cluster/connection.ts';
 import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import type { HttpContext, UpgradeHandler, UpgradeRequest } from './http.ts';
+import { readEarly, Relay, relayHeld } from './relay.ts';
 import { peerIp } from './socket-address.ts';
 import { afterRead, ownBytes, readThrough } from './socket-reads.ts';
-import { type Leg, type LegOwner, takeOver } from './stream-leg.ts';
+import type { Leg } from './stream-leg.ts';
 import { connectBackend, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
@@ -100,10 +101,7 @@ export class WebSocketProxy implements UpgradeHandler {
       settings: ctx.config.rebalance,
       // Persistence seam: a connection whose client the policy holds on its
       // backend (LVS persistence, hashing) would come straight back; never move it.
-      isHeld: (conn, backend) =>
-        conn instanceof WsConnection &&
-        conn.held !== undefined &&
-        ctx.cluster.affinity({ ...conn.held, now: ctx.clock.now() }) === backend,
+      isHeld: relayHeld(ctx.cluster, ctx.clock),
     });
     this.#updateTick();
   }
@@ -159,8 +157,8 @@ export class WebSocketProxy implements UpgradeHandler {
       return;
     }
     if (s.keepAliveMs !== undefined) socket.setKeepAlive(true, s.keepAliveMs);
-    // From here on the client's reads go through onClientRead (reused buffers, see socket-reads.ts).
-    readThrough(socket, onClientRead);
+    // From here on the client's reads go through readEarly (reused buffers, see socket-reads.ts).
+    readThrough(socket, readEarly);
     new WsConnection(this, new Handshake(socket, req, head, key, peerIp(socket))).start();
   }
 
@@ -219,7 +217,9 @@ function forwardedFor(ip: string): string {
 /**
  * What only the handshake needs: the client's request, bytes it sent after
  * it, the backends tried. Dropped (with the request and its headers) as soon
- * as the connection relays, so an open connection keeps none of it.
+ * as the connection relays, so an open connection keeps none of it (except
+ * the header map of a connection a policy holds by a header or cookie: see
+ * `Relay.place`).
  */
 class Handshake {
   /** The client's socket until the connection opens (then a leg of the connection). */
@@ -240,14 +240,6 @@ class Handshake {
     this.key = key;
     this.ip = ip;
   }
-}
-
-/** What an affinity policy saw when it picked; kept only when the policy holds the client. */
-interface HeldContext {
-  clientIp: string | undefined;
-  clientPort: number | undefined;
-  host: string | undefined;
-  path: string | undefined;
 }
 
 const HANDSHAKE = 0;
@@ -278,52 +270,18 @@ const F_RX = 256;
 const F_RAW = 1024;
 
 /**
- * Listeners of the handshake sockets are module-level functions that find
- * their connection through this property, rather than closures made per
- * connection (see tcp.ts). Once open, the connection relays over two legs
- * (stream-leg.ts), which report to it as their owner.
+ * One proxied WebSocket: a client socket anchored to a backend socket. Until
+ * it opens, the handshake's sockets report to it (relay.ts); then it relays
+ * over two legs (stream-leg.ts). Both relay directions and the heartbeat
+ * state are plain fields of this one object: `u*` is the client → backend
+ * direction, `d*` backend → client.
  */
-const kConn = Symbol('holdfast.ws');
-interface HsSocket extends Socket {
-  [kConn]: WsConnection;
-}
-
-function noop(): void {}
-
-/** The client left during the handshake. */
-function onClientClose(this: HsSocket): void {
-  this[kConn].clientGone();
-}
-/**
- * The client is paused until the connection opens; reads then go to its leg.
- * Bytes that still arrive (a paused net.Socket may read once more) wait with
- * the ones that came with the upgrade request.
- */
-function onClientRead(this: Socket, n: number, buf: Buffer): void {
-  (this as HsSocket)[kConn].early(Buffer.from(buf.subarray(0, n)));
-  this.pause();
-  afterRead(buf, n, false);
-}
-
-/**
- * One proxied WebSocket: a client socket anchored to a backend socket. Both
- * relay directions and the heartbeat state are plain fields of this one
- * object: `u*` is the client → backend direction, `d*` backend → client.
- */
-class WsConnection implements ProxiedConnection, LegOwner {
-  backendNode: LiveNode<ProxiedConnection> | undefined = undefined;
+class WsConnection extends Relay {
   /** Its place among the proxy's open connections, once the handshake is done. */
   proxyNode: LiveNode<WsConnection> | undefined = undefined;
-  readonly openedAt: number;
   readonly proxy: WebSocketProxy;
-  /** The client's leg (once the backend accepted the upgrade) and the backend's (from its connect on). */
-  down: Leg | undefined = undefined;
-  up: Leg | undefined = undefined;
-  backend: Backend | undefined = undefined;
   /** Only while the handshake runs. */
   hs: Handshake | undefined;
-  /** The pick context, kept only if the policy holds this client on its backend (affinity). */
-  held: HeldContext | undefined = undefined;
   phase = HANDSHAKE;
   // Relay state per direction: flags, payload bytes of the current data frame
   // still to come, bytes of the current message, a close code waiting for the
@@ -347,24 +305,12 @@ class WsConnection implements ProxiedConnection, LegOwner {
   due = 0;
 
   constructor(proxy: WebSocketProxy, hs: Handshake) {
+    const openedAt = Math.floor(proxy.ctx.clock.now());
+    super(hs.client, openedAt);
     this.proxy = proxy;
     this.hs = hs;
-    const client = hs.client as HsSocket;
-    client[kConn] = this;
-    this.openedAt = Math.floor(proxy.ctx.clock.now());
-    this.clientOkAt = this.backendOkAt = this.openedAt;
-    // The HTTP listener usually has one already; a second would turn the listener slot into an array.
-    if (client.listenerCount('error') === 0) client.on('error', noop);
-    client.on('close', onClientClose);
+    this.clientOkAt = this.backendOkAt = openedAt;
     proxy.upgradeStarted();
-  }
-
-  get bytesIn(): number {
-    return this.up?.bytesRead ?? 0;
-  }
-
-  get bytesOut(): number {
-    return this.up?.bytesWritten ?? 0;
   }
 
   start(): void {
@@ -392,13 +338,7 @@ class WsConnection implements ProxiedConnection, LegOwner {
       );
       return;
     }
-    this.backend = backend;
-    ctx.cluster.register(backend, this, pickCtx);
-    // Keep what the policy matched on only if it binds this client to the backend.
-    this.held =
-      ctx.cluster.affinity(pickCtx) === undefined
-        ? undefined
-        : { clientIp: hs.ip, clientPort: pickCtx.clientPort, host: pickCtx.host, path: pickCtx.path };
+    this.place(ctx.cluster, backend, pickCtx);
     const s = proxy.settings;
     const up = connectBackend(backend, s, client, this);
     this.up = up;
@@ -515,11 +455,7 @@ class WsConnection implements ProxiedConnection, LegOwner {
    */
   #openLegs(hs: Handshake): Leg {
     this.#endHandshake();
-    const client = hs.client;
-    client.off('close', onClientClose);
-    const down = takeOver(client, this);
-    this.down = down;
-    return down;
+    return this.takeClient(hs.client);
   }
 
   #onResponse(hs: Handshake, up: Leg, head: Buffer, rest: Buffer): void {
@@ -601,16 +537,6 @@ class WsConnection implements ProxiedConnection, LegOwner {
     afterRead(buf, n, !ok);
   }
 
-  legDrain(leg: Leg): void {
-    (leg === this.down ? this.up : this.down)?.resume();
-  }
-
-  /** A peer's FIN is passed on to the other peer. */
-  legEnd(leg: Leg): void {
-    const other = leg === this.down ? this.up : this.down;
-    if (other !== undefined && !other.writableEnded) other.end();
-  }
-
   legClose(leg: Leg, error: boolean): void {
     // A lean client leg took its socket out of the accept path's hands: the
     // service's connection count is told here instead.
@@ -633,7 +559,7 @@ class WsConnection implements ProxiedConnection, LegOwner {
     if (down.destroyed && up.destroyed) this.#finish();
   }
 
-  /** Client bytes that arrived before the connection opened: relayed once it does. */
+  /** Relayed once the connection opens, with the bytes that came with the upgrade request. */
   early(bytes: Buffer): void {
     const hs = this.hs;
     if (hs === undefined) return;
@@ -658,12 +584,7 @@ class WsConnection implements ProxiedConnection, LegOwner {
     if (this.phase === CLOSED) return;
     this.phase = CLOSED;
     this.uCarry = this.dCarry = undefined;
-    const backend = this.backend;
-    if (backend !== undefined) {
-      backend.bytesReceivedClosed += this.bytesIn;
-      backend.bytesSentClosed += this.bytesOut;
-      this.proxy.ctx.cluster.unregister(backend, this);
-    }
+    this.unregister(this.proxy.ctx.cluster);
     this.proxy.closed(this);
   }
 

@@ -90,3 +90,57 @@ test('without rebalance, connections stay where they were after scale-out', asyn
   assert.equal(bs[2]!.sockets.size, 0);
   assert.equal(gateway.services.get('moving')!.handler.stats.closed, 0);
 });
+
+test('with maglev on the source address, rebalancing moves only clients whose address now maps to another backend', async () => {
+  const bs = await Promise.all([0, 1, 2].map(() => startEchoBackend({ greet: true })));
+  for (const b of bs) cleanups.push(() => b.close());
+  const port = await freePort();
+  const hashed = (list: readonly EchoBackend[]): string =>
+    yaml(port, list).replace('    rebalance:', '    balance: maglev\n    hashKey: source-ip\n    rebalance:');
+  const { gateway } = await startGateway(hashed(bs.slice(0, 2)));
+  let stopped = false;
+  cleanups.push(async () => {
+    stopped = true;
+    await gateway.shutdown();
+  });
+  // Clients that reconnect from the same address when the gateway lets them go (FIN).
+  const moves: { from: string; to: string | undefined }[] = [];
+  let open = 0;
+  const keep = (address: string, move?: { from: string; to: string | undefined }): void => {
+    const s: Socket = connect({ port, host: '127.0.0.1', localAddress: address });
+    s.on('error', () => {});
+    let landed = '';
+    s.on('data', (d: Buffer) => {
+      if (landed !== '') return;
+      landed = d.toString().trim();
+      open++;
+      if (move !== undefined) move.to = landed;
+    });
+    s.on('end', () => s.end());
+    s.on('close', () => {
+      if (landed !== '') open--;
+      if (stopped) return;
+      const next = { from: landed, to: undefined };
+      moves.push(next);
+      setTimeout(() => keep(address, next), 10);
+    });
+    cleanups.push(() => void s.destroy());
+  };
+  for (let i = 0; i < 40; i++) keep(`127.0.0.${100 + i}`);
+  await waitFor(() => open === 40, 5_000, '40 connected');
+  await new Promise((r) => setTimeout(r, 600)); // past minAge
+
+  await gateway.reload(parseConfig(hashed(bs), 'test.yaml'));
+  await waitFor(() => moves.length > 0, 5_000, 'the rebalancer moved a connection');
+  await new Promise((r) => setTimeout(r, 1_500));
+  await waitFor(
+    () => open === 40 && moves.every((m) => m.to !== undefined),
+    5_000,
+    'every moved client reconnected',
+  );
+  // A client let go only to come back to the same backend would be a pointless move (and the next tick would repeat it).
+  assert.deepEqual(
+    moves.filter((m) => m.to === m.from),
+    [],
+  );
+});
