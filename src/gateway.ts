@@ -78,9 +78,10 @@ function httpParts(ctx: HttpContext): HttpParts {
  * serves both.
  */
 function connectionBalancerFor(config: ServiceConfig) {
-  return config.protocol === 'http' && config.balance === undefined
-    ? createBalancer<Backend>('least-connections', { slowStart: balancerOptions(config).slowStart })
-    : undefined;
+  if (config.protocol !== 'http' || config.balance !== undefined) return undefined;
+  // WebSockets on an HTTP service without `balance:`: least-connections, under the service's persistence too.
+  const { slowStart, persistence } = balancerOptions(config);
+  return createBalancer<Backend>('least-connections', { slowStart, persistence });
 }
 
 function balancerFor(config: ServiceConfig) {

@@ -87,9 +87,12 @@ export class Cluster {
     return this.#balancer.name;
   }
 
-  /** The backend the policy holds this client on (persistence, hashing), if any; read-only. */
+  /**
+   * The backend the connection-level policy (the one `pickConnection` uses)
+   * holds this client on (persistence, hashing), if any; read-only.
+   */
   affinity(ctx: PickContext): Backend | undefined {
-    return this.#balancer.affinity?.(ctx);
+    return (this.#connectionBalancer ?? this.#balancer).affinity?.(ctx);
   }
 
   /** Apply settings that may change on reload. */

@@ -93,39 +93,39 @@ describe('WebSocket rebalancing with maglev on a client key', () => {
 });
 
 describe('WebSocket rebalancing with persistence', () => {
-  it('after scale-out, leaves every connection on the backend its client network is held on', async () => {
-    const backends = await Promise.all([0, 1].map(() => startWsBackend()));
-    const port = await freePort();
-    // `balance:` named: without it an HTTP service places WebSockets by a plain
-    // least-connections that leaves persistence out (gateway.ts, connectionBalancerFor).
-    const yaml = (n: number): string =>
-      serviceYaml({
-        port,
-        backends: backends.slice(0, n).map((b) => b.port),
-        extra:
-          'balance: least-connections\npersistence: { timeout: 5m }\nrebalance: { maxSkew: 0.1, maxPerSecond: 100, minAge: 200ms }',
-      });
-    const { gateway } = await startGateway(yaml(1));
-    const clients: WebSocket[] = [];
-    const codes: number[] = [];
-    try {
-      for (let i = 0; i < 20; i++) {
-        const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
-        ws.on('error', () => {});
-        await once(ws, 'message');
-        ws.once('close', (code: number) => codes.push(code));
-        clients.push(ws);
+  // Without `balance:`, WebSockets on an HTTP service are placed by the connection policy of its own.
+  for (const balance of ['balance: least-connections\n', '']) {
+    it(`after scale-out, leaves every connection on the backend its client network is held on (${balance === '' ? 'default policy' : 'least-connections named'})`, async () => {
+      const backends = await Promise.all([0, 1].map(() => startWsBackend()));
+      const port = await freePort();
+      const yaml = (n: number): string =>
+        serviceYaml({
+          port,
+          backends: backends.slice(0, n).map((b) => b.port),
+          extra: `${balance}persistence: { timeout: 5m }\nrebalance: { maxSkew: 0.1, maxPerSecond: 100, minAge: 200ms }`,
+        });
+      const { gateway } = await startGateway(yaml(1));
+      const clients: WebSocket[] = [];
+      const codes: number[] = [];
+      try {
+        for (let i = 0; i < 20; i++) {
+          const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
+          ws.on('error', () => {});
+          await once(ws, 'message');
+          ws.once('close', (code: number) => codes.push(code));
+          clients.push(ws);
+        }
+        await new Promise((r) => setTimeout(r, 300)); // past minAge
+        await gateway.reload(parseConfig(yaml(2), 'test.yaml'));
+        // Twenty on one backend, none on the other: without persistence, ten would be asked to move.
+        await new Promise((r) => setTimeout(r, 1_500));
+        assert.deepEqual(codes, []);
+        assert.equal(backends[0]!.clients.size, 20);
+      } finally {
+        for (const ws of clients) ws.terminate();
+        await gateway.shutdown();
+        await Promise.all(backends.map((b) => b.close()));
       }
-      await new Promise((r) => setTimeout(r, 300)); // past minAge
-      await gateway.reload(parseConfig(yaml(2), 'test.yaml'));
-      // Twenty on one backend, none on the other: without persistence, ten would be asked to move.
-      await new Promise((r) => setTimeout(r, 1_500));
-      assert.deepEqual(codes, []);
-      assert.equal(backends[0]!.clients.size, 20);
-    } finally {
-      for (const ws of clients) ws.terminate();
-      await gateway.shutdown();
-      await Promise.all(backends.map((b) => b.close()));
-    }
-  });
+    });
+  }
 });
