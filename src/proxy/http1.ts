@@ -18,7 +18,7 @@ import { type LiveNode, LiveSet } from '../live-set.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
 import { readThrough, SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
-import { directWritePending, lastWriteTookAll, writeDirect } from './socket-writes.ts';
+import { ACCEPTED, directWritePending, writeDirect, writeDirectOutcome, WROTE } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
 import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
@@ -241,9 +241,9 @@ class ClientConn implements ChunkSink {
 
   /** Write a buffer from `outBuffer`; kept for the next response when the kernel took it whole. */
   writeOut(out: Buffer): boolean {
-    const ok = writeDirect(this.socket, out);
-    if (lastWriteTookAll()) this.#spareOut = out;
-    return ok;
+    const outcome = writeDirectOutcome(this.socket, out);
+    if (outcome === WROTE) this.#spareOut = out;
+    return outcome <= ACCEPTED;
   }
   /** The pick context of this connection's requests (see Http1Downstream.pick). */
   readonly pick: RequestPick;
