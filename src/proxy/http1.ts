@@ -250,7 +250,12 @@ class ClientConn implements ChunkSink {
   /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
   idleBytes = 0;
   idleSince = 0;
-  /** Responses written whose last byte is not flushed yet, oldest first. */
+  /**
+   * Responses written whose last byte is not flushed yet, oldest first. More
+   * than one at times: requests pipelined in one read that the plane answers
+   * at once (503, no backend) are answered one after another within
+   * `#process`, even after the first of them had to wait for the client.
+   */
   readonly #flushing: Http1Downstream[] = [];
 
   /** The socket closed: forget the connection and end what it was serving. */
