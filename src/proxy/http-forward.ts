@@ -275,7 +275,6 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
   #backend: Backend | undefined;
   #tried: Set<Backend> | undefined;
   #call: UpstreamCall | undefined;
-  #spareCall: UpstreamCall | undefined;
   #attempts!: number;
   #isRetry!: boolean;
   #hasResponse!: boolean;
@@ -308,8 +307,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     // The last request's call: its upstream may use it again (if it is over).
     const spare = this.#call;
     this.#reset();
-    this.#spareCall = spare;
-    this.start();
+    this.start(spare);
   }
 
   /** Out of the request-timeout list (the response head came, or the request ended). */
@@ -323,7 +321,6 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     this.openedAt = this.#plane.ctx.clock.now();
     this.#backend = undefined;
     this.#tried = undefined;
-    this.#spareCall = undefined;
     this.#call = undefined;
     this.#attempts = 0;
     this.#isRetry = false;
@@ -335,7 +332,8 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     this.#lastFailure = undefined;
   }
 
-  start(): void {
+  /** `spare`: the last request's call, which the upstream may use again for this one (see `restart`). */
+  start(spare?: UpstreamCall): void {
     const plane = this.#plane;
     plane.live++;
     const down = this.#down;
@@ -346,7 +344,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     }
     // The request stays registered until the client has the whole response (or left).
     down.onClose(this);
-    this.#attempt();
+    this.#attempt(spare);
   }
 
   downstreamClosed(complete: boolean): void {
@@ -358,7 +356,8 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     this.#finish();
   }
 
-  #attempt(): void {
+  /** Pick a backend and send the request there; `spare` only on the first attempt (see `start`). */
+  #attempt(spare?: UpstreamCall): void {
     const plane = this.#plane;
     const down = this.#down;
     const cluster = plane.ctx.cluster;
@@ -379,8 +378,7 @@ class Exchange implements ProxiedConnection, ResponseSink, CloseWatcher {
     // The request timeout starts with the first attempt and covers the retries.
     if (this.deadlineAt === 0) plane.startDeadline(this, pick.now);
     // Upstreams only add to the request what is the same on every attempt.
-    this.#call = plane.upstream.request(backend, down, this, this.#spareCall);
-    this.#spareCall = undefined;
+    this.#call = plane.upstream.request(backend, down, this, spare);
   }
 
   onHeaders(status: number, headers: IncomingHttpHeaders, endStream: boolean): void {

@@ -345,94 +345,82 @@ export function parseHead(
     while (v1 > v0 && (buf[v1 - 1] === 32 || buf[v1 - 1] === 9)) v1--;
     const lineStart = pos;
     pos = le + 2;
-    if (raw !== undefined) {
-      // The same checks as below, without a string for every name and value.
-      let id = nameId(buf, lineStart, i);
-      if (id >= N_REQUEST_DROP && !isRequest) {
-        // Kept in a response, but hop-by-hop ones (te, proxy-authenticate, http2-settings) must not
-        // reach an HTTP/2 client: such rare heads take the header-map path, which leaves them out.
-        if (id === N_REQUEST_DROP || id === N_TE) raw.opaque = true;
-        id = N_OTHER;
-      }
-      switch (id) {
-        case N_OTHER:
-          continue;
-        case N_CONTENT_LENGTH: {
-          const n = lengthValue(buf, v0, v1);
-          if (n < 0) bad('bad Content-Length');
-          if (contentLength >= 0 && contentLength !== n) bad('conflicting Content-Length');
-          if (contentLength >= 0) raw.opaque = true; // repeated: forwarded once, from the map
-          contentLength = n;
-          continue;
+    let id = nameId(buf, lineStart, i);
+    // Framing and Connection: one set of checks, on the bytes, for both modes.
+    switch (id) {
+      case N_CONTENT_LENGTH: {
+        const n = lengthValue(buf, v0, v1);
+        if (n < 0) bad('bad Content-Length');
+        if (contentLength >= 0) {
+          if (contentLength !== n) bad('conflicting Content-Length');
+          if (raw !== undefined) raw.opaque = true; // repeated: forwarded once, from the map
         }
-        case N_TRANSFER_ENCODING:
-          if (sawTe || !sameBytesFolded(buf, v0, v1, 'chunked')) {
-            bad('unsupported Transfer-Encoding');
-          }
-          sawTe = true;
-          chunked = true;
-          break;
-        case N_CONNECTION: {
-          // The usual values without a new string.
-          const v = sameBytesFolded(buf, v0, v1, 'keep-alive')
-            ? 'keep-alive'
-            : sameBytesFolded(buf, v0, v1, 'close')
-              ? 'close'
-              : buf.toString('latin1', v0, v1).toLowerCase();
-          connection = connection === '' ? v : `${connection}, ${v}`;
-          break;
-        }
-        case N_HOST:
-          hosts++;
-          if (isRequest)
-            raw.host = sameBytes(buf, v0, v1, prevHost) ? prevHost : buf.toString('latin1', v0, v1);
-          continue;
-        case N_UPGRADE:
-          if (isRequest) {
-            raw.opaque = true;
-            continue;
-          }
-          break;
-        case N_REQUEST_OPAQUE:
-        case N_TE:
-          raw.opaque = true;
-          continue;
-        case N_FORWARDED_PROTO:
-          raw.forwardedProto = true;
-          continue;
-      }
-      raw.drop[raw.dropped++] = lineStart;
-      raw.drop[raw.dropped++] = pos;
-      continue;
-    }
-    const rawName = buf.toString('latin1', lineStart, i);
-    const name = upper ? rawName.toLowerCase() : rawName;
-    const value = buf.toString('latin1', v0, v1);
-    switch (name) {
-      case 'content-length': {
-        if (!/^\d{1,15}$/.test(value)) bad('bad Content-Length');
-        const n = Number(value);
-        if (contentLength >= 0 && contentLength !== n) bad('conflicting Content-Length');
         contentLength = n;
-        headers[name] = value;
-        continue;
+        break;
       }
-      case 'transfer-encoding':
-        if (sawTe || value.toLowerCase() !== 'chunked') bad('unsupported Transfer-Encoding');
+      case N_TRANSFER_ENCODING:
+        if (sawTe || !sameBytesFolded(buf, v0, v1, 'chunked')) bad('unsupported Transfer-Encoding');
         sawTe = true;
         chunked = true;
         break;
-      case 'connection':
-        connection = connection === '' ? value.toLowerCase() : `${connection}, ${value.toLowerCase()}`;
+      case N_CONNECTION: {
+        // The usual values without a new string.
+        const v = sameBytesFolded(buf, v0, v1, 'keep-alive')
+          ? 'keep-alive'
+          : sameBytesFolded(buf, v0, v1, 'close')
+            ? 'close'
+            : buf.toString('latin1', v0, v1).toLowerCase();
+        connection = connection === '' ? v : `${connection}, ${v}`;
         break;
-      case 'host':
+      }
+      case N_HOST:
         hosts++;
         break;
     }
-    const prev = headers[name];
-    if (prev === undefined) headers[name] = name === 'set-cookie' ? [value] : value;
-    else if (typeof prev !== 'string') prev.push(value);
-    else headers[name] = `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
+    if (raw === undefined) {
+      const rawName = buf.toString('latin1', lineStart, i);
+      const name = upper ? rawName.toLowerCase() : rawName;
+      const value = buf.toString('latin1', v0, v1);
+      const prev = headers[name];
+      // A repeated Content-Length (the same, as checked above) is kept once.
+      if (prev === undefined || id === N_CONTENT_LENGTH)
+        headers[name] = name === 'set-cookie' ? [value] : value;
+      else if (typeof prev !== 'string') prev.push(value);
+      else headers[name] = `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
+      continue;
+    }
+    // Raw mode: which lines pass through, and which make the head take the map path.
+    if (id >= N_REQUEST_DROP && !isRequest) {
+      // Kept in a response, but hop-by-hop ones (te, proxy-authenticate, http2-settings) must not
+      // reach an HTTP/2 client: such rare heads take the header-map path, which leaves them out.
+      if (id === N_REQUEST_DROP || id === N_TE) raw.opaque = true;
+      id = N_OTHER;
+    }
+    switch (id) {
+      case N_OTHER:
+      case N_CONTENT_LENGTH:
+        continue;
+      case N_HOST:
+        if (isRequest)
+          raw.host = sameBytes(buf, v0, v1, prevHost) ? prevHost : buf.toString('latin1', v0, v1);
+        continue;
+      case N_UPGRADE:
+        if (isRequest) {
+          raw.opaque = true;
+          continue;
+        }
+        break;
+      case N_REQUEST_OPAQUE:
+      case N_TE:
+        raw.opaque = true;
+        continue;
+      case N_FORWARDED_PROTO:
+        raw.forwardedProto = true;
+        continue;
+    }
+    // Transfer-Encoding, Connection, and the other hop-by-hop fields.
+    raw.drop[raw.dropped++] = lineStart;
+    raw.drop[raw.dropped++] = pos;
   }
   if (chunked && contentLength >= 0) bad('Content-Length together with Transfer-Encoding');
   if (chunked && minor === 0) bad('Transfer-Encoding in HTTP/1.0');

@@ -33,7 +33,7 @@ import type {
   UpstreamSettings,
 } from './http-upstream.ts';
 import { SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
-import { lastWriteTookAll, writeDirect } from './socket-writes.ts';
+import { writeDirectOutcome, WROTE } from './socket-writes.ts';
 
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
 /** Idle pooled sockets older than this are closed (backends usually time out around 60 s). */
@@ -333,8 +333,8 @@ class Conn {
     const body = call.req.body;
     if (body === undefined) {
       call.sent = true;
-      writeDirect(this.socket, head);
-      raw?.written?.(lastWriteTookAll());
+      const outcome = writeDirectOutcome(this.socket, head);
+      raw?.written?.(outcome === WROTE);
       return;
     }
     // A body is read only once the socket is connected: a request whose connection fails

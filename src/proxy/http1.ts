@@ -18,7 +18,7 @@ import { type LiveNode, LiveSet } from '../live-set.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
 import { socketAddresses } from './socket-address.ts';
 import { readThrough, SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
-import { directWritePending, lastWriteTookAll, writeDirect } from './socket-writes.ts';
+import { ACCEPTED, directWritePending, writeDirect, writeDirectOutcome, WROTE } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
 import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
 import type { RawRequestHead, RawResponseHead } from './http-upstream.ts';
@@ -241,16 +241,21 @@ class ClientConn implements ChunkSink {
 
   /** Write a buffer from `outBuffer`; kept for the next response when the kernel took it whole. */
   writeOut(out: Buffer): boolean {
-    const ok = writeDirect(this.socket, out);
-    if (lastWriteTookAll()) this.#spareOut = out;
-    return ok;
+    const outcome = writeDirectOutcome(this.socket, out);
+    if (outcome === WROTE) this.#spareOut = out;
+    return outcome <= ACCEPTED;
   }
   /** The pick context of this connection's requests (see Http1Downstream.pick). */
   readonly pick: RequestPick;
   /** For the handler's idle sweep: traffic at the last sweep, and since when it has not moved. */
   idleBytes = 0;
   idleSince = 0;
-  /** Responses written whose last byte is not flushed yet, oldest first. */
+  /**
+   * Responses written whose last byte is not flushed yet, oldest first. More
+   * than one at times: requests pipelined in one read that the plane answers
+   * at once (503, no backend) are answered one after another within
+   * `#process`, even after the first of them had to wait for the client.
+   */
   readonly #flushing: Http1Downstream[] = [];
 
   /** The socket closed: forget the connection and end what it was serving. */

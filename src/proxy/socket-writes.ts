@@ -52,8 +52,20 @@ const binding = streamBinding();
 /** Writes that took the direct path, and writes that went through `socket.write()` (for tests). */
 let direct = 0;
 let plain = 0;
-/** The last `writeDirect` went to the handle and the kernel took every byte at once. */
-let tookAll = false;
+
+/** The kernel took every byte at once: nothing refers to them any more (a Buffer may be filled again). */
+export const WROTE = 0;
+/** `socket.write()` took them under its high-water mark: go on, but the Writable may still hold them. */
+export const ACCEPTED = 1;
+/** Some are queued: 'drain' follows once everything queued is flushed. */
+export const QUEUED = 2;
+/** The handle refused the write: the socket is destroyed with the error. */
+export const FAILED = 3;
+/**
+ * What `writeDirectOutcome` did with the bytes. WROTE and ACCEPTED: go on
+ * writing; QUEUED and FAILED: wait ('drain', or 'close' after a failure).
+ */
+export type WriteOutcome = typeof WROTE | typeof ACCEPTED | typeof QUEUED | typeof FAILED;
 
 /** A direct write the kernel did not take whole has completed (or failed, or the socket closed). */
 function onDirectDone(this: WriteReq, status: number): void {
@@ -109,28 +121,34 @@ function canWriteDirectly(socket: Socket): boolean {
 
 /**
  * Write `data` (a latin1 string or bytes) to `socket`. Returns true when the
- * kernel took all of it now; false when some of it is queued, and 'drain'
- * follows once everything queued is flushed (as `socket.write()` with a
- * high-water mark of 0). Bytes are not copied: a Buffer must not change
- * until the write is done (as with `socket.write()`).
+ * kernel took all of it now (or, where the write went through
+ * `socket.write()`, when that returned true); false when some of it is
+ * queued, and 'drain' follows once everything queued is flushed (as
+ * `socket.write()` with a high-water mark of 0). Bytes are not copied: a
+ * Buffer must not change until the write is done (as with `socket.write()`).
  */
 export function writeDirect(socket: Socket, data: string | Buffer): boolean {
-  tookAll = false;
+  return writeDirectOutcome(socket, data) <= ACCEPTED;
+}
+
+/**
+ * `writeDirect`, saying what became of the bytes (see WriteOutcome): WROTE
+ * tells a caller that it may fill the same Buffer again for its next write.
+ */
+export function writeDirectOutcome(socket: Socket, data: string | Buffer): WriteOutcome {
   if (binding === null || !canWriteDirectly(socket)) {
     plain++;
-    return typeof data === 'string' ? socket.write(data, 'latin1') : socket.write(data);
+    const ok = typeof data === 'string' ? socket.write(data, 'latin1') : socket.write(data);
+    return ok ? ACCEPTED : QUEUED;
   }
   const fields = socket as unknown as SocketFields;
   const handle = fields._handle!;
   direct++;
   const r = writeToHandle(binding, handle, data);
-  if (r === 0) {
-    tookAll = true;
-    return true;
-  }
+  if (r === 0) return WROTE;
   if (typeof r === 'number') {
     socket.destroy(writeError(r));
-    return false;
+    return FAILED;
   }
   // The handle keeps the rest (and this request object) until the write completes.
   const req = r as WriteReq;
@@ -138,16 +156,7 @@ export function writeDirect(socket: Socket, data: string | Buffer): boolean {
   req.socket = socket;
   req.buffer = data;
   fields[kInFlight] = (fields[kInFlight] ?? 0) + 1;
-  return false;
-}
-
-/**
- * Whether the last `writeDirect` handed its bytes to the kernel whole, at
- * once: then nothing refers to its Buffer any more, and the caller may fill
- * it again. (A `socket.write()` that returned true may still hold it.)
- */
-export function lastWriteTookAll(): boolean {
-  return tookAll;
+  return QUEUED;
 }
 
 /** Whether a direct write of ours to `socket` is still in flight. */

@@ -8,13 +8,23 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
-import { directWritePending, directWrites, writeCounts, writeDirect } from '../../src/proxy/socket-writes.ts';
+import {
+  ACCEPTED,
+  directWritePending,
+  directWrites,
+  FAILED,
+  QUEUED,
+  writeCounts,
+  writeDirect,
+  writeDirectOutcome,
+  WROTE,
+} from '../../src/proxy/socket-writes.ts';
 import { dial, waitFor } from '../helpers/net.ts';
 import { useHttpService } from './backends.ts';
 
-/** A connected pair: `server` is the accepted side. */
-async function pair(): Promise<{ client: Socket; server: Socket; close: () => void }> {
-  const srv: Server = createServer();
+/** A connected pair: `server` is the accepted side (not reading yet with `pauseOnConnect`). */
+async function pair(pauseOnConnect = false): Promise<{ client: Socket; server: Socket; close: () => void }> {
+  const srv: Server = createServer({ pauseOnConnect });
   srv.listen(0, '127.0.0.1');
   await once(srv, 'listening');
   const accepted = once(srv, 'connection') as Promise<[Socket]>;
@@ -83,6 +93,29 @@ describe('direct socket writes', () => {
     // Nothing queued any more: direct again.
     assert.equal(writeDirect(server, 'x'), true);
     close();
+  });
+
+  it('says what became of the bytes: taken whole, accepted by socket.write(), queued, or failed', async () => {
+    const { client, server, close } = await pair();
+    client.pause();
+    // Taken by the kernel at once: the caller may fill the buffer again.
+    assert.equal(writeDirectOutcome(server, Buffer.from('whole')), WROTE);
+    let i = 0;
+    let outcome: number = WROTE;
+    while (outcome === WROTE && i++ < 2000) outcome = writeDirectOutcome(server, Buffer.alloc(16_000, 120));
+    assert.equal(outcome, QUEUED, 'once the kernel buffers are full, the rest is queued');
+    // Behind a queued direct write, socket.write() takes bytes under its high-water mark.
+    assert.equal(writeDirectOutcome(server, 'small'), ACCEPTED);
+    close();
+
+    // The peer resets before the socket ever read (so Node has not seen it): the handle refuses the write.
+    const second = await pair(true);
+    second.server.on('error', () => {});
+    second.client.resetAndDestroy();
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(writeDirectOutcome(second.server, 'too late'), FAILED);
+    assert.equal(second.server.destroyed, true);
+    second.close();
   });
 
   it('end() after a queued direct write still delivers everything before the FIN', async () => {

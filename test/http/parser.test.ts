@@ -204,6 +204,94 @@ describe('parseHead', () => {
   });
 });
 
+describe('parseHead: header-map mode and raw mode agree', () => {
+  /** What a mode made of a head: the error's message, or the framing it read. */
+  const outcome = (text: string, isRequest: boolean, raw: boolean): string => {
+    const buf = Buffer.from(text, 'latin1');
+    const fields: RawFields = { start: 0, end: 0, drop: [], dropped: 0, opaque: false };
+    try {
+      const h = parseHead(buf, 0, isRequest, limits, buf.length, raw ? fields : undefined);
+      if (h === undefined) return 'incomplete';
+      return `length=${h.contentLength} chunked=${h.chunked} keepAlive=${h.keepAlive} end=${h.end}`;
+    } catch (err) {
+      if (!(err instanceof HttpParseError)) throw err;
+      return `${err.status} ${err.message}`;
+    }
+  };
+  // Field lines that send a request down the map path through the proxy (fields.opaque), or none.
+  const mapPath = [
+    '',
+    'Upgrade: websocket\r\nConnection: Upgrade\r\n',
+    'TE: trailers\r\n',
+    'X-Forwarded-For: 1.2.3.4\r\n',
+  ];
+  const framing = [
+    'Content-Length: 3\r\n',
+    'Content-Length: 3\r\nContent-Length: 3\r\n',
+    'Content-Length: 3\r\ncontent-length: 03\r\n',
+    'Content-Length: 3\r\nContent-Length: 4\r\n',
+    'Content-Length: 3, 3\r\n',
+    'Content-Length: +1\r\n',
+    'Content-Length: -1\r\n',
+    'Content-Length: 0x1\r\n',
+    'Content-Length: 1 2\r\n',
+    'Content-Length:\r\n',
+    'Content-Length: 123456789012345\r\n',
+    'Content-Length: 1234567890123456\r\n',
+    'Content-Length: \t7 \t\r\n',
+    'Transfer-Encoding: chunked\r\n',
+    'TRANSFER-ENCODING: ChUnKeD\r\n',
+    'Transfer-Encoding: chunkee\r\n',
+    'Transfer-Encoding: gzip, chunked\r\n',
+    'Transfer-Encoding: chunked, identity\r\n',
+    'Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n',
+    'Transfer-Encoding: chunked\r\nContent-Length: 3\r\n',
+    'Content-Length: 3\r\nTransfer-Encoding: chunked\r\n',
+    'Transfer-Encoding: \xe3hunked\r\n',
+    'Connection: close\r\n',
+    'Connection: CLOSE\r\nConnection: keep-alive\r\n',
+    'Connection: Keep-Alive, Close\r\n',
+  ];
+
+  it('requests: the same refusals and framing, also for heads that take the map path', () => {
+    for (const extra of mapPath) {
+      for (const fields of framing) {
+        for (const version of ['1.1', '1.0']) {
+          const text = `POST / HTTP/${version}\r\nHost: x\r\n${extra}${fields}\r\n`;
+          const map = outcome(text, true, false);
+          assert.equal(outcome(text, true, true), map, JSON.stringify(text));
+        }
+      }
+    }
+    // The cases above include refusals and heads taken, in both modes.
+    assert.match(
+      outcome(
+        'POST / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n',
+        true,
+        false,
+      ),
+      /^400 conflicting/,
+    );
+    assert.match(
+      outcome(
+        'POST / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n',
+        true,
+        false,
+      ),
+      /chunked=true/,
+    );
+  });
+
+  it('responses: the same refusals and framing', () => {
+    for (const fields of framing) {
+      for (const version of ['1.1', '1.0']) {
+        const text = `HTTP/${version} 200 OK\r\nServer: s\r\n${fields}\r\n`;
+        assert.equal(outcome(text, false, true), outcome(text, false, false), JSON.stringify(text));
+      }
+    }
+  });
+});
+
 describe('ChunkedDecoder', () => {
   const wire =
     '4;ext=1\r\nWiki\r\n5 ; a="b"\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\nNEXT';

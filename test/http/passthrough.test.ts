@@ -168,6 +168,35 @@ services:
     assert.ok(e.includes('x-forwarded-for: 127.0.0.1'));
   });
 
+  it('on one connection, forwarding lines follow each request’s Host and X-Forwarded-Proto', async () => {
+    const before = backend.requests.length;
+    const socket = await dial(port);
+    let got = '';
+    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    const sent = [
+      'GET /1 HTTP/1.1\r\nHost: a\r\n\r\n',
+      'GET /2 HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n',
+      'GET /3 HTTP/1.1\r\nHost: a\r\n\r\n',
+      'GET /4 HTTP/1.1\r\nHost: b\r\nX-Forwarded-Proto: https\r\n\r\n',
+      'GET /5 HTTP/1.1\r\nHost: b\r\nX-Forwarded-Proto: https\r\n\r\n',
+    ];
+    for (let i = 0; i < sent.length; i++) {
+      socket.write(sent[i]!, 'latin1');
+      await waitFor(() => got.split('\r\n\r\nok').length - 1 === i + 1);
+    }
+    socket.destroy();
+    const fwd = (host: string, proto: boolean): string =>
+      `x-forwarded-for: 127.0.0.1\r\n${proto ? 'x-forwarded-proto: http\r\n' : ''}` +
+      `forwarded: for=127.0.0.1;proto=http;host="${host}"\r\n\r\n`;
+    assert.deepEqual(backend.requests.slice(before), [
+      `GET /1 HTTP/1.1\r\nHost: a\r\n${fwd('a', true)}`,
+      `GET /2 HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n${fwd('a', false)}`,
+      `GET /3 HTTP/1.1\r\nHost: a\r\n${fwd('a', true)}`,
+      `GET /4 HTTP/1.1\r\nHost: b\r\nX-Forwarded-Proto: https\r\n${fwd('b', false)}`,
+      `GET /5 HTTP/1.1\r\nHost: b\r\nX-Forwarded-Proto: https\r\n${fwd('b', false)}`,
+    ]);
+  });
+
   it('an HTTP/1.0 request goes out as HTTP/1.1 with a Host', async () => {
     const before = backend.requests.length;
     await exchange(port, 'GET /old HTTP/1.0\r\nX-Old: 1\r\n\r\n');
@@ -335,5 +364,96 @@ services:
     for (const [user, set] of seen) assert.equal(set.size, 1, `${user} went to ${[...set].join(', ')}`);
     const all = new Set([...seen.values()].flatMap((s) => [...s]));
     assert.equal(all.size, 2, 'thirty users spread over both backends');
+  });
+});
+
+describe('HTTP/1.1 response heads passed through', () => {
+  // A backend answering by target: a length, a chunked body, or a status of its own.
+  const answers: Record<string, string> = {
+    '/len': 'HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\n\r\nok',
+    '/chunked': 'HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+    '/404': 'HTTP/1.1 404 Nope\r\nServer: s\r\nContent-Length: 2\r\n\r\nno',
+    '/599': 'HTTP/1.1 599 Odd\r\nServer: s\r\nContent-Length: 2\r\n\r\nno',
+  };
+  let backend: Server;
+  let gateway: Gateway;
+  let port: number;
+  before(async () => {
+    backend = createServer((socket) => {
+      let pending = '';
+      socket.on('data', (d: Buffer) => {
+        pending += d.toString('latin1');
+        for (let end = pending.indexOf('\r\n\r\n'); end >= 0; end = pending.indexOf('\r\n\r\n')) {
+          const target = pending.split(' ')[1]!;
+          pending = pending.slice(end + 4);
+          socket.write(answers[target]!, 'latin1');
+        }
+      });
+    });
+    backend.listen(0, '127.0.0.1');
+    await once(backend, 'listening');
+    port = await freePort();
+    ({ gateway } = await startGateway(`
+services:
+  - name: heads
+    protocol: http
+    listen: 127.0.0.1:${port}
+    backends: { static: [127.0.0.1:${(backend.address() as { port: number }).port}] }
+`));
+  });
+  after(async () => {
+    await gateway.shutdown();
+    backend.close();
+  });
+
+  /** Send `text` on a fresh connection; everything that comes back until `expected`'s length or the close. */
+  async function reply(text: string, expected: string): Promise<string> {
+    const socket = await dial(port);
+    let got = '';
+    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    socket.write(text, 'latin1');
+    let closed = false;
+    socket.once('close', () => (closed = true));
+    await waitFor(() => closed || got.length >= expected.length, 5_000, JSON.stringify(expected));
+    socket.destroy();
+    return got;
+  }
+
+  it('the status line is this hop’s, the field lines the backend’s, framing and Connection this hop’s, byte for byte', async () => {
+    const cases: [string, string][] = [
+      ['GET /len HTTP/1.1\r\nHost: h\r\n\r\n', 'HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\n\r\nok'],
+      [
+        'GET /chunked HTTP/1.1\r\nHost: h\r\n\r\n',
+        'HTTP/1.1 200 OK\r\nServer: s\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+      ],
+      [
+        'GET /len HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n',
+        'HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok',
+      ],
+      [
+        'GET /len HTTP/1.0\r\nConnection: keep-alive\r\n\r\n',
+        'HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\nconnection: keep-alive\r\n\r\nok',
+      ],
+      [
+        'GET /len HTTP/1.0\r\n\r\n',
+        'HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok',
+      ],
+      // HTTP/1.0 cannot take chunks: the body ends at the close.
+      [
+        'GET /chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n',
+        'HTTP/1.1 200 OK\r\nServer: s\r\nconnection: close\r\n\r\nok',
+      ],
+      [
+        'GET /404 HTTP/1.1\r\nHost: h\r\n\r\n',
+        'HTTP/1.1 404 Not Found\r\nServer: s\r\nContent-Length: 2\r\n\r\nno',
+      ],
+      [
+        'GET /599 HTTP/1.1\r\nHost: h\r\n\r\n',
+        'HTTP/1.1 599 Unknown\r\nServer: s\r\nContent-Length: 2\r\n\r\nno',
+      ],
+    ];
+    for (const [request, expected] of cases) {
+      assert.equal(await reply(request, expected), expected, JSON.stringify(request));
+    }
   });
 });

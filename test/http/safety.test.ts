@@ -75,6 +75,24 @@ describe('HTTP/1.1 request smuggling and header limits', () => {
     });
   }
 
+  // Heads this hop acts on (an upgrade, TE, a client's own X-Forwarded-For) are
+  // handled from a header map rather than passed through: the same refusals.
+  const mapPath: [string, string][] = [
+    ['an upgrade', 'Upgrade: websocket\r\nConnection: Upgrade\r\n'],
+    ['TE: trailers', 'TE: trailers\r\n'],
+    ['its own X-Forwarded-For', 'X-Forwarded-For: 203.0.113.9\r\n'],
+  ];
+  for (const [what, text, status] of cases.filter((c) => c[2] === 400)) {
+    for (const [why, lines] of mapPath) {
+      it(`answers ${status} to ${what} in a head with ${why}, without reaching a backend`, async () => {
+        const before = svc.backend.served;
+        const head = await raw(svc.port, text.replace('Host: x\r\n', `Host: x\r\n${lines}`));
+        assert.equal(statusOf(head), status, head);
+        assert.equal(svc.backend.served, before, 'the backend never saw the request');
+      });
+    }
+  }
+
   it('strips hop-by-hop headers and appends X-Forwarded-For and Forwarded', async () => {
     const seen = await new Promise<Record<string, string>>((resolve, reject) => {
       const req = httpRequest(
