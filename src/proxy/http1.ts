@@ -16,7 +16,7 @@ import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import { type LiveNode, LiveSet } from '../live-set.ts';
 import type { RequestHandler, Upgrade, UpgradeRequest } from './http.ts';
-import { socketAddresses } from './socket-address.ts';
+import { socketAddresses, tlsServerName } from './socket-address.ts';
 import { readThrough, SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
 import { ACCEPTED, directWritePending, writeDirect, writeDirectOutcome, WROTE } from './socket-writes.ts';
 import { errorReply, type ProxyFailure } from './http-errors.ts';
@@ -603,6 +603,8 @@ class RequestPick implements PickContext {
   readonly clientPort: number | undefined;
   readonly localIp: string | undefined;
   readonly localPort: number | undefined;
+  /** The TLS server name the client asked for, where holdfast terminates TLS. */
+  readonly sni: string | undefined;
   down: Http1Downstream | undefined;
 
   constructor(conn: ClientConn) {
@@ -610,6 +612,7 @@ class RequestPick implements PickContext {
     this.clientPort = conn.port;
     this.localIp = conn.localIp;
     this.localPort = conn.localPort;
+    this.sni = tlsServerName(conn.socket);
   }
 
   get host(): string | undefined {

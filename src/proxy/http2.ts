@@ -36,7 +36,7 @@ import {
 import { CANCEL, INTERNAL_ERROR } from './h2/frames.ts';
 import { sharedEncoder as encoder } from './h2/hpack.ts';
 import { H2Stream } from './h2/stream.ts';
-import { socketAddresses } from './socket-address.ts';
+import { socketAddresses, tlsServerName } from './socket-address.ts';
 import { readThrough } from './socket-reads.ts';
 
 /** Per-stream receive window we advertise (SETTINGS_INITIAL_WINDOW_SIZE). */
@@ -48,13 +48,16 @@ class Peer {
   readonly port: number | undefined;
   readonly localIp: string | undefined;
   readonly localPort: number | undefined;
+  /** The TLS server name the client asked for, where holdfast terminates TLS. */
+  readonly sni: string | undefined;
   #host: string | undefined;
   #fwd = '';
-  constructor(ip: string, port?: number, localIp?: string, localPort?: number) {
+  constructor(ip: string, port?: number, localIp?: string, localPort?: number, sni?: string) {
     this.ip = ip;
     this.port = port;
     this.localIp = localIp;
     this.localPort = localPort;
+    this.sni = sni;
   }
   forwardedFor(host: string | undefined): string {
     if (host !== this.#host || this.#fwd === '') {
@@ -97,7 +100,7 @@ class Session extends H2Connection {
     this.plane = plane;
     this.handler = handler;
     const a = socketAddresses(socket);
-    this.peer = new Peer(a.ip ?? 'unknown', a.port, a.localIp, a.localPort);
+    this.peer = new Peer(a.ip ?? 'unknown', a.port, a.localIp, a.localPort, tlsServerName(socket));
   }
 
   protected request(id: number, head: RequestHead, endStream: boolean): void {
@@ -356,6 +359,9 @@ class StreamPick implements PickContext {
   }
   get localPort(): number | undefined {
     return this.#peer.localPort;
+  }
+  get sni(): string | undefined {
+    return this.#peer.sni;
   }
   get host(): string | undefined {
     return this.#down.authority;

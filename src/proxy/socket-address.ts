@@ -51,3 +51,9 @@ export function peerIp(socket: Socket): string | undefined {
   const out: Name = {};
   return handle.getpeername(out) === 0 ? out.address : undefined;
 }
+
+/** The server name a TLS client asked for (SNI), on a socket holdfast terminates TLS on; undefined otherwise. */
+export function tlsServerName(socket: Socket): string | undefined {
+  const name = (socket as Socket & { servername?: string | false | null }).servername;
+  return typeof name === 'string' && name !== '' ? name : undefined;
+}

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { PickContext } from '../balance/types.ts';
 import type { Backend } from '../cluster/backend.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import { socketAddresses } from './socket-address.ts';
+import { socketAddresses, tlsServerName } from './socket-address.ts';
 import { readsOwnBuffers } from './socket-reads.ts';
 import { connectLeg, type Leg, type LegOwner } from './stream-leg.ts';
 import { SourceAddressPool } from './source-address.ts';
@@ -104,5 +104,8 @@ export class SocketPickContext implements PickContext {
   }
   get localPort(): number | undefined {
     return this.#a.localPort;
+  }
+  get sni(): string | undefined {
+    return tlsServerName(this.#socket);
   }
 }

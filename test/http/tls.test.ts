@@ -240,3 +240,95 @@ services:${service('tls', tlsPort, `\n    tls: { cert: ${made.cert}, key: ${made
     },
   );
 });
+
+describe('maglev on the TLS server name (hashKey: sni)', () => {
+  const made = makeCert();
+  after(() => {
+    if (typeof made !== 'string') rmSync(made.dir, { recursive: true, force: true });
+  });
+  it(
+    'each server name keeps its backend over HTTP/1.1, HTTP/2 and WebSocket, and the names spread over the backends',
+    { skip: typeof made === 'string' ? made : false },
+    async () => {
+      if (typeof made === 'string') return;
+      const h1 = [await startH1Backend(), await startH1Backend()];
+      const ws = [await startWsBackend(), await startWsBackend()];
+      const [httpPort, wsPort] = [await freePort(), await freePort()];
+      const service = (name: string, port: number, backends: { port: number }[]): string => `
+  - name: ${name}
+    protocol: http
+    listen: 127.0.0.1:${port}
+    tls: { cert: ${made.cert}, key: ${made.key} }
+    balance: maglev
+    hashKey: sni
+    backends: { static: [${backends.map((b) => `127.0.0.1:${b.port}`).join(', ')}] }`;
+      const { gateway } = await startGateway(`
+services:${service('requests', httpPort, h1)}${service('sockets', wsPort, ws)}
+`);
+      /** The backend port that answers a request on a new connection made with `servername`. */
+      const viaH1 = (servername: string): Promise<string> =>
+        new Promise((resolve, reject) => {
+          const req = httpsRequest(
+            {
+              host: '127.0.0.1',
+              port: httpPort,
+              path: '/',
+              servername,
+              rejectUnauthorized: false,
+              agent: false,
+            },
+            (res) => {
+              res.resume();
+              resolve(String(res.headers['x-backend']));
+            },
+          );
+          req.on('error', reject);
+          req.end();
+        });
+      const viaH2 = async (servername: string): Promise<string> => {
+        const session = h2connect(`https://127.0.0.1:${httpPort}`, { servername, rejectUnauthorized: false });
+        try {
+          return await new Promise((resolve, reject) => {
+            const req = session.request({ ':path': '/' });
+            req.on('response', (h) => resolve(String(h['x-backend'])));
+            req.on('error', reject);
+            req.resume();
+          });
+        } finally {
+          session.close();
+        }
+      };
+      const viaWs = async (servername: string): Promise<string> => {
+        // ws hands TLS options to tls.connect (its types do not list servername).
+        const socket = new WebSocket(`wss://127.0.0.1:${wsPort}/`, {
+          rejectUnauthorized: false,
+          ...({ servername } as object),
+        });
+        try {
+          socket.on('error', () => {});
+          const [greeting] = (await once(socket, 'message')) as [Buffer];
+          return /hello from (\d+)/.exec(greeting.toString())?.[1] ?? '';
+        } finally {
+          socket.terminate();
+        }
+      };
+      try {
+        const names = Array.from({ length: 16 }, (_, i) => `tenant-${i}.example.test`);
+        for (const [label, via] of [
+          ['HTTP/1.1', viaH1],
+          ['HTTP/2', viaH2],
+          ['WebSocket', viaWs],
+        ] as const) {
+          const placed = new Map<string, string>();
+          for (const name of names) placed.set(name, await via(name));
+          for (const name of names)
+            assert.equal(await via(name), placed.get(name), `${label}: ${name} stays`);
+          assert.equal(new Set(placed.values()).size, 2, `${label}: the names spread over both backends`);
+        }
+      } finally {
+        await gateway.shutdown();
+        for (const b of [...h1, ...ws]) await b.close();
+      }
+    },
+  );
+});
