@@ -146,6 +146,14 @@ export const configSchema = z
           message: `choose one backend source per service, not ${[...(s.backends.static.length > 0 ? ['static'] : []), ...dynamic].join(' and ')}`,
         });
       }
+      if (s.hashKey === 'sni' && (s.protocol !== 'http' || s.tls === undefined)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['services', i, 'hashKey'],
+          message:
+            'hashKey: sni needs a listener holdfast terminates TLS on (protocol: http with tls:); a tcp service never sees the server name',
+        });
+      }
       if (s.backends.static.length === 0 && dynamic.length === 0) {
         ctx.addIssue({
           code: 'custom',

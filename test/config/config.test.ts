@@ -50,6 +50,23 @@ services:
     }
   });
 
+  test('hashKey: sni is refused where holdfast does not terminate TLS, naming the line and field', () => {
+    const yaml = (extra: string): string =>
+      `services:\n  - name: a\n    listen: 127.0.0.1:1\n${extra}    balance: maglev\n    hashKey: sni\n    backends: { static: [127.0.0.1:2] }\n`;
+    for (const extra of ['', '    protocol: http\n']) {
+      assert.throws(
+        () => parseConfig(yaml(extra), 'f.yaml'),
+        (err: unknown) =>
+          err instanceof ConfigError &&
+          err.field === 'services[0].hashKey' &&
+          err.line === (extra === '' ? 5 : 6) &&
+          /terminates TLS/.test(err.message),
+      );
+    }
+    const ok = parseConfig(yaml('    protocol: http\n    tls: { cert: c.pem, key: k.pem }\n'), 'f.yaml');
+    assert.equal(ok.services[0]!.hashKey, 'sni');
+  });
+
   test('durations', () => {
     assert.equal(parseDuration('500ms'), 500);
     assert.equal(parseDuration('1.5s'), 1500);
