@@ -101,6 +101,20 @@ services:
     await backend.close();
   });
 
+  /** Send `heads` on one connection, each once the previous one is answered; what the backend got of them. */
+  const inTurn = async (heads: string[]): Promise<string[]> => {
+    const before = backend.requests.length;
+    const socket = await dial(port);
+    let got = '';
+    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    for (let i = 0; i < heads.length; i++) {
+      socket.write(heads[i]!, 'latin1');
+      await waitFor(() => got.split('\r\n\r\nok').length - 1 === i + 1);
+    }
+    socket.destroy();
+    return backend.requests.slice(before);
+  };
+
   it('keeps the client’s field lines as they came (case, order, repeated lines), drops hop-by-hop ones, appends forwarding fields', async () => {
     const before = backend.requests.length;
     await exchange(
@@ -169,26 +183,17 @@ services:
   });
 
   it('on one connection, forwarding lines follow each request’s Host and X-Forwarded-Proto', async () => {
-    const before = backend.requests.length;
-    const socket = await dial(port);
-    let got = '';
-    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
-    const sent = [
+    const requests = await inTurn([
       'GET /1 HTTP/1.1\r\nHost: a\r\n\r\n',
       'GET /2 HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n',
       'GET /3 HTTP/1.1\r\nHost: a\r\n\r\n',
       'GET /4 HTTP/1.1\r\nHost: b\r\nX-Forwarded-Proto: https\r\n\r\n',
       'GET /5 HTTP/1.1\r\nHost: b\r\nX-Forwarded-Proto: https\r\n\r\n',
-    ];
-    for (let i = 0; i < sent.length; i++) {
-      socket.write(sent[i]!, 'latin1');
-      await waitFor(() => got.split('\r\n\r\nok').length - 1 === i + 1);
-    }
-    socket.destroy();
+    ]);
     const fwd = (host: string, proto: boolean): string =>
       `x-forwarded-for: 127.0.0.1\r\n${proto ? 'x-forwarded-proto: http\r\n' : ''}` +
       `forwarded: for=127.0.0.1;proto=http;host="${host}"\r\n\r\n`;
-    assert.deepEqual(backend.requests.slice(before), [
+    assert.deepEqual(requests, [
       `GET /1 HTTP/1.1\r\nHost: a\r\n${fwd('a', true)}`,
       `GET /2 HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n${fwd('a', false)}`,
       `GET /3 HTTP/1.1\r\nHost: a\r\n${fwd('a', true)}`,
@@ -232,25 +237,16 @@ services:
   });
 
   it('requests one after another on one keep-alive connection each reach the backend as their own', async () => {
-    const before = backend.requests.length;
-    const socket = await dial(port);
-    let got = '';
-    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
-    const sent = [
+    const requests = await inTurn([
       'GET /a HTTP/1.1\r\nHost: one.test\r\n\r\n',
       'GET /bb?x=1 HTTP/1.1\r\nHost: two.test\r\nConnection: keep-alive\r\nX-A: 1\r\n\r\n',
       'POST /c HTTP/1.1\r\nHost: two.test\r\nContent-Length: 3\r\n\r\nabc',
       'GET /d HTTP/1.1\r\nHost: one.test\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n',
       'GET /a HTTP/1.1\r\nHost: one.test\r\n\r\n',
-    ];
-    for (let i = 0; i < sent.length; i++) {
-      socket.write(sent[i]!, 'latin1');
-      await waitFor(() => got.split('\r\n\r\nok').length - 1 === i + 1);
-    }
-    socket.destroy();
+    ]);
     const fwd = (host: string): string =>
       `x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nforwarded: for=127.0.0.1;proto=http;host="${host}"\r\n\r\n`;
-    assert.deepEqual(backend.requests.slice(before), [
+    assert.deepEqual(requests, [
       `GET /a HTTP/1.1\r\nHost: one.test\r\n${fwd('one.test')}`,
       `GET /bb?x=1 HTTP/1.1\r\nHost: two.test\r\nX-A: 1\r\n${fwd('two.test')}`,
       `POST /c HTTP/1.1\r\nHost: two.test\r\nContent-Length: 3\r\n${fwd('two.test')}abc`,
