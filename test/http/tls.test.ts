@@ -50,11 +50,13 @@ function makeCert(): { dir: string; cert: string; key: string } | string {
   return { dir, cert, key };
 }
 
+/** One certificate for every test here (or why there is none). */
+const made = makeCert();
+after(() => {
+  if (typeof made !== 'string') rmSync(made.dir, { recursive: true, force: true });
+});
+
 describe('TLS with ALPN', () => {
-  const made = makeCert();
-  after(() => {
-    if (typeof made !== 'string') rmSync(made.dir, { recursive: true, force: true });
-  });
   it(
     'serves h2 and http/1.1 on one port, chosen by ALPN',
     { skip: typeof made === 'string' ? made : false },
@@ -168,10 +170,6 @@ services:
 });
 
 describe('HTTP/2: the balancer sees the request as the client sent it', () => {
-  const made = makeCert();
-  after(() => {
-    if (typeof made !== 'string') rmSync(made.dir, { recursive: true, force: true });
-  });
   it(
     'a maglev hash on X-Forwarded-For reads the value the client sent, not the one this hop forwards, over TLS and cleartext',
     { skip: typeof made === 'string' ? made : false },
@@ -242,10 +240,6 @@ services:${service('tls', tlsPort, `\n    tls: { cert: ${made.cert}, key: ${made
 });
 
 describe('maglev on the TLS server name (hashKey: sni)', () => {
-  const made = makeCert();
-  after(() => {
-    if (typeof made !== 'string') rmSync(made.dir, { recursive: true, force: true });
-  });
   it(
     'each server name keeps its backend over HTTP/1.1, HTTP/2 and WebSocket, and the names spread over the backends',
     { skip: typeof made === 'string' ? made : false },
