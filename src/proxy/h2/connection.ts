@@ -6,9 +6,11 @@
  * valid; it answers through the stream it creates (stream.ts).
  *
  * Writing: frames produced while handling one read (or in one event-loop
- * turn, when responses are written as backends answer) are gathered in a scratch buffer and
- * go to the socket in one write (cork/uncork when large DATA payloads are
- * passed by reference beside it).
+ * turn, when responses are written as backends answer) are gathered in
+ * pooled output blocks (blocks.ts) and go to the socket in one corked write
+ * (large DATA payloads passed by reference sit between the blocks' bytes).
+ * The blocks themselves are written, not copies of them: one goes back to
+ * the pool once the socket has sent its bytes.
  */
 import type { Socket } from 'node:net';
 import type { Clock, Timer } from '../../cluster/clock.ts';
@@ -52,6 +54,7 @@ import {
   STREAM_CLOSED,
   WINDOW_UPDATE,
 } from './frames.ts';
+import { BLOCK_SIZE, giveBlock, giveBlocks, takeBlock } from './blocks.ts';
 import { type HeaderSink, HpackDecoder, sharedEncoder as encoder } from './hpack.ts';
 import type { Fields, H2Stream } from './stream.ts';
 import { StreamTable } from './stream-table.ts';
@@ -128,11 +131,14 @@ const BAD_TARGET = /[\0-\x20\x7f]/;
 /** A dynamic table size update to 0 (RFC 7541 §6.3). */
 const TABLE_SIZE_ZERO = Buffer.from([0x20]);
 
-/** Small frames are written here, per connection while it has output, then copied out. */
-const SCRATCH_SIZE = 16 * 1024;
-const scratchPool: Buffer[] = [];
 /** DATA payloads up to this size are copied next to their frame header rather than written by reference. */
 const COPY_MAX = 2048;
+/**
+ * Blocks a connection keeps account of while its socket has not sent them
+ * (a client that reads slowly); beyond, the oldest are left to the garbage
+ * collector rather than reused.
+ */
+const MAX_UNSENT_BLOCKS = 16;
 
 /** `burst` at once, then `rate` a second: a flood guard's allowance. */
 class TokenBucket {
@@ -267,9 +273,16 @@ export abstract class H2Connection implements HeaderSink {
   #hHost: string | undefined;
 
   // Writing.
+  /** The block frames are written into now: `[#start, #pos)` is not in `#parts` yet, what is before it is. */
   #buf: Buffer | undefined;
+  #start = 0;
   #pos = 0;
+  /** What the next flush writes, in order: views of blocks, and payloads passed by reference. */
   #parts: Buffer[] = [];
+  /** Blocks no longer written into that `#parts`, or an earlier write, may still refer to. */
+  #filled: Buffer[] = [];
+  /** Blocks the socket was given and may not have sent yet. */
+  #unsent: Buffer[] = [];
   #outBytes = 0;
   #flushQueued = false;
   /** Where the flags byte of the last frame written is, when that frame is DATA of `#lastDataStream`. */
@@ -1162,8 +1175,9 @@ export abstract class H2Connection implements HeaderSink {
 
   /**
    * One DATA frame of `chunk[start, end)` (the caller checked the windows).
-   * `transient`: the chunk is valid only during this call, so a payload
-   * written by reference is copied first.
+   * `transient`: the chunk is valid only during this call, so the payload is
+   * copied (into the output blocks, after its frame header) rather than
+   * written by reference.
    */
   dataFrame(
     stream: H2Stream,
@@ -1192,14 +1206,12 @@ export abstract class H2Connection implements HeaderSink {
       this.#advance(FRAME_HEADER);
       this.#lastDataBuf = b;
       this.#lastDataFlags = at + 4;
-      this.#seal();
-      let part: Buffer;
-      if (transient) {
-        part = Buffer.allocUnsafe(n);
-        chunk.copy(part, 0, start, end);
-      } else part = start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end);
-      this.#parts.push(part);
-      this.#outBytes += n;
+      if (transient) this.#copyIn(chunk, start, end);
+      else {
+        this.#seal();
+        this.#parts.push(start === 0 && end === chunk.length ? chunk : chunk.subarray(start, end));
+        this.#outBytes += n;
+      }
     }
     this.#lastDataStream = stream;
     this.#schedule();
@@ -1220,21 +1232,20 @@ export abstract class H2Connection implements HeaderSink {
     this.#schedule();
   }
 
-  /** Room for `n` more bytes in the scratch buffer. */
+  /** Room for `n` more bytes at `#pos` in the current block (a new one when it is full). */
   #reserve(n: number): Buffer {
-    let b = this.#buf;
-    if (b === undefined) {
-      b = this.#buf = scratchPool.pop() ?? Buffer.allocUnsafeSlow(SCRATCH_SIZE);
-      this.#pos = 0;
+    const b = this.#buf;
+    if (b !== undefined && this.#pos + n <= b.length) return b;
+    if (b !== undefined) {
+      this.#seal();
+      this.#filled.push(b);
     }
-    if (this.#pos + n <= b.length) return b;
-    this.#seal();
-    if (n > b.length) {
-      // A header block larger than the scratch buffer: a buffer of its own.
-      if (b.length === SCRATCH_SIZE && scratchPool.length < 64) scratchPool.push(b);
-      b = this.#buf = Buffer.allocUnsafe(n);
-    }
-    return b;
+    // A header block larger than a block gets a buffer of its own (never pooled: not a block's size).
+    const next = n <= BLOCK_SIZE ? takeBlock() : Buffer.allocUnsafe(n);
+    this.#buf = next;
+    this.#start = 0;
+    this.#pos = 0;
+    return next;
   }
 
   /** Written `n` bytes at the position `#reserve` made room at. */
@@ -1244,15 +1255,62 @@ export abstract class H2Connection implements HeaderSink {
     this.#lastDataStream = undefined;
   }
 
-  /** Copy the scratch bytes out into the list of parts to write. */
+  /** `chunk[start, end)` copied into the output, across blocks where it does not fit in one. */
+  #copyIn(chunk: Buffer, start: number, end: number): void {
+    this.#outBytes += end - start;
+    while (start < end) {
+      const b = this.#reserve(1);
+      const n = Math.min(b.length - this.#pos, end - start);
+      chunk.copy(b, this.#pos, start, start + n);
+      this.#pos += n;
+      start += n;
+    }
+  }
+
+  /** The current block's bytes not yet in the list of parts to write go there (a view: they stay in the block). */
   #seal(): void {
     const b = this.#buf;
-    if (b === undefined || this.#pos === 0) return;
-    const out = Buffer.allocUnsafe(this.#pos);
-    b.copy(out, 0, 0, this.#pos);
-    this.#parts.push(out);
+    if (b === undefined || this.#pos === this.#start) return;
+    this.#parts.push(this.#start === 0 && this.#pos === b.length ? b : b.subarray(this.#start, this.#pos));
+    this.#start = this.#pos;
+  }
+
+  /**
+   * A block a stream kept response bytes in (stream.ts) is done with: it may
+   * go back to the pool once the frames that refer to it are sent.
+   */
+  retire(block: Buffer): void {
+    if (this.#closed) return;
+    this.#filled.push(block);
+  }
+
+  /**
+   * After a write: when the socket has sent everything (nothing is queued in
+   * it), every block written so far is free again; otherwise the blocks
+   * written wait in `#unsent` for its 'drain'. Either way the connection holds
+   * no block between writes, so that an idle one holds none.
+   */
+  #settle(): void {
+    const b = this.#buf;
+    const used = this.#pos > 0;
+    this.#buf = undefined;
+    this.#start = 0;
     this.#pos = 0;
-    if (this.#lastDataBuf === b) this.#lastDataBuf = out;
+    if (this.socket.writableLength === 0) {
+      if (b !== undefined) giveBlock(b);
+      giveBlocks(this.#filled);
+      giveBlocks(this.#unsent);
+      return;
+    }
+    const unsent = this.#unsent;
+    if (b !== undefined) {
+      if (used) unsent.push(b);
+      else giveBlock(b);
+    }
+    const filled = this.#filled;
+    for (let k = 0; k < filled.length; k++) unsent.push(filled[k]!);
+    filled.length = 0;
+    if (unsent.length > MAX_UNSENT_BLOCKS) unsent.splice(0, unsent.length - MAX_UNSENT_BLOCKS);
   }
 
   #schedule(): void {
@@ -1320,30 +1378,31 @@ export abstract class H2Connection implements HeaderSink {
     if (this.#closed) return;
     this.#pump();
     this.#seal();
-    const b = this.#buf;
-    if (b !== undefined) {
-      this.#buf = undefined;
-      if (b.length === SCRATCH_SIZE && scratchPool.length < 64) scratchPool.push(b);
-    }
     const parts = this.#parts;
-    if (parts.length === 0) return;
-    this.#parts = [];
-    this.#outBytes = 0;
-    this.#lastDataStream = undefined;
-    this.#lastDataBuf = undefined;
-    const socket = this.socket;
-    if (socket.destroyed || socket.writableEnded) return;
-    if (parts.length === 1) socket.write(parts[0]!);
-    else {
-      socket.cork();
-      for (let k = 0; k < parts.length; k++) socket.write(parts[k]!);
-      socket.uncork();
+    if (parts.length > 0) {
+      this.#outBytes = 0;
+      this.#lastDataStream = undefined;
+      this.#lastDataBuf = undefined;
+      const socket = this.socket;
+      if (!socket.destroyed && !socket.writableEnded) {
+        if (parts.length === 1) socket.write(parts[0]!);
+        else {
+          socket.cork();
+          for (let k = 0; k < parts.length; k++) socket.write(parts[k]!);
+          socket.uncork();
+        }
+        if (socket.writableLength === 0) this.#controlBacklog = 0;
+      }
+      // The socket keeps no reference to the list itself.
+      parts.length = 0;
     }
-    if (socket.writableLength === 0) this.#controlBacklog = 0;
+    this.#settle();
   }
 
   socketDrained(): void {
     this.#controlBacklog = 0;
+    // Everything the socket was given is sent.
+    if (this.socket.writableLength === 0) giveBlocks(this.#unsent);
     if (this.#ready.length > 0) this.flushNow();
   }
 
@@ -1366,10 +1425,12 @@ export abstract class H2Connection implements HeaderSink {
     this.#closeAll();
     this.#pings.length = 0;
     this.#parts.length = 0;
-    if (this.#buf !== undefined) {
-      if (this.#buf.length === SCRATCH_SIZE && scratchPool.length < 64) scratchPool.push(this.#buf);
-      this.#buf = undefined;
-    }
+    // The current block was never written (see #settle); blocks that were are left to the garbage
+    // collector rather than reused: a write of the closed socket may still have referred to them.
+    if (this.#buf !== undefined) giveBlock(this.#buf);
+    this.#buf = undefined;
+    this.#filled.length = 0;
+    this.#unsent.length = 0;
     this.closedHook();
     const listeners = this.#closeListeners;
     this.#closeListeners = undefined;

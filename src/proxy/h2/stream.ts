@@ -4,6 +4,7 @@
  * body as a Readable that credits the client's window only as it is read.
  */
 import { Readable } from 'node:stream';
+import { BLOCK_SIZE, takeBlock } from './blocks.ts';
 import type { H2Connection } from './connection.ts';
 import { CANCEL, PROTOCOL_ERROR } from './frames.ts';
 
@@ -11,6 +12,12 @@ import { CANCEL, PROTOCOL_ERROR } from './frames.ts';
 const STREAM_HWM = 16 * 1024;
 /** Request body bytes buffered in the Readable before crediting waits for reads. */
 const BODY_HWM = 64 * 1024;
+/**
+ * Response bytes kept from a transient chunk go into pooled blocks from this
+ * size on (a fresh buffer that large is external memory: see blocks.ts);
+ * smaller copies come from Node's buffer pool.
+ */
+const BLOCK_COPY_MIN = 4 * 1024;
 
 /** A trailer or header map as the proxy forwards it. */
 export type Fields = Record<string, string | string[]>;
@@ -51,6 +58,8 @@ export class H2Stream {
   #held = 0;
   /** Response DATA waiting for window or socket (the writer's chunks, or copies of transient ones). */
   #queue: Buffer[] | undefined;
+  /** Beside each entry of `#queue`: the pooled block it is a copy in, if it is one. */
+  #blocks: (Buffer | undefined)[] | undefined;
   queued = 0;
   /** `finish` was called while DATA was still queued: END_STREAM (and trailers) follow it. */
   #endPending = false;
@@ -169,15 +178,47 @@ export class H2Stream {
         conn.markReady(this);
         return false;
       }
-      if (transient) chunk = copyOf(chunk, off);
-      else if (off > 0) chunk = chunk.subarray(off);
-    } else if (transient) chunk = copyOf(chunk, 0);
-    (this.#queue ??= []).push(chunk);
-    this.queued += chunk.length;
+      this.#enqueue(chunk, off, transient);
+    } else this.#enqueue(chunk, 0, transient);
     conn.markReady(this);
     if (this.queued < STREAM_HWM && !conn.congested) return true;
     this.needDrain = true;
     return false;
+  }
+
+  /** Queue `chunk[from…]`: a copy of it when it is transient. */
+  #enqueue(chunk: Buffer, from: number, transient: boolean): void {
+    const queue = (this.#queue ??= []);
+    const blocks = (this.#blocks ??= []);
+    const len = chunk.length;
+    this.queued += len - from;
+    if (!transient || len - from < BLOCK_COPY_MIN) {
+      queue.push(!transient ? (from === 0 ? chunk : chunk.subarray(from)) : copyOf(chunk, from));
+      blocks.push(undefined);
+      return;
+    }
+    while (from < len) {
+      const b = takeBlock();
+      const n = Math.min(BLOCK_SIZE, len - from);
+      chunk.copy(b, 0, from, from + n);
+      queue.push(n === BLOCK_SIZE ? b : b.subarray(0, n));
+      blocks.push(b);
+      from += n;
+    }
+  }
+
+  /** Drop what is queued; its blocks go back through the connection (a frame may still refer to one). */
+  #dropQueue(): void {
+    const blocks = this.#blocks;
+    if (blocks !== undefined) {
+      for (let k = 0; k < blocks.length; k++) {
+        const b = blocks[k];
+        if (b !== undefined) this.conn.retire(b);
+      }
+    }
+    this.#queue = undefined;
+    this.#blocks = undefined;
+    this.queued = 0;
   }
 
   onDrained(fn: () => void): void {
@@ -230,8 +271,11 @@ export class H2Stream {
     const last = n === head.length && this.queued === n;
     conn.dataFrame(this, head, 0, n, false);
     this.queued -= n;
-    if (n === head.length) queue.shift();
-    else queue[0] = head.subarray(n);
+    if (n === head.length) {
+      queue.shift();
+      const b = this.#blocks!.shift();
+      if (b !== undefined) conn.retire(b);
+    } else queue[0] = head.subarray(n);
     if (last && this.#endPending) this.#sendEnd();
     return true;
   }
@@ -253,8 +297,7 @@ export class H2Stream {
 
   #localEnd(): void {
     this.localClosed = true;
-    this.#queue = undefined;
-    this.queued = 0;
+    this.#dropQueue();
     this.conn.localEnded(this);
   }
 
@@ -265,8 +308,7 @@ export class H2Stream {
   close(complete: boolean): void {
     if (this.closed) return;
     this.closed = true;
-    this.#queue = undefined;
-    this.queued = 0;
+    this.#dropQueue();
     this.#drainFn = undefined;
     const body = this.body;
     if (body !== undefined && !body.readableEnded && !body.destroyed) {
