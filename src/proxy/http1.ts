@@ -611,6 +611,10 @@ class ClientConn implements ChunkSink {
   /** Serve the next request (pipelined or still to come), or close after a half-close. */
   #next(): void {
     this.socket.resume();
+    // A request answered at once, from within #process: its loop goes on to
+    // the next one, and whoever called it closes after a half-close (ending
+    // here would drop the requests still buffered).
+    if (this.#processing) return;
     this.#process();
     if (this.#clientEnded && this.cur === undefined) this.socket.end();
   }

@@ -3,6 +3,7 @@
  * not fetch (and hold) every pipelined response it cannot deliver.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { describe, it } from 'node:test';
 import { dial, waitFor } from '../helpers/net.ts';
 import { useHttpService } from './backends.ts';
@@ -70,6 +71,37 @@ describe('HTTP/1.1 pipelining', () => {
     assert.equal(outOfOrder, -1, 'responses arrive in request order');
     assert.equal(svc.backend.served, COUNT);
     assert.ok(received >= COUNT * BODY);
+    socket.destroy();
+  });
+});
+
+describe('HTTP/1.1 pipelining, then a half-close', () => {
+  // Its first answer, a 500, gets the one backend ejected: every later request is answered at once with a 503.
+  const svc = useHttpService(
+    'half-closed',
+    '    outlierDetection: { consecutive5xx: 1, maxEjectionPercent: 100 }\n',
+    (req, res) => {
+      if (req.url !== '/fail') return false;
+      res.writeHead(500, { 'content-length': 4 });
+      res.end('fail');
+      return true;
+    },
+  );
+
+  it('a client that pipelines and half-closes while its first request is at the backend gets every answer before the gateway closes', async () => {
+    const socket = await dial(svc.port);
+    // Under 64 KB in all, so that the gateway reads them and the half-close
+    // while it waits for the first answer.
+    const count = 2400;
+    let text = 'GET /fail HTTP/1.1\r\nHost: h\r\n\r\n';
+    for (let n = 1; n < count; n++) text += 'GET / HTTP/1.1\r\nHost:h\r\n\r\n';
+    let received = '';
+    socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+    socket.end(text);
+    await once(socket, 'end');
+    assert.ok(received.startsWith('HTTP/1.1 500 '));
+    const answers = received.split('HTTP/1.1 503 ').length - 1;
+    assert.equal(answers, count - 1, 'every pipelined request is answered');
     socket.destroy();
   });
 });
