@@ -279,10 +279,11 @@ class ClientConn implements ChunkSink {
   idleBytes = 0;
   idleSince = 0;
   /**
-   * Responses written whose last byte is not flushed yet, oldest first. More
-   * than one at times: requests pipelined in one read that the plane answers
-   * at once (503, no backend) are answered one after another within
-   * `#process`, even after the first of them had to wait for the client.
+   * Responses written whose last byte is not flushed yet, oldest first. At
+   * most one on a connection kept alive: once one waits, no further request is
+   * served until it is out (`#flushWait`), even requests pipelined in the same
+   * read that the plane would answer at once (503, no backend). A response
+   * that ends the connection may follow one still waiting.
    */
   readonly #flushing: Http1Downstream[] = [];
 
@@ -448,7 +449,10 @@ class ClientConn implements ChunkSink {
     if (this.#processing || this.#flushWait) return;
     this.#processing = true;
     try {
-      while (!this.#gone) {
+      // A response that had to wait for the client stops the loop too (see
+      // responseDone): otherwise every request pipelined in this read that is
+      // answered at once (503, no backend) would be queued behind it.
+      while (!this.#gone && !this.#flushWait) {
         const buf = this.#buf;
         const cur = this.cur;
         if (cur !== undefined) {
@@ -616,7 +620,9 @@ class ClientConn implements ChunkSink {
     // here would drop the requests still buffered).
     if (this.#processing) return;
     this.#process();
-    if (this.#clientEnded && this.cur === undefined) this.socket.end();
+    // Pipelined requests may still wait behind a response the client has not
+    // read: #onFlushed comes back here once it is out.
+    if (this.#clientEnded && this.cur === undefined && !this.#flushWait) this.socket.end();
   }
 
   /** Resume reading the request body (the upstream wants more). */

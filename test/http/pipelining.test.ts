@@ -4,12 +4,16 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { describe, it } from 'node:test';
-import { dial, waitFor } from '../helpers/net.ts';
+import type { Socket } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import type { Gateway } from '../../src/gateway.ts';
+import { startGateway } from '../helpers/gateway.ts';
+import { dial, freePorts, waitFor } from '../helpers/net.ts';
 import { useHttpService } from './backends.ts';
 
 const BODY = 16 * 1024;
 const COUNT = 3000;
+const COUNT_503 = 80_000;
 
 describe('HTTP/1.1 pipelining', () => {
   const svc = useHttpService('pipelined', '', (req, res) => {
@@ -71,6 +75,110 @@ describe('HTTP/1.1 pipelining', () => {
     assert.equal(outOfOrder, -1, 'responses arrive in request order');
     assert.equal(svc.backend.served, COUNT);
     assert.ok(received >= COUNT * BODY);
+    socket.destroy();
+  });
+});
+
+describe('HTTP/1.1 pipelining of requests the gateway answers itself', () => {
+  const svc = {} as { gateway: Gateway; port: number; accepted: Socket[] };
+  before(async () => {
+    const [port, closed] = await freePorts(2);
+    svc.port = port!;
+    // One backend, on a port nobody listens on: once its health check has
+    // failed, every request is answered on the spot with a 503.
+    ({ gateway: svc.gateway } = await startGateway(`
+services:
+  - name: nobody
+    protocol: http
+    listen: 127.0.0.1:${svc.port}
+    backends: { static: [127.0.0.1:${closed}] }
+    health: { type: tcp, interval: 50ms, timeout: 50ms, unhealthyThreshold: 1, jitter: 0 }
+`));
+    const cluster = svc.gateway.services.get('nobody')!.cluster;
+    await waitFor(
+      () => [...cluster.backends.values()].every((b) => b.state === 'unhealthy'),
+      5_000,
+      'unhealthy',
+    );
+    // The gateway's side of each client connection, to see what it holds for the client.
+    svc.accepted = [];
+    const listener = [...svc.gateway.listeners.values()].find((l) => l.port === svc.port)!;
+    const handler = listener.handler;
+    listener.handler = (socket) => {
+      svc.accepted.push(socket);
+      handler(socket);
+    };
+  });
+  after(async () => {
+    await svc.gateway.shutdown();
+  });
+
+  it('a client that pipelines without reading is not answered faster than it reads, and then gets every answer in order', async () => {
+    const socket = await dial(svc.port);
+    socket.pause();
+    await waitFor(() => svc.accepted.length === 1, 5_000, 'the gateway to accept');
+    const gatewaySide = svc.accepted[0]!;
+    // Short requests, each answered with a longer 503: HEAD now and then, so
+    // that the answers only parse in the order the requests were sent.
+    const methods: string[] = [];
+    for (let n = 0; n < COUNT_503; n++) methods.push(n % 7 === 3 ? 'HEAD' : 'GET');
+    let sent = 0;
+    for (let n = 0; n < COUNT_503; n += 1000) {
+      let text = '';
+      for (let k = n; k < n + 1000; k++) text += `${methods[k]} /${k} HTTP/1.1\r\nHost: h\r\n\r\n`;
+      socket.write(text);
+      sent += text.length;
+    }
+    // And half-closes: every answer is still owed.
+    socket.end();
+    // Wait until the gateway stops reading: the kernel's buffers towards the client are full.
+    let read = -1;
+    await waitFor(
+      async () => {
+        const now = gatewaySide.bytesRead;
+        if (now === read) return true;
+        read = now;
+        await new Promise((r) => setTimeout(r, 300));
+        return false;
+      },
+      30_000,
+      'the gateway to stop reading',
+    );
+    // 80,000 answers of ~200 bytes are far more than the kernel's buffers hold.
+    assert.ok(read < sent, 'the gateway read every request of a client that read none of the answers');
+    // At most one answer waits in the gateway itself (behind what the kernel holds).
+    assert.ok(
+      gatewaySide.writableLength < 1024,
+      `the gateway holds ${gatewaySide.writableLength} bytes of answers for a client that reads nothing`,
+    );
+    let text = '';
+    let answered = 0;
+    let bad = '';
+    socket.on('data', (d: Buffer) => {
+      text += d.toString('latin1');
+      for (;;) {
+        const end = text.indexOf('\r\n\r\n');
+        if (end < 0) break;
+        const head = text.slice(0, end);
+        const length = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? NaN);
+        const hasBody = methods[answered] === 'GET';
+        if (!head.startsWith('HTTP/1.1 503 ') || Number.isNaN(length)) {
+          bad ||= `answer ${answered}: ${JSON.stringify(head.slice(0, 80))}`;
+          break;
+        }
+        const size = end + 4 + (hasBody ? length : 0);
+        if (text.length < size) break;
+        text = text.slice(size);
+        answered++;
+      }
+    });
+    const ended = once(socket, 'end');
+    socket.resume();
+    await waitFor(() => answered === COUNT_503 || bad !== '', 30_000, 'every answer');
+    assert.equal(bad, '');
+    // Then the gateway closes its side too, with nothing more.
+    await ended;
+    assert.equal(text, '');
     socket.destroy();
   });
 });
