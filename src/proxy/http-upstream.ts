@@ -152,6 +152,29 @@ interface Session {
   goaway: number | undefined;
 }
 
+/**
+ * A request's pseudo-headers and fields as raw name/value pairs, for
+ * `ClientHttp2Session.request`. The header map belongs to the downstream (a
+ * retry, the pick context may read it again), so nothing is added to it. And
+ * given pairs that already hold every pseudo-header, Node builds its header
+ * list from them as they are; a header map it copies first (into an object
+ * of its own, to add the pseudo-headers it lacks), so this array takes the
+ * place of that copy rather than adding to it.
+ */
+function requestFields(req: UpstreamRequest): string[] {
+  const fields = [':method', req.method, ':path', req.path, ':scheme', 'http'];
+  // Without one, Node adds the session's own (the backend's address).
+  if (req.authority !== undefined) fields.push(':authority', req.authority);
+  const headers = req.headers;
+  for (const name in headers) {
+    const value = headers[name]!;
+    if (typeof value === 'string') fields.push(name, value);
+    // A repeated field: a pair per value, as Node sends an array value.
+    else for (let i = 0; i < value.length; i++) fields.push(name, value[i]!);
+  }
+  return fields;
+}
+
 /** Default before the backend's SETTINGS arrive (RFC 9113 recommends ≥ 100). */
 const DEFAULT_STREAMS = 100;
 
@@ -236,15 +259,10 @@ export class Http2Upstream implements Upstream {
 
   request(backend: Backend, req: UpstreamRequest, sink: ResponseSink): UpstreamCall {
     const entry = this.#pick(backend);
-    const headers: HeaderMap = req.headers;
-    headers[':method'] = req.method;
-    headers[':path'] = req.path;
-    headers[':scheme'] = 'http';
-    if (req.authority !== undefined) headers[':authority'] = req.authority;
     const body = req.body;
     let stream: ClientHttp2Stream;
     try {
-      stream = entry.session.request(headers, { endStream: body === undefined });
+      stream = entry.session.request(requestFields(req), { endStream: body === undefined });
     } catch (err) {
       queueMicrotask(() => sink.onError(classify(err as Error, false)));
       return { abort: () => {}, resume: () => {} };

@@ -376,8 +376,6 @@ class StreamPick implements PickContext {
     const forwarded = this.#down.headers;
     const out: HeaderMap = {};
     for (const name in forwarded) {
-      // An HTTP/2 upstream adds its pseudo-headers to the map it sends; a later read may come after that.
-      if (name.charCodeAt(0) === 58 /* ':' */) continue;
       if (name === 'x-forwarded-for' || name === 'x-forwarded-proto' || name === 'forwarded') continue;
       out[name] = forwarded[name]!;
     }
