@@ -370,6 +370,8 @@ class WsConnection extends Relay {
     const ctx = this.proxy.ctx;
     backend.connectFailures++;
     ctx.cluster.unregister(backend, this);
+    // Passive outlier detection counts it, as the TCP proxy's connect failures.
+    ctx.cluster.reportFailure(backend, 'connect');
     up.destroy();
     this.up = undefined;
     this.backend = undefined;
@@ -465,6 +467,10 @@ class WsConnection extends Relay {
       this.#badBackend('the backend answered the WebSocket handshake with something other than HTTP/1.1');
       return;
     }
+    // The backend answered: its connect failures in a row are over (a 5xx
+    // answer is not counted either way, as it would break the HTTP plane's
+    // run of 5xx on the same backend).
+    if (status[1]!.charCodeAt(0) !== 53 /* '5' */) this.proxy.ctx.cluster.reportSuccess(this.backend!);
     if (status[1] !== '101') {
       // The backend refused the upgrade (401, 403, 404…): the client gets its answer as is.
       const down = this.#openLegs(hs);

@@ -4,6 +4,7 @@ import { ManualClock } from '../../src/cluster/clock.ts';
 import { OutlierDetector } from '../../src/health/outlier.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePorts, readUntil, startEchoBackend } from '../helpers/net.ts';
+import { openClient, serviceYaml, startWsBackend } from '../websocket/helpers.ts';
 import { outlier, reachable, testCluster } from './_util.ts';
 
 describe('passive outlier detection', () => {
@@ -78,6 +79,44 @@ services:
     const repeat = again.find((r) => r.backend === ejected[0]!.key);
     if (repeat !== undefined) assert.equal(repeat.forMs, 60_000, 'the second ejection lasts twice the base');
     assert.equal([...cluster.backends.values()].filter((b) => b.state === 'ejected').length, 1);
+  });
+
+  test('a WebSocket backend that refuses connections is ejected after consecutiveFailures, and new clients stop trying it', async () => {
+    const live = [await startWsBackend(), await startWsBackend()];
+    cleanups.push(...live.map((b) => () => b.close()));
+    const [dead, listen] = await freePorts(2);
+    const { gateway, records } = await startGateway(
+      serviceYaml({
+        port: listen!,
+        backends: [live[0]!.port, dead!, live[1]!.port],
+        extra: 'balance: round-robin\noutlierDetection: { consecutiveFailures: 3, maxEjectionPercent: 50 }',
+      }),
+    );
+    cleanups.push(() => gateway.shutdown());
+    const cluster = gateway.services.get('ws')!.cluster;
+    const refusing = [...cluster.backends.values()].find((b) => b.address.port === dead)!;
+    const livePorts = live.map((b) => b.port);
+    const clients = async (n: number): Promise<number[]> => {
+      const reached: number[] = [];
+      for (let i = 0; i < n; i++) {
+        // Every client gets through: the proxy tries another backend after a refusal.
+        const { ws, backend } = await openClient(listen!);
+        reached.push(backend);
+        ws.terminate();
+      }
+      return reached;
+    };
+    // Round robin over three: every third client is sent to the refusing backend first.
+    await clients(9);
+    assert.equal(refusing.connectFailures, 3);
+    assert.equal(refusing.state, 'ejected', 'three connect failures in a row eject it');
+    const ejected = records.find((r) => r.msg === 'backend ejected');
+    assert.equal(ejected?.backend, refusing.key);
+    assert.match(String(ejected?.reason), /3 consecutive failures \(last: connect\)/);
+    // While it is out, new clients go straight to the others: no more attempts on it.
+    const reached = await clients(8);
+    assert.ok(reached.every((p) => livePorts.includes(p)));
+    assert.equal(refusing.connectFailures, 3);
   });
 
   test('consecutive 5xx eject through the HTTP hook; a success in between starts the count again', () => {
