@@ -153,19 +153,31 @@ interface Session {
 }
 
 /**
- * A request's pseudo-headers and fields as raw name/value pairs, for
- * `ClientHttp2Session.request`. The header map belongs to the downstream (a
- * retry, the pick context may read it again), so nothing is added to it. And
- * given pairs that already hold every pseudo-header, Node builds its header
- * list from them as they are; a header map it copies first (into an object
- * of its own, to add the pseudo-headers it lacks), so this array takes the
- * place of that copy rather than adding to it.
+ * Whether `ClientHttp2Session.request` takes raw name/value pairs (Node
+ * 22.17 and 24; holdfast supports Node from 22.12).
  */
-function requestFields(req: UpstreamRequest): string[] {
+const [NODE_MAJOR, NODE_MINOR] = process.versions.node.split('.').map(Number) as [number, number];
+const RAW_FIELDS = NODE_MAJOR >= 24 || (NODE_MAJOR === 22 && NODE_MINOR >= 17);
+
+/**
+ * A request's pseudo-headers and fields, for `ClientHttp2Session.request`.
+ * The header map belongs to the downstream (a retry, the pick context may
+ * read it again), so nothing is added to it. Given raw pairs that already
+ * hold every pseudo-header, Node builds its header list from them as they
+ * are; a header map it copies first (into an object of its own, to add the
+ * pseudo-headers it lacks), so the pairs take the place of that copy rather
+ * than adding to it. Older Node gets a copy of the map with them added.
+ */
+function requestFields(req: UpstreamRequest): string[] | HeaderMap {
+  const headers = req.headers;
+  if (!RAW_FIELDS) {
+    const map: HeaderMap = { ...headers, ':method': req.method, ':path': req.path, ':scheme': 'http' };
+    if (req.authority !== undefined) map[':authority'] = req.authority;
+    return map;
+  }
   const fields = [':method', req.method, ':path', req.path, ':scheme', 'http'];
   // Without one, Node adds the session's own (the backend's address).
   if (req.authority !== undefined) fields.push(':authority', req.authority);
-  const headers = req.headers;
   for (const name in headers) {
     const value = headers[name]!;
     if (typeof value === 'string') fields.push(name, value);
