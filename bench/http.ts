@@ -6,17 +6,27 @@
  * (h2c prior knowledge) from h2load (mean latency; h2load reports no
  * percentiles). Each peer first gets `--warmup` seconds (default 1) of the
  * same load, not measured. Missing tools or peers are reported and skipped.
+ *
+ * Each run's line (stderr) also gives wrk's p99.9 and the CPU the rest of the
+ * machine used meanwhile (the load generator and anything else, not the proxy
+ * or the backend). On a small machine the three share the cores and the
+ * tail follows how much CPU is left over: a run where something else took a
+ * share of a core says little about the proxy.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { BenchArgs } from './run.ts';
 import {
   cpuMs,
+  machineBusyMs,
   NODE,
   type RunningPeer,
   startHaproxy,
   startHoldfast,
   startNginx,
+  tempDir,
   waitForPort,
   which,
 } from './lib/peers.ts';
@@ -39,8 +49,12 @@ interface Row {
   cpuUsPerRequest: number;
 }
 
-/** A load run's figures, before the proxy's CPU is added. */
-type LoadResult = Omit<Row, 'proxy' | 'load' | 'cpuUsPerRequest'> & { requests: number };
+/** A load run's figures, before the proxy's CPU is added; `p999Ms` from wrk only. */
+type LoadResult = Omit<Row, 'proxy' | 'load' | 'cpuUsPerRequest'> & { requests: number; p999Ms?: number };
+
+/** wrk script: print the 99.9th percentile (µs), which `--latency` leaves out. */
+const WRK_P999 = `done = function(summary, latency, requests) io.write(string.format("p99.9 %d\\n", latency:percentile(99.9))) end\n`;
+let wrkScript: string | undefined;
 
 const PLAIN_PROXY = `
 const http = require('node:http');
@@ -89,12 +103,19 @@ function toMs(v: string, unit: string): number {
 }
 
 function runWrk(port: number, seconds: number): LoadResult {
-  const r = spawnSync('wrk', ['-t1', '-c32', `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/`], {
-    encoding: 'utf8',
-  });
+  if (wrkScript === undefined) {
+    wrkScript = join(tempDir('wrk'), 'p999.lua');
+    writeFileSync(wrkScript, WRK_P999);
+  }
+  const r = spawnSync(
+    'wrk',
+    ['-t1', '-c32', `-d${seconds}s`, '--latency', '-s', wrkScript, `http://127.0.0.1:${port}/`],
+    { encoding: 'utf8' },
+  );
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.stdout)?.[1] ?? 0);
   const requests = Number(/(\d+) requests in/.exec(r.stdout)?.[1] ?? 0);
   const p99 = /\s99%\s+([\d.]+)(us|ms|s)/.exec(r.stdout);
+  const p999 = /^p99\.9 (\d+)$/m.exec(r.stdout);
   const errs = /Non-2xx or 3xx responses: (\d+)/.exec(r.stdout);
   const sockErr = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(r.stdout);
   const errors =
@@ -105,6 +126,7 @@ function runWrk(port: number, seconds: number): LoadResult {
     latencyMs: p99 === null ? NaN : toMs(p99[1]!, p99[2]!),
     latencyKind: 'p99',
     errors,
+    p999Ms: p999 === null ? NaN : Number(p999[1]) / 1000,
   };
 }
 
@@ -170,6 +192,7 @@ export async function run(args: BenchArgs): Promise<void> {
     backend = child(NODE_BACKEND, [backendPort!]);
     await waitForPort(backendPort!);
   }
+  const backendPeer = backend;
 
   const rows: Row[] = [];
   let run = 0;
@@ -189,15 +212,23 @@ export async function run(args: BenchArgs): Promise<void> {
         if (haveH2load && h2Port !== undefined) runH2load(h2Port, warmup);
       }
       const cpu = (): number => peer.pids().reduce((n, pid) => n + cpuMs(pid), 0);
+      const backendCpu = (): number => backendPeer.pids().reduce((n, pid) => n + cpuMs(pid), 0);
       const record = (load: Row['load'], runLoad: () => LoadResult): void => {
         const before = cpu();
-        const { requests, ...result } = runLoad();
-        const cpuUsPerRequest = requests > 0 ? ((cpu() - before) * 1000) / requests : NaN;
+        const beforeBackend = backendCpu();
+        const beforeMachine = machineBusyMs();
+        const startedAt = performance.now();
+        const { requests, p999Ms, ...result } = runLoad();
+        const proxyMs = cpu() - before;
+        const otherMs = machineBusyMs() - beforeMachine - proxyMs - (backendCpu() - beforeBackend);
+        const otherCores = otherMs / (performance.now() - startedAt);
+        const cpuUsPerRequest = requests > 0 ? (proxyMs * 1000) / requests : NaN;
         const row: Row = { proxy: name, load, ...result, cpuUsPerRequest };
         rows.push(row);
         // Each run as it comes (stderr, so --json output stays one row per median): the spread behind the medians.
+        const tail = p999Ms === undefined ? '' : ` (p99.9 ${p999Ms.toFixed(2)} ms)`;
         console.error(
-          `# run ${run + 1}: ${row.proxy} ${row.load} ${Math.round(row.rps)} req/s, ${row.latencyMs.toFixed(2)} ms ${row.latencyKind}, ${cpuUsPerRequest.toFixed(1)} µs CPU/request`,
+          `# run ${run + 1}: ${row.proxy} ${row.load} ${Math.round(row.rps)} req/s, ${row.latencyMs.toFixed(2)} ms ${row.latencyKind}${tail}, ${cpuUsPerRequest.toFixed(1)} µs CPU/request, ${otherCores.toFixed(2)} cores used by the load generator and others`,
         );
       };
       if (haveWrk && h1Port !== undefined) record('http1', () => runWrk(h1Port, seconds));

@@ -216,6 +216,16 @@ export function cpuMs(pid: number): number {
   return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
 }
 
+/**
+ * CPU time the whole machine has spent busy (all cores: user, nice, system,
+ * irq, softirq, steal) in ms, from /proc/stat.
+ */
+export function machineBusyMs(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const ticks = f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!;
+  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
