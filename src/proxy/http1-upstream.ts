@@ -236,6 +236,7 @@ class Conn {
   readonly #head: MessageHead = emptyHead();
   connected = false;
   reused = false;
+  /** When it went back to the pool idle (performance.now()). */
   idleSince = 0;
   closed = false;
 
@@ -604,7 +605,9 @@ class Pool {
       conn.socket.end();
       return;
     }
-    conn.idleSince = Date.now();
+    // performance.now(), not Date.now(): Date.now()'s values are too large
+    // for a small integer, so each call returns a new 16-byte heap number.
+    conn.idleSince = performance.now();
     this.idle.push(conn);
   }
 
@@ -634,7 +637,7 @@ class Pool {
 
   close(): Promise<void> {
     this.closing = true;
-    this.sweepIdle(Date.now());
+    this.sweepIdle(performance.now());
     if (this.open === 0) return Promise.resolve();
     return new Promise((resolve) => (this.onEmpty = resolve));
   }
@@ -661,7 +664,7 @@ export class Http1Upstream implements Upstream {
   }
 
   sweep(keep: ReadonlySet<Backend>): void {
-    const now = Date.now();
+    const now = performance.now();
     for (const [backend, pool] of this.#pools) {
       if (keep.has(backend)) {
         pool.sweepIdle(now);
