@@ -28,6 +28,7 @@ import {
   startNginx,
   tempDir,
   waitForPort,
+  waitForQuiet,
   which,
 } from './lib/peers.ts';
 import { freePorts } from '../test/helpers/net.ts';
@@ -205,6 +206,9 @@ export async function run(args: BenchArgs): Promise<void> {
     const peer = await start();
     if (typeof peer === 'string') return say(`${name}: ${peer}`);
     try {
+      // Other work on the machine shows up in every figure, the tail above all: start on a quiet one.
+      if (!(await waitForQuiet()))
+        console.error(`# ${name}: the machine stayed busy for 30 s; this run is noisy`);
       // Every peer gets the same load unmeasured first (JIT compilation, heap growth, connection
       // pools): the figures are for a proxy that has been running, not for its first second.
       if (warmup > 0) {

@@ -226,6 +226,25 @@ export function machineBusyMs(): number {
   return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
 }
 
+/**
+ * Wait (up to `maxMs`) until the machine is quiet: less than `cores` of CPU
+ * busy over half a second. On a small machine anything else running (a
+ * build, a test suite) takes CPU from the proxy, the backend or the load
+ * generator and shows up in the tail; a run that starts on a busy machine
+ * says more about the machine than about the proxy. Returns false when it
+ * stayed busy.
+ */
+export async function waitForQuiet(maxMs = 30_000, cores = 0.08): Promise<boolean> {
+  const windowMs = 500;
+  const until = performance.now() + maxMs;
+  while (performance.now() < until) {
+    const before = machineBusyMs();
+    await new Promise((resolve) => setTimeout(resolve, windowMs));
+    if (machineBusyMs() - before <= cores * windowMs) return true;
+  }
+  return false;
+}
+
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
