@@ -39,7 +39,41 @@ const backends = z.strictObject({
   kubernetes: kubernetesSourceSchema.optional(),
 });
 
-const service = z.strictObject({
+/**
+ * Fields only the HTTP-family data planes read (src/proxy/http*.ts,
+ * websocket.ts). The TCP plane takes `timeouts`, `tcpKeepAlive`, `limits`,
+ * `sourceAddresses`, `drain`, `rebalance` and the balancing fields, and
+ * nothing of these; a tcp service that names one would run without it, so it
+ * is refused instead.
+ */
+const HTTP_ONLY_FIELDS: readonly string[] = [
+  ...Object.keys(httpServiceFields),
+  'websocket',
+  'maxConnectionAge',
+];
+
+/**
+ * Look at the service as written (before defaults fill in the HTTP fields)
+ * and refuse HTTP-only fields on a tcp service, each at its own line.
+ */
+function refuseHttpFieldsOnTcp(input: unknown, ctx: z.RefinementCtx): unknown {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) return input;
+  const fields = input as Record<string, unknown>;
+  const protocol = fields.protocol;
+  if (protocol !== undefined && protocol !== 'tcp') return input;
+  const which = protocol === undefined ? 'protocol: tcp (the default)' : 'protocol: tcp';
+  for (const key of HTTP_ONLY_FIELDS) {
+    if (!(key in fields)) continue;
+    ctx.addIssue({
+      code: 'custom',
+      path: [key],
+      message: `applies to protocol: http only, and this service is ${which}; remove it, or set protocol: http`,
+    });
+  }
+  return input;
+}
+
+const serviceFields = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/, {
     error: 'use letters, digits, "-", "_" or "." (at most 63), starting and ending with a letter or digit',
   }),
@@ -79,6 +113,8 @@ const service = z.strictObject({
   maxConnectionAge: maxConnectionAgeSchema,
   rebalance: rebalanceSchema,
 });
+
+const service = z.preprocess(refuseHttpFieldsOnTcp, serviceFields);
 
 export const configSchema = z
   .strictObject({

@@ -1,0 +1,30 @@
+/**
+ * `holdfast check-config` as a user runs it: settings the gateway would
+ * ignore or misuse make it exit 1 with the file, line, field and what to do.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { runHoldfast, writeConfig } from '../helpers/gateway.ts';
+
+const head = 'services:\n  - name: x\n    listen: 127.0.0.1:1\n    backends: { static: [127.0.0.1:2] }\n';
+
+describe('holdfast check-config refuses settings that would not work', () => {
+  const cases: [string, string, RegExp][] = [
+    [
+      'an HTTP-only field on a tcp service',
+      `${head}    websocket: { ping: off }\n`,
+      /:5: services\[0\]\.websocket: applies to protocol: http only, and this service is protocol: tcp \(the default\); remove it, or set protocol: http/,
+    ],
+  ];
+  for (const [what, text, expected] of cases) {
+    test(`${what}: exits 1 naming the file, line and field`, async () => {
+      const file = writeConfig(text);
+      const proc = runHoldfast(['check-config', file]);
+      const { code } = await proc.exited();
+      assert.equal(code, 1, proc.stderr());
+      assert.match(proc.stderr(), expected);
+      assert.ok(proc.stderr().includes(`${file}:`), 'the message names the file');
+      assert.match(proc.stderr(), /\[HOLDFAST_ERR_CONFIG\]/);
+    });
+  }
+});

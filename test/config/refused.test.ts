@@ -1,0 +1,89 @@
+/**
+ * Settings the gateway would ignore or misuse are refused at load time, each
+ * with the file, the line and the field, through the real loader.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { parseConfig } from '../../src/config/load.ts';
+import { ConfigError } from '../../src/errors.ts';
+
+/** One service; `lines` follow `backends:`, so the first of them is line 5 (6 with `protocol`). */
+function service(lines: string, protocol?: 'tcp' | 'http'): string {
+  return [
+    'services:',
+    '  - name: a',
+    ...(protocol === undefined ? [] : [`    protocol: ${protocol}`]),
+    '    listen: 127.0.0.1:1',
+    '    backends: { static: [127.0.0.1:2] }',
+    ...lines
+      .trimEnd()
+      .split('\n')
+      .map((l) => `    ${l}`),
+    '',
+  ].join('\n');
+}
+
+/** Assert that `yaml` is refused at `line`, on `field`, with a message matching `message`. */
+function refused(yaml: string, line: number, field: string, message: RegExp): void {
+  assert.throws(
+    () => parseConfig(yaml, 'f.yaml'),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError, String(err));
+      assert.equal(err.field, field, err.message);
+      assert.equal(err.line, line, err.message);
+      assert.match(err.message, message);
+      assert.ok(err.message.startsWith(`f.yaml:${line}: ${field}: `), err.message);
+      return true;
+    },
+  );
+}
+
+describe('HTTP-only fields on a tcp service', () => {
+  const HTTP_ONLY: Record<string, string> = {
+    upstream: 'upstream: { protocol: http2 }',
+    tls: 'tls: { cert: c.pem, key: k.pem }',
+    retries: 'retries: 0',
+    retryBudget: 'retryBudget: { ratio: 0.5 }',
+    httpTimeouts: 'httpTimeouts: { request: 5s }',
+    http2: 'http2: { maxConcurrentStreams: 100 }',
+    headerLimits: 'headerLimits: { maxSize: 4096 }',
+    websocket: 'websocket: { ping: off }',
+    maxConnectionAge: 'maxConnectionAge: 10m',
+  };
+
+  for (const [field, line] of Object.entries(HTTP_ONLY)) {
+    test(`${field} is refused on a tcp service, at its line, and accepted on an http one`, () => {
+      refused(
+        service(`timeouts: { connect: 1s }\n${line}`),
+        6,
+        `services[0].${field}`,
+        /applies to protocol: http only, and this service is protocol: tcp \(the default\); remove it, or set protocol: http$/,
+      );
+      refused(service(line, 'tcp'), 6, `services[0].${field}`, /this service is protocol: tcp; remove it/);
+      assert.doesNotThrow(() => parseConfig(service(line, 'http'), 'f.yaml'));
+    });
+  }
+
+  test('the fields the TCP plane reads stay accepted on a tcp service', () => {
+    const config = parseConfig(
+      service(
+        [
+          'timeouts: { connect: 1s, idle: 10m }',
+          'tcpKeepAlive: 10s',
+          'limits: { maxConnections: 10, maxConnectionsPerBackend: 5 }',
+          'sourceAddresses: [127.0.0.1]',
+          'drain: { timeout: 5s }',
+          'rebalance: { minAge: 1s }',
+          'health: { interval: 5s }',
+          'outlierDetection: { consecutiveFailures: 2 }',
+        ].join('\n'),
+        'tcp',
+      ),
+    );
+    const s = config.services[0]!;
+    assert.equal(s.timeouts.idle, 600_000);
+    assert.equal(s.rebalance?.minAge, 1_000);
+    // The HTTP fields keep their defaults in the parsed shape, unused by the TCP plane.
+    assert.equal(s.retries, 2);
+  });
+});
