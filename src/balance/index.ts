@@ -65,11 +65,11 @@ export interface BalancerOptions {
   /** `maglev` only: table size, a prime; 65537 (default) or 655373 for large backend sets. */
   tableSize?: number | undefined;
   /**
-   * IPv4 prefix length for `hashKey: source-ip`. Defaults to
-   * `persistence.netmask` when that is set, else 32.
+   * IPv4 prefix length for `maglev` with `hashKey: source-ip` (refused
+   * elsewhere). Defaults to `persistence.netmask` when that is set, else 32.
    */
   netmask?: number | undefined;
-  /** IPv6 prefix length for `hashKey: source-ip`. Defaults to `persistence.netmask6`, else 128. */
+  /** IPv6 prefix length for `maglev` with `hashKey: source-ip` (refused elsewhere). Defaults to `persistence.netmask6`, else 128. */
   netmask6?: number | undefined;
   /**
    * LVS-style persistence in front of the policy: the same client network goes
@@ -97,6 +97,16 @@ export function createBalancer<T extends Target>(
       throw new ConfigError('hashKey applies only to balance: maglev', { field: 'hashKey' });
     if (options.tableSize !== undefined) {
       throw new ConfigError('tableSize applies only to balance: maglev', { field: 'tableSize' });
+    }
+  }
+  // Only a source-ip Maglev hash reads these; persistence has its own (`persistence.netmask`).
+  if (policy !== 'maglev' || options.hashKey !== 'source-ip') {
+    for (const field of ['netmask', 'netmask6'] as const) {
+      if (options[field] === undefined) continue;
+      throw new ConfigError(
+        `${field} applies only to balance: maglev with hashKey: source-ip; ${options.persistence === undefined ? 'remove it' : `for persistence, set persistence.${field} instead`}`,
+        { field },
+      );
     }
   }
   if (policy !== 'p2c' && options.peakEwma !== undefined && options.peakEwma !== false) {

@@ -15,6 +15,11 @@ describe('holdfast check-config refuses settings that would not work', () => {
       `${head}    websocket: { ping: off }\n`,
       /:5: services\[0\]\.websocket: applies to protocol: http only, and this service is protocol: tcp \(the default\); remove it, or set protocol: http/,
     ],
+    [
+      'netmask on a policy that does not read it',
+      `${head}    balance: round-robin\n    netmask: 24\n`,
+      /:6: services\[0\]\.netmask: netmask applies only to balance: maglev with hashKey: source-ip; remove it/,
+    ],
   ];
   for (const [what, text, expected] of cases) {
     test(`${what}: exits 1 naming the file, line and field`, async () => {

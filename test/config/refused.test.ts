@@ -87,3 +87,46 @@ describe('HTTP-only fields on a tcp service', () => {
     assert.equal(s.retries, 2);
   });
 });
+
+describe('netmask and netmask6 where nothing reads them', () => {
+  for (const field of ['netmask', 'netmask6'] as const) {
+    const value = field === 'netmask' ? 24 : 64;
+    test(`${field} is refused at its line unless the policy is maglev with hashKey: source-ip`, () => {
+      const message = new RegExp(
+        `${field} applies only to balance: maglev with hashKey: source-ip; remove it$`,
+      );
+      for (const policy of ['least-connections', 'round-robin', 'random', 'p2c']) {
+        refused(service(`balance: ${policy}\n${field}: ${value}`), 6, `services[0].${field}`, message);
+      }
+      // No balance: the tcp default, least-connections.
+      refused(service(`${field}: ${value}`), 5, `services[0].${field}`, message);
+      // Maglev hashing something other than the client address.
+      for (const hashKey of ['five-tuple', 'header:x-user', 'cookie:session']) {
+        refused(
+          service(`balance: maglev\nhashKey: "${hashKey}"\n${field}: ${value}`, 'http'),
+          8,
+          `services[0].${field}`,
+          message,
+        );
+      }
+      refused(service(`balance: maglev\n${field}: ${value}`), 6, `services[0].${field}`, message);
+    });
+
+    test(`${field} beside persistence on another policy points at persistence.${field}`, () => {
+      refused(
+        service(`persistence: { timeout: 5m }\n${field}: ${value}`),
+        6,
+        `services[0].${field}`,
+        new RegExp(`for persistence, set persistence\\.${field} instead$`),
+      );
+      const ok = parseConfig(service(`persistence: { timeout: 5m, ${field}: ${value} }`));
+      assert.equal(ok.services[0]!.persistence?.[field], value);
+    });
+  }
+
+  test('maglev with hashKey: source-ip takes both', () => {
+    const config = parseConfig(service('balance: maglev\nhashKey: source-ip\nnetmask: 24\nnetmask6: 64'));
+    assert.equal(config.services[0]!.netmask, 24);
+    assert.equal(config.services[0]!.netmask6, 64);
+  });
+});
