@@ -28,8 +28,7 @@ export function parseConfig(text: string, file = '<config>'): Config {
   }
   const result = configSchema.safeParse(doc.toJS() ?? {}, { reportInput: true });
   if (result.success) return result.data;
-  const issue = pickIssue(result.error.issues);
-  const path = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
+  const { issue, path } = throughUnions(pickIssue(result.error.issues));
   // An unknown key is best pointed at by its own line.
   const offset = offsetOf(doc, issue.code === 'unrecognized_keys' ? [...path, issue.keys[0] ?? ''] : path);
   throw new ConfigError(describe(issue), {
@@ -42,6 +41,33 @@ export function parseConfig(text: string, file = '<config>'): Config {
 /** Report the deepest issue first: it is the most specific one. */
 function pickIssue(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue {
   return issues.reduce((a, b) => (b.path.length > a.path.length ? b : a));
+}
+
+/**
+ * A union (`off` or `{ interval, timeout }`, a number or a dotted mask, …)
+ * reports one issue at its own path, with its branches' issues inside. When
+ * the value had the shape of a branch and failed deeper in it, that inner
+ * issue names the field the user got wrong (`websocket.ping.interval`, not
+ * `websocket.ping`), so report it, at its own path.
+ */
+function throughUnions(issue: z.core.$ZodIssue): { issue: z.core.$ZodIssue; path: (string | number)[] } {
+  let path = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
+  while (issue.code === 'invalid_union' && issue.input !== undefined) {
+    // Branches the value did not even have the type of say nothing about it.
+    const fitting = issue.errors.filter(
+      (branch) =>
+        !branch.every(
+          (i) => i.path.length === 0 && (i.code === 'invalid_type' || i.code === 'invalid_value'),
+        ),
+    );
+    if (fitting.length === 0) break;
+    const inner = pickIssue(fitting.flat());
+    // A union with a message of its own explains a top-level mismatch better than any branch.
+    if (inner.path.length === 0 && !issue.message.startsWith('Invalid input')) break;
+    issue = inner;
+    path = [...path, ...inner.path.filter((p): p is string | number => typeof p !== 'symbol')];
+  }
+  return { issue, path };
 }
 
 function describe(issue: z.core.$ZodIssue): string {
@@ -73,9 +99,22 @@ function describe(issue: z.core.$ZodIssue): string {
     }
     case 'invalid_union': {
       if (issue.input === undefined) return 'is required';
-      // A union error's own message is generic; prefer a custom one from a branch.
-      const inner = issue.errors.flat().find((i) => i.code === 'custom');
-      return inner?.message ?? issue.message;
+      // A union error's own message is generic; prefer a custom one from a branch,
+      // then a branch's own "write it like this", then the list of what fits.
+      if (!issue.message.startsWith('Invalid input')) return issue.message;
+      const branches = issue.errors.flat();
+      const inner =
+        branches.find((i) => i.code === 'custom') ??
+        branches.find((i) => i.code === 'invalid_type' && !i.message.startsWith('Invalid input'));
+      if (inner !== undefined) return inner.message;
+      const fits = branches.flatMap((i) =>
+        i.code === 'invalid_value'
+          ? i.values.map((v) => JSON.stringify(v))
+          : i.code === 'invalid_type'
+            ? [i.expected === 'object' ? 'a map of fields' : `a ${i.expected}`]
+            : [],
+      );
+      return fits.length > 0 ? `expected ${fits.join(' or ')}` : issue.message;
     }
     default:
       return issue.message;

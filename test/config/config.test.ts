@@ -67,6 +67,59 @@ services:
     assert.equal(ok.services[0]!.hashKey, 'sni');
   });
 
+  test('a field inside one branch of a union is named itself, at its own line', () => {
+    const yaml = (extra: string): string =>
+      `services:\n  - name: a\n    protocol: http\n    listen: 127.0.0.1:1\n    backends: { static: [127.0.0.1:2] }\n${extra}`;
+    const cases: [string, number, string, RegExp][] = [
+      [
+        '    websocket:\n      ping:\n        timeout: 5s\n        interval: soon\n',
+        9,
+        'services[0].websocket.ping.interval',
+        /"soon" is not a duration/,
+      ],
+      [
+        '    balance: p2c\n    peakEwma:\n      decay: 10\n',
+        8,
+        'services[0].peakEwma.decay',
+        /write a duration/,
+      ],
+      [
+        '    backends:\n      static:\n        - { address: 127.0.0.1:3, weight: -1 }\n',
+        7,
+        'services[0].backends.static[0].weight',
+        /must be at least 0/,
+      ],
+    ];
+    for (const [extra, line, field, message] of cases) {
+      assert.throws(
+        () =>
+          parseConfig(
+            yaml(extra).replace(
+              '    backends: { static: [127.0.0.1:2] }\n',
+              extra.includes('backends:') ? '' : '$&',
+            ),
+            'f.yaml',
+          ),
+        (err: unknown) =>
+          err instanceof ConfigError && err.field === field && err.line === line && message.test(err.message),
+        field,
+      );
+    }
+  });
+
+  test('a value that fits no branch of a union says what would', () => {
+    const yaml = (extra: string): string =>
+      `services:\n  - name: a\n    protocol: http\n    listen: 127.0.0.1:1\n    backends: { static: [127.0.0.1:2] }\n${extra}`;
+    assert.throws(
+      () => parseConfig(yaml('    websocket: { ping: on }\n'), 'f.yaml'),
+      /f\.yaml:6: services\[0\]\.websocket\.ping: expected "off" or a map of fields/,
+    );
+    assert.throws(
+      () => parseConfig(yaml('    maxConnectionAge: 30\n'), 'f.yaml'),
+      /f\.yaml:6: services\[0\]\.maxConnectionAge: write a duration with its unit, such as 500ms, 30s, 5m or 1h/,
+    );
+  });
+
   test('durations', () => {
     assert.equal(parseDuration('500ms'), 500);
     assert.equal(parseDuration('1.5s'), 1500);
