@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import type { BalancerOptions } from '../balance/index.ts';
-import { duration } from './fields.ts';
+import { duration, durationAtLeast, MIN_INTERVAL_MS, MIN_TIMEOUT_MS } from './fields.ts';
 
 const netmask = z.union([z.number().int().min(0).max(32), z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/)], {
   error: 'a netmask is a prefix length 0-32 (24) or a dotted mask ("255.255.255.0")',
@@ -33,7 +33,7 @@ export const balanceFields = {
   /** LVS persistence: the same client network sticks to one backend while used within `timeout`. */
   persistence: z
     .strictObject({
-      timeout: duration.default(300_000),
+      timeout: durationAtLeast(MIN_INTERVAL_MS).default(300_000),
       netmask: netmask.optional(),
       netmask6: netmask6.optional(),
       maxEntries: z.number().int().positive().max(10_000_000).optional(),
@@ -42,6 +42,7 @@ export const balanceFields = {
   /** New backends' weight ramps up over `window` (not with maglev). */
   slowStart: z
     .strictObject({
+      /** 0s: no ramp (the same as no slowStart). */
       window: duration,
       aggression: z.number().positive().optional(),
       minWeightPercent: z.number().min(0).max(100).optional(),
@@ -49,7 +50,10 @@ export const balanceFields = {
     .optional(),
   /** `p2c` only: weigh outstanding requests by peak-EWMA latency. */
   peakEwma: z
-    .union([z.boolean(), z.strictObject({ decay: duration.optional(), defaultRtt: duration.optional() })])
+    .union([
+      z.boolean(),
+      z.strictObject({ decay: durationAtLeast(MIN_TIMEOUT_MS).optional(), defaultRtt: duration.optional() }),
+    ])
     .optional(),
 };
 

@@ -6,7 +6,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { type HostPort, parseHostPort } from './address.ts';
-import { duration as durationMs } from './fields.ts';
+import { durationAtLeast, MIN_INTERVAL_MS, MIN_TIMEOUT_MS } from './fields.ts';
 
 const port = z.number().int().min(1).max(65535);
 
@@ -14,7 +14,7 @@ const port = z.number().int().min(1).max(65535);
 export const fileSourceSchema = z.strictObject({
   path: z.string().min(1, { error: 'give the path of the backends file' }),
   /** Also re-read at this interval, for file systems without change notification. */
-  pollInterval: durationMs.default(5_000),
+  pollInterval: durationAtLeast(MIN_INTERVAL_MS).default(5_000),
 });
 
 /** DNS name server as `ip` or `ip:port` (port 53 by default). */
@@ -42,10 +42,10 @@ export const dnsSourceSchema = z
     /** Name servers; default: the `nameserver` lines of /etc/resolv.conf. */
     servers: z.array(nameServer).optional(),
     /** Re-resolve after the answer's TTL, but never sooner than minInterval nor later than maxInterval. */
-    minInterval: durationMs.default(1_000),
-    maxInterval: durationMs.default(60_000),
+    minInterval: durationAtLeast(MIN_INTERVAL_MS).default(1_000),
+    maxInterval: durationAtLeast(MIN_INTERVAL_MS).default(60_000),
     /** Per query attempt. */
-    timeout: durationMs.default(2_000),
+    timeout: durationAtLeast(MIN_TIMEOUT_MS).default(2_000),
   })
   .superRefine((d, ctx) => {
     if (d.type !== 'SRV' && d.port === undefined) {
@@ -70,8 +70,8 @@ export const kubernetesSourceSchema = z.strictObject({
   /** A kubeconfig file; default: $KUBECONFIG, else the in-cluster service account. */
   kubeconfig: z.string().optional(),
   /** Wait between failed attempts starts here and doubles (with jitter) up to maxBackoff. */
-  backoff: durationMs.default(500),
-  maxBackoff: durationMs.default(30_000),
+  backoff: durationAtLeast(MIN_INTERVAL_MS).default(500),
+  maxBackoff: durationAtLeast(MIN_INTERVAL_MS).default(30_000),
 });
 
 export type FileSourceConfig = z.output<typeof fileSourceSchema>;

@@ -6,53 +6,78 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { type HostPort, parseHostPort } from './address.ts';
-import { parseDuration } from './duration.ts';
+import { formatDuration, parseDuration } from './duration.ts';
 
-/** A duration written with its unit (`500ms`, `30s`, `5m`, `1h`), as milliseconds. */
-export const duration = z
-  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
-  .transform((text, ctx): number => {
-    const ms = parseDuration(text);
-    if (ms === undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
+/**
+ * Floors for durations that cannot be 0. Zero, or a few milliseconds, is
+ * never what a user means: a timer of 0 re-arms in a busy loop, and a timeout
+ * nothing on a real network can meet fails every attempt. The floors sit
+ * below any value a sensible config (or a test) uses; see docs/config.md.
+ */
+/** A single wait: a connect, probe, query or request timeout; a closing handshake. */
+export const MIN_TIMEOUT_MS = 10;
+/** Something that repeats or ends a life: intervals, polls, heartbeats, back-offs, ages, idle limits. */
+export const MIN_INTERVAL_MS = 50;
 
-/** A duration longer than zero. */
-export const positiveDuration = z
-  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h' })
-  .transform((text, ctx): number => {
-    const ms = parseDuration(text);
-    if (ms === undefined || ms <= 0) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `"${text}" is not a duration > 0: write it as 500ms, 30s, 5m or 1h`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
+const DURATION_TYPE = 'write a duration with its unit, such as 500ms, 30s, 5m or 1h';
 
-/** A duration, or `off` (0 ms). */
-export const durationOrOff = z
-  .string({ error: 'write a duration with its unit, such as 500ms, 30s, 5m or 1h, or "off"' })
-  .transform((text, ctx): number => {
+function notADuration(text: string, orOff: boolean): string {
+  return `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h${orOff ? ', or "off"' : ''}`;
+}
+
+/** A duration written with its unit (`500ms`, `30s`, `5m`, `1h`), as milliseconds; 0 allowed. */
+export const duration = z.string({ error: DURATION_TYPE }).transform((text, ctx): number => {
+  const ms = parseDuration(text);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: notADuration(text, false) });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+/**
+ * A duration of at least `minMs`. `offToo` says the field also takes `off`
+ * (as a union beside this), so the message can offer it.
+ */
+export function durationAtLeast(minMs: number, offToo = false) {
+  return z
+    .string({ error: `${DURATION_TYPE}${offToo ? ', or "off"' : ''}` })
+    .transform((text, ctx): number => {
+      const ms = parseDuration(text);
+      if (ms === undefined) {
+        ctx.addIssue({ code: 'custom', message: notADuration(text, offToo) });
+        return z.NEVER;
+      }
+      if (ms < minMs) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `"${text}" is too short: write at least ${formatDuration(minMs)}${offToo ? ', or "off"' : ''}`,
+        });
+        return z.NEVER;
+      }
+      return ms;
+    });
+}
+
+/** A duration of at least `minMs`, or `off` (also written `0s`), as 0 ms. */
+export function durationOrOff(minMs: number) {
+  return z.string({ error: `${DURATION_TYPE}, or "off"` }).transform((text, ctx): number => {
     if (text === 'off') return 0;
     const ms = parseDuration(text);
     if (ms === undefined) {
+      ctx.addIssue({ code: 'custom', message: notADuration(text, true) });
+      return z.NEVER;
+    }
+    if (ms !== 0 && ms < minMs) {
       ctx.addIssue({
         code: 'custom',
-        message: `"${text}" is not a duration: write it as 500ms, 30s, 5m or 1h, or "off"`,
+        message: `"${text}" is too short: write at least ${formatDuration(minMs)}, or "off" for none`,
       });
       return z.NEVER;
     }
     return ms;
   });
+}
 
 /** `host:port`, IPv6 in brackets. */
 export const hostPort = z

@@ -3,9 +3,8 @@
  * (`outlierDetection:`) of a service. Documented in docs/health.md.
  */
 import { z } from 'zod';
-import { duration as durationMs } from './fields.ts';
-
-/** A duration written with its unit (500ms, 5s, 1m), as milliseconds. */
+import { formatDuration } from './duration.ts';
+import { durationAtLeast, MIN_INTERVAL_MS, MIN_TIMEOUT_MS } from './fields.ts';
 
 const positiveInt = z.number().int().positive();
 
@@ -36,8 +35,8 @@ export const healthSchema = z
   .strictObject({
     /** tcp: connect succeeds. http: GET `path` answers a status in `expectStatus`. grpc: grpc.health.v1 Check says SERVING. */
     type: z.enum(['tcp', 'http', 'grpc']).default('tcp'),
-    interval: durationMs.default(5_000),
-    timeout: durationMs.default(2_000),
+    interval: durationAtLeast(MIN_INTERVAL_MS).default(5_000),
+    timeout: durationAtLeast(MIN_TIMEOUT_MS).default(2_000),
     /** Consecutive passes before an unhealthy backend takes connections again. */
     healthyThreshold: positiveInt.default(2),
     /** Consecutive failures before a backend is marked unhealthy. */
@@ -57,7 +56,11 @@ export const healthSchema = z
   })
   .superRefine((h, ctx) => {
     if (h.timeout > h.interval) {
-      ctx.addIssue({ code: 'custom', path: ['timeout'], message: 'must not be longer than interval' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['timeout'],
+        message: `${formatDuration(h.timeout)} must not be longer than interval (${formatDuration(h.interval)}); set a shorter timeout`,
+      });
     }
   });
 
@@ -67,8 +70,8 @@ export const outlierSchema = z.strictObject({
   /** Consecutive HTTP 5xx answers that eject a backend (0 turns this signal off). */
   consecutive5xx: z.number().int().min(0).default(5),
   /** First ejection lasts this long; each repeat ejection adds as much again, up to maxEjectionTime. */
-  baseEjectionTime: durationMs.default(30_000),
-  maxEjectionTime: durationMs.default(300_000),
+  baseEjectionTime: durationAtLeast(MIN_INTERVAL_MS).default(30_000),
+  maxEjectionTime: durationAtLeast(MIN_INTERVAL_MS).default(300_000),
   /** Never eject more than this share of a service's backends (rounded down). */
   maxEjectionPercent: z.number().min(0).max(100).default(50),
 });

@@ -5,7 +5,7 @@
  * Documented in docs/http.md.
  */
 import { z } from 'zod';
-import { durationOrOff } from './fields.ts';
+import { durationOrOff, MIN_INTERVAL_MS, MIN_TIMEOUT_MS } from './fields.ts';
 
 const share = z.number().min(0).max(1);
 
@@ -31,9 +31,9 @@ export const httpServiceFields = {
   /** Per-request timeouts. `request`: until the backend's response headers; `off` for none. */
   httpTimeouts: z
     .strictObject({
-      request: durationOrOff.default(30_000),
+      request: durationOrOff(MIN_TIMEOUT_MS).default(30_000),
       /** Idle keep-alive client connections (HTTP/1.1) and sessions (HTTP/2) close after this. */
-      clientIdle: durationOrOff.default(300_000),
+      clientIdle: durationOrOff(MIN_INTERVAL_MS).default(300_000),
     })
     .prefault({}),
   http2: z
@@ -41,8 +41,8 @@ export const httpServiceFields = {
       /** PING keepalive on downstream and upstream sessions; a missing ACK closes the session. */
       ping: z
         .strictObject({
-          interval: durationOrOff.default(30_000),
-          timeout: durationOrOff.default(10_000),
+          interval: durationOrOff(MIN_INTERVAL_MS).default(30_000),
+          timeout: durationOrOff(MIN_TIMEOUT_MS).default(10_000),
           /** Each interval is randomised by ± this share, so sessions do not ping in lockstep. */
           jitter: share.default(0.1),
         })

@@ -8,7 +8,15 @@ import { BALANCE_POLICIES, createBalancer } from '../balance/index.ts';
 import { ConfigError, HoldfastError } from '../errors.ts';
 import { balanceFields, balancerOptions } from './balance.ts';
 import { dnsSourceSchema, fileSourceSchema, kubernetesSourceSchema } from './discovery.ts';
-import { duration, hostPort, ipAddress } from './fields.ts';
+import {
+  duration,
+  durationAtLeast,
+  durationOrOff,
+  hostPort,
+  ipAddress,
+  MIN_INTERVAL_MS,
+  MIN_TIMEOUT_MS,
+} from './fields.ts';
 import { healthSchema, outlierSchema } from './health.ts';
 import { httpServiceFields } from './http.ts';
 import { maxConnectionAgeSchema, rebalanceSchema, websocketSchema } from './websocket.ts';
@@ -91,15 +99,18 @@ const serviceFields = z.strictObject({
   backends,
   health: healthSchema.optional(),
   outlierDetection: outlierSchema.optional(),
+  /** 0s: connections are asked to leave and closed at once. */
   drain: z.strictObject({ timeout: duration.default(30_000) }).prefault({}),
   sourceAddresses: z.array(ipAddress).default([]),
   timeouts: z
     .strictObject({
-      connect: duration.default(5_000),
-      idle: duration.default(3_600_000),
+      connect: durationAtLeast(MIN_TIMEOUT_MS).default(5_000),
+      /** `off` (or 0s): no idle limit; the TCP plane's sweep reads 0 as off. */
+      idle: durationOrOff(MIN_INTERVAL_MS).default(3_600_000),
     })
     .prefault({}),
-  tcpKeepAlive: z.union([z.literal('off'), duration]).default(30_000),
+  /** The kernel counts keepalive idle time in whole seconds: below 1 s it would silently become 1 s. */
+  tcpKeepAlive: z.union([z.literal('off'), durationAtLeast(1_000, true)]).default(30_000),
   limits: z
     .strictObject({
       maxConnections: positiveInt.optional(),

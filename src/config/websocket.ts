@@ -5,7 +5,7 @@
  * Documented in docs/websocket.md.
  */
 import { z } from 'zod';
-import { positiveDuration as duration } from './fields.ts';
+import { durationAtLeast, MIN_INTERVAL_MS, MIN_TIMEOUT_MS } from './fields.ts';
 
 const SIZE_UNITS: Readonly<Record<string, number>> = {
   '': 1,
@@ -45,8 +45,8 @@ export const websocketSchema = z
       .union([
         z.literal('off'),
         z.strictObject({
-          interval: duration.default(10_000),
-          timeout: duration.default(5_000),
+          interval: durationAtLeast(MIN_INTERVAL_MS).default(10_000),
+          timeout: durationAtLeast(MIN_TIMEOUT_MS).default(5_000),
         }),
       ])
       .default({ interval: 10_000, timeout: 5_000 }),
@@ -55,12 +55,14 @@ export const websocketSchema = z
     /** Largest message (all fragments) accepted from either side (close 1009 above it). */
     maxMessageSize: size.default(64 * 1024 * 1024),
     /** How long a closing handshake may take before the sockets are destroyed. */
-    closeTimeout: duration.default(5_000),
+    closeTimeout: durationAtLeast(MIN_TIMEOUT_MS).default(5_000),
   })
   .prefault({});
 
 /** `maxConnectionAge:` — older connections are asked to reconnect (±10 % jitter); `off` to disable. */
-export const maxConnectionAgeSchema = z.union([z.literal('off'), duration]).default(30 * 60_000);
+export const maxConnectionAgeSchema = z
+  .union([z.literal('off'), durationAtLeast(MIN_INTERVAL_MS, true)])
+  .default(30 * 60_000);
 
 /** `rebalance:` — absent means off. */
 export const rebalanceSchema = z
@@ -70,7 +72,7 @@ export const rebalanceSchema = z
     /** At most this many connections asked to move in any one second. */
     maxPerSecond: z.number().int().positive().default(50),
     /** A connection younger than this (it may just have moved) is never chosen. */
-    minAge: duration.default(5_000),
+    minAge: durationAtLeast(MIN_TIMEOUT_MS).default(5_000),
   })
   .optional();
 

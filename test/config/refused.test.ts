@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { parseDuration } from '../../src/config/duration.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { ConfigError } from '../../src/errors.ts';
 
@@ -128,5 +129,109 @@ describe('netmask and netmask6 where nothing reads them', () => {
     const config = parseConfig(service('balance: maglev\nhashKey: source-ip\nnetmask: 24\nnetmask6: 64'));
     assert.equal(config.services[0]!.netmask, 24);
     assert.equal(config.services[0]!.netmask6, 64);
+  });
+});
+
+describe('durations too short to work', () => {
+  /** [field as written under the service, the path to set it, protocol, floor, takes off]. */
+  const FIELDS: [string, string, 'tcp' | 'http', string, boolean][] = [
+    ['timeouts.connect', 'timeouts: { connect: <d> }', 'tcp', '10ms', false],
+    ['timeouts.idle', 'timeouts: { idle: <d> }', 'tcp', '50ms', true],
+    ['tcpKeepAlive', 'tcpKeepAlive: <d>', 'tcp', '1s', false],
+    ['persistence.timeout', 'persistence: { timeout: <d> }', 'tcp', '50ms', false],
+    ['peakEwma.decay', 'balance: p2c\npeakEwma: { decay: <d> }', 'http', '10ms', false],
+    ['health.interval', 'health: { interval: <d>, timeout: 10ms }', 'tcp', '50ms', false],
+    ['health.timeout', 'health: { timeout: <d> }', 'tcp', '10ms', false],
+    [
+      'outlierDetection.baseEjectionTime',
+      'outlierDetection: { baseEjectionTime: <d> }',
+      'tcp',
+      '50ms',
+      false,
+    ],
+    ['outlierDetection.maxEjectionTime', 'outlierDetection: { maxEjectionTime: <d> }', 'tcp', '50ms', false],
+    ['rebalance.minAge', 'rebalance: { minAge: <d> }', 'tcp', '10ms', false],
+    ['httpTimeouts.request', 'httpTimeouts: { request: <d> }', 'http', '10ms', true],
+    ['httpTimeouts.clientIdle', 'httpTimeouts: { clientIdle: <d> }', 'http', '50ms', true],
+    ['http2.ping.interval', 'http2: { ping: { interval: <d> } }', 'http', '50ms', true],
+    ['http2.ping.timeout', 'http2: { ping: { timeout: <d> } }', 'http', '10ms', true],
+    ['websocket.ping.interval', 'websocket: { ping: { interval: <d> } }', 'http', '50ms', false],
+    ['websocket.ping.timeout', 'websocket: { ping: { timeout: <d> } }', 'http', '10ms', false],
+    ['websocket.closeTimeout', 'websocket: { closeTimeout: <d> }', 'http', '10ms', false],
+    ['maxConnectionAge', 'maxConnectionAge: <d>', 'http', '50ms', false],
+  ];
+  // `service()` writes `protocol:` on line 3, so the snippet starts on line 6.
+  const line = (snippet: string): number => 6 + snippet.split('\n').length - 1;
+
+  for (const [field, snippet, protocol, floor, takesOff] of FIELDS) {
+    test(`${field}: 0s and anything under ${floor} are refused, naming the floor${takesOff ? '; 0s and off mean off' : ''}`, () => {
+      const at = (d: string): string => service(snippet.replace('<d>', d), protocol);
+      const offHint = takesOff
+        ? ', or "off" for none'
+        : field === 'tcpKeepAlive' || field === 'maxConnectionAge'
+          ? ', or "off"'
+          : '';
+      const underFloor = `${parseDuration(floor)! - 1}ms`;
+      for (const d of takesOff ? [underFloor] : ['0s', underFloor]) {
+        refused(
+          at(d),
+          line(snippet),
+          `services[0].${field}`,
+          new RegExp(
+            `^f\\.yaml:\\d+: \\S+: "${d}" is too short: write at least ${floor}${offHint.replace(/[()]/g, '\\$&')}$`,
+          ),
+        );
+      }
+      assert.doesNotThrow(() => parseConfig(at(floor)));
+      if (takesOff) {
+        for (const d of ['0s', 'off']) assert.doesNotThrow(() => parseConfig(at(d)), d);
+      }
+    });
+  }
+
+  test('the discovery sources refuse intervals, back-offs and timeouts under their floor', () => {
+    const withSource = (source: string): string =>
+      `services:\n  - name: a\n    listen: 127.0.0.1:1\n    backends:\n      ${source}\n`;
+    const cases: [string, string, string][] = [
+      ['file: { path: b.yaml, pollInterval: <d> }', 'backends.file.pollInterval', '50ms'],
+      ['dns: { name: b.local, port: 80, minInterval: <d> }', 'backends.dns.minInterval', '50ms'],
+      [
+        'dns: { name: b.local, port: 80, minInterval: 50ms, maxInterval: <d> }',
+        'backends.dns.maxInterval',
+        '50ms',
+      ],
+      ['dns: { name: b.local, port: 80, timeout: <d> }', 'backends.dns.timeout', '10ms'],
+      ['kubernetes: { service: b, backoff: <d> }', 'backends.kubernetes.backoff', '50ms'],
+      ['kubernetes: { service: b, maxBackoff: <d> }', 'backends.kubernetes.maxBackoff', '50ms'],
+    ];
+    for (const [source, field, floor] of cases) {
+      refused(
+        withSource(source.replace('<d>', '0s')),
+        5,
+        `services[0].${field}`,
+        new RegExp(`"0s" is too short: write at least ${floor}$`),
+      );
+      assert.doesNotThrow(() => parseConfig(withSource(source.replace('<d>', floor))), field);
+    }
+  });
+
+  test('0s keeps its meaning where it has one: drain at once, no slow-start ramp, no default RTT', () => {
+    const config = parseConfig(
+      service(
+        'drain: { timeout: 0s }\nslowStart: { window: 0s }\nbalance: p2c\npeakEwma: { defaultRtt: 0s }',
+      ),
+    );
+    const s = config.services[0]!;
+    assert.equal(s.drain.timeout, 0);
+    assert.equal(s.slowStart?.window, 0);
+  });
+
+  test('a health timeout longer than the interval says both values', () => {
+    refused(
+      service('health: { interval: 1s }'),
+      5,
+      'services[0].health.timeout',
+      /2s must not be longer than interval \(1s\); set a shorter timeout$/,
+    );
   });
 });
