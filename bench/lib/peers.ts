@@ -97,6 +97,12 @@ export interface HoldfastOptions {
    * in the flags (the launcher's flags have it).
    */
   preloadGc?: boolean;
+  /**
+   * Another build's `dist/cli/main.js` to run instead of this checkout's (an
+   * A/B against a baseline build, interleaved in the same run), and the name
+   * the peer is reported under.
+   */
+  entry?: { path: string; name: string };
 }
 
 export async function startHoldfast(
@@ -111,12 +117,17 @@ export async function startHoldfast(
   // (see src/cli/main.ts's first line).
   const flags = (process.env.HOLDFAST_BENCH_NODE_FLAGS ?? LAUNCHER_FLAGS).split(' ').filter((f) => f !== '');
   if (options.preloadGc === true) flags.push('--import', GC_ON_SIGNAL);
-  const child = spawn(NODE, [...flags, holdfastEntry(), 'serve', '--config', file, '--json'], {
+  const entry = options.entry?.path ?? holdfastEntry();
+  const child = spawn(NODE, [...flags, entry, 'serve', '--config', file, '--json'], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1' },
   });
   await waitForPort(port);
-  const peer: RunningPeer = { name: 'holdfast', pids: () => [child.pid!], stop: () => stopChild(child) };
+  const peer: RunningPeer = {
+    name: options.entry?.name ?? 'holdfast',
+    pids: () => [child.pid!],
+    stop: () => stopChild(child),
+  };
   if (options.preloadGc === true) {
     peer.collectGarbage = () => {
       if (!child.kill('SIGUSR2')) throw new Error('holdfast is gone: could not signal it to collect');

@@ -411,6 +411,16 @@ class HandleLeg implements Leg {
   end(): void {
     if ((this.flags & (F_ENDED | F_DESTROYED)) !== 0) return;
     this.flags |= F_ENDED;
+    // The peer has ended its side already and nothing is queued: closing now
+    // sends the same FIN (after whatever the kernel still holds) and is where
+    // the shutdown's completion would lead anyway, without the shutdown call,
+    // its request and its callback. Nothing can be unread after the peer's
+    // FIN, so the close is never a reset. (A relayed connection whose backend
+    // answers and closes first ends this way: one syscall less.)
+    if ((this.flags & F_EOF) !== 0 && this.queued === 0) {
+      this.destroy();
+      return;
+    }
     const req = new internals!.ShutdownWrap() as ShutdownReq;
     req.oncomplete = onShutdown;
     req.leg = this;
