@@ -467,10 +467,12 @@ class WsConnection extends Relay {
       this.#badBackend('the backend answered the WebSocket handshake with something other than HTTP/1.1');
       return;
     }
-    // The backend answered: its connect failures in a row are over (a 5xx
-    // answer is not counted either way, as it would break the HTTP plane's
-    // run of 5xx on the same backend).
-    if (status[1]!.charCodeAt(0) !== 53 /* '5' */) this.proxy.ctx.cluster.reportSuccess(this.backend!);
+    // Passive outlier detection counts the answer as the HTTP plane counts
+    // a response: 5xx towards consecutive5xx, anything else as a success
+    // (which also ends a run of connect failures).
+    if (status[1]!.charCodeAt(0) === 53 /* '5' */)
+      this.proxy.ctx.cluster.reportFailure(this.backend!, 'http-5xx');
+    else this.proxy.ctx.cluster.reportSuccess(this.backend!);
     if (status[1] !== '101') {
       // The backend refused the upgrade (401, 403, 404…): the client gets its answer as is.
       const down = this.#openLegs(hs);
@@ -558,6 +560,13 @@ class WsConnection extends Relay {
     const up = this.up;
     // (A backend leg given up on during the handshake may report its close late.)
     if (down === undefined || up === undefined || (leg !== down && leg !== up)) return;
+    // A backend that cuts an open WebSocket (a reset, a failed read or write)
+    // counts towards outlier detection, as the TCP proxy counts resets. Only
+    // while open: once a close has started, a reset is a sloppy ending of a
+    // connection that was over anyway (a backend that closes its socket while
+    // the client's last frames are still on their way gets them as a reset).
+    if (error && leg === up && this.phase === OPEN && this.backend !== undefined)
+      this.proxy.ctx.cluster.reportFailure(this.backend, 'reset');
     if (error) {
       down.destroy();
       up.destroy();
