@@ -220,7 +220,12 @@ export class WebSocketProxy implements UpgradeHandler {
   #schedule(): void {
     if (this.#tick !== undefined || this.connections.timed === 0) return;
     const clock = this.ctx.clock;
-    this.#tick = clock.setTimer(this.#onTick, Math.max(1, this.connections.nextTickAt() - clock.now()));
+    const now = clock.now();
+    // After a quiet spell with no tick, reads stamp the end of the current slot,
+    // which is what the tick about to run will see.
+    const next = (Math.floor(now / this.#tickMs) + 1) * this.#tickMs;
+    if (this.heardAt < next) this.heardAt = next;
+    this.#tick = clock.setTimer(this.#onTick, Math.max(1, this.connections.nextTickAt() - now));
   }
 
   readonly #onTick = (): void => {
