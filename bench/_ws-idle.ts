@@ -12,6 +12,10 @@
  *
  * `--profile DIR` (one entry, one run) also writes a CPU profile of the
  * window only and counts the timers that fired in it, by where they were set.
+ *
+ * `--relay` measures the other side instead, for changes on the relay's
+ * path: the gateway's CPU per relayed message (µs) while 50 clients echo
+ * 1 KiB messages, 16 in flight each, over `--seconds` (no idle connections).
  */
 import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -35,6 +39,7 @@ const { values } = parseArgs({
     'max-age': { type: 'string', default: '30m' },
     entry: { type: 'string', multiple: true },
     profile: { type: 'string' },
+    relay: { type: 'boolean', default: false },
   },
 });
 const conns = Number(values.conns);
@@ -132,6 +137,25 @@ try {
       });
       try {
         await waitForPort(port);
+        if (values.relay) {
+          const c0 = cpuMs(gw.pid!);
+          const t = await ask<{ msgsPerSec: number }>(clients, {
+            cmd: 'throughput',
+            port,
+            conns: 50,
+            seconds: Number(values.seconds),
+            size: 1024,
+            window: 16,
+          });
+          // CPU over the warm-up and the window; messages over the window, scaled to the same span.
+          const used = cpuMs(gw.pid!) - c0;
+          const us = (used * 1000) / (t.msgsPerSec * (Number(values.seconds) + 0.5));
+          samples.get(entry.label)!.push(us);
+          console.log(
+            `run ${run + 1} ${entry.label}: ${us.toFixed(2)} µs per message, ${Math.round(t.msgsPerSec)} msgs/s`,
+          );
+          continue;
+        }
         await ask(clients, { cmd: 'open', port, n: conns });
         await sleep(Number(values.settle) * 1000);
         if (values.profile !== undefined) gw.kill('SIGUSR2');
@@ -158,6 +182,12 @@ try {
   backendProc.kill('SIGKILL');
 }
 for (const [label, xs] of samples) {
+  if (values.relay) {
+    console.log(
+      `${label}: median ${median(xs).toFixed(2)} µs of gateway CPU per relayed message (${xs.map((x) => x.toFixed(2)).join(', ')})`,
+    );
+    continue;
+  }
   console.log(
     `${label}: median ${median(xs).toFixed(2)} % of a core (${xs.map((x) => x.toFixed(2)).join(', ')}), ${conns} idle WebSockets, ping ${values.ping}, maxConnectionAge ${values['max-age']}`,
   );
