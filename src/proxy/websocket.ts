@@ -225,7 +225,12 @@ export class WebSocketProxy implements UpgradeHandler {
     // which is what the tick about to run will see.
     const next = (Math.floor(now / this.#tickMs) + 1) * this.#tickMs;
     if (this.heardAt < next) this.heardAt = next;
-    this.#tick = clock.setTimer(this.#onTick, Math.max(1, this.connections.nextTickAt() - now));
+    // A millisecond over: Node times a timer from the loop's cached time, which
+    // lags the clock, and a tick that came before its slot would only arm another.
+    this.#tick = clock.setTimer(
+      this.#onTick,
+      Math.max(1, Math.ceil(this.connections.nextTickAt() - now) + 1),
+    );
   }
 
   readonly #onTick = (): void => {

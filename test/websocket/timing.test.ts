@@ -28,7 +28,7 @@ describe('WebSocket timing on a hand-driven clock', () => {
       clock.advance(4_000);
       ws.send('still here');
       await once(ws, 'message');
-      // The old per-tick sweep saw the message at the next tick (4.5 s): the ping is due 10 s after that.
+      // A ping goes out once the client has been silent for the interval, within a tick (500 ms).
       clock.advance(10_000);
       await settle();
       assert.deepEqual(pings, [], 'no ping within the interval after the message');
