@@ -16,7 +16,11 @@
  * add and a delete per entry: see docs/architecture.md, "Performance notes").
  */
 export interface WheelEntry<T> {
-  /** The entry's deadline (ms, same clock as `advance`); Infinity: none. */
+  /**
+   * The entry's deadline (ms, same clock as `advance`); -1: none. (Not
+   * Infinity: a field that ever held a non-integer is boxed, 16 bytes more
+   * per entry.) Start it at -1.
+   */
   wheelAt: number;
   /** The slot it is listed in; -1: not in the wheel. */
   wheelSlot: number;
@@ -62,7 +66,7 @@ export class DeadlineWheel<T extends WheelEntry<T>> {
   set(e: T, at: number): void {
     if (e.wheelSlot >= 0) this.#unlink(e);
     else this.#size++;
-    e.wheelAt = at;
+    e.wheelAt = at === Infinity ? -1 : at;
     let slot = PARKED;
     if (at !== Infinity) {
       // The first slot starting at or after `at`, but never one already fired.
@@ -118,7 +122,7 @@ export class DeadlineWheel<T extends WheelEntry<T>> {
     for (const e of all) this.delete(e);
     this.#slotMs = slotMs;
     this.#done = Math.floor(now / slotMs);
-    for (const e of all) this.set(e, e.wheelAt);
+    for (const e of all) this.set(e, e.wheelAt < 0 ? Infinity : e.wheelAt);
   }
 
   *[Symbol.iterator](): IterableIterator<T> {

@@ -331,7 +331,7 @@ const F_RAW = 1024;
  */
 class WsConnection extends Relay implements WheelEntry<WsConnection> {
   // Its place among the proxy's open connections (a DeadlineWheel), once the handshake is done.
-  wheelAt = Infinity;
+  wheelAt = -1;
   wheelSlot = -1;
   wheelPrev: WsConnection | undefined = undefined;
   wheelNext: WsConnection | undefined = undefined;

@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import { DeadlineWheel, type WheelEntry } from '../../src/deadline-wheel.ts';
 
 class Entry implements WheelEntry<Entry> {
-  wheelAt = Infinity;
+  wheelAt = -1;
   wheelSlot = -1;
   wheelPrev: Entry | undefined = undefined;
   wheelNext: Entry | undefined = undefined;
