@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { isIPv6, type Socket } from 'node:net';
 import type { Backend } from '../cluster/backend.ts';
 import type { Timer } from '../cluster/clock.ts';
-import { type LiveNode, LiveSet } from '../live-set.ts';
+import { DeadlineWheel, type WheelEntry } from '../deadline-wheel.ts';
 import type { LeaveReason } from '../cluster/connection.ts';
 import { Rebalancer } from '../cluster/rebalance.ts';
 import type { ServiceConfig } from '../config/schema.ts';
@@ -85,16 +85,30 @@ const STATUS_TEXT: Readonly<Record<number, string>> = {
 export class WebSocketProxy implements UpgradeHandler {
   readonly ctx: HttpContext;
   settings: WebSocketSettings;
-  /** Open (relaying or closing) connections, visited by the heartbeat tick. */
-  readonly connections = new LiveSet<WsConnection>();
+  /**
+   * Open (relaying or closing) connections, each filed under the time of its
+   * next check (a heartbeat due, max age, the close timeout): the tick
+   * visits only those that are due, so idle connections cost it nothing.
+   */
+  readonly connections: DeadlineWheel<WsConnection>;
   readonly rebalancer: Rebalancer;
   #tick: Timer | undefined;
   #tickMs = 1000;
   #upgrading = 0;
+  /**
+   * When the next tick is due: what a read stamps on its connection as the
+   * time it last heard from that peer. The tick that follows a read is when
+   * the old per-tick sweep saw the read, so heartbeats keep their timing,
+   * and a read costs one store, no clock call.
+   */
+  heardAt = 0;
+  // The tick's time and settings, for #fire (a method, not a closure per tick).
+  #now = 0;
+  #s: WebSocketSettings;
 
   constructor(ctx: HttpContext) {
     this.ctx = ctx;
-    this.settings = websocketSettings(ctx.config);
+    this.settings = this.#s = websocketSettings(ctx.config);
     this.rebalancer = new Rebalancer(ctx.cluster, {
       clock: ctx.clock,
       log: ctx.log,
@@ -104,19 +118,31 @@ export class WebSocketProxy implements UpgradeHandler {
       isHeld: relayHeld(ctx.cluster, ctx.clock),
     });
     this.#updateTick();
+    this.connections = new DeadlineWheel(this.#tickMs, Math.floor(ctx.clock.now()));
+    this.heardAt = this.connections.nextTickAt();
   }
 
   configure(config: ServiceConfig): void {
     this.settings = websocketSettings(config);
     this.rebalancer.configure(config.rebalance);
     this.#updateTick();
+    // Heartbeat settings apply to open connections too: file each under its new next check.
+    const now = Math.floor(this.ctx.clock.now());
+    const wheel = this.connections;
+    wheel.resize(this.#tickMs, now);
+    for (const conn of [...wheel]) wheel.set(conn, conn.nextCheck(this.settings));
+    this.heardAt = wheel.nextTickAt();
+    this.#tick?.cancel();
+    this.#tick = undefined;
+    this.#schedule();
   }
 
   #updateTick(): void {
     const s = this.settings;
     let ms = Math.min(1000, s.closeTimeoutMs / 5);
     if (s.pingIntervalMs !== undefined) ms = Math.min(ms, Math.min(s.pingIntervalMs, s.pingTimeoutMs) / 10);
-    this.#tickMs = Math.max(20, ms);
+    // Whole milliseconds, so that slot boundaries fall on the integer times the checks use.
+    this.#tickMs = Math.max(20, Math.floor(ms));
   }
 
   /** Count a protocol error for /metrics. */
@@ -172,25 +198,54 @@ export class WebSocketProxy implements UpgradeHandler {
 
   /** A connection finished its handshake and now relays. */
   opened(conn: WsConnection): void {
-    conn.proxyNode = this.connections.add(conn);
-    if (this.#tick === undefined) this.#schedule();
+    this.connections.set(conn, conn.nextCheck(this.settings));
+    this.#schedule();
     this.rebalancer.start();
   }
 
+  /** An open connection's next check moved earlier (it started closing). */
+  recheck(conn: WsConnection): void {
+    // Not while the tick has it out of the wheel: the tick files it again itself.
+    if (conn.wheelSlot < 0) return;
+    this.connections.set(conn, conn.nextCheck(this.settings));
+    this.#schedule();
+  }
+
   closed(conn: WsConnection): void {
-    if (conn.proxyNode !== undefined) this.connections.delete(conn.proxyNode);
+    this.connections.delete(conn);
     if (this.connections.size === 0) this.rebalancer.stop();
   }
 
+  /** Run the tick at the next slot of the wheel, while any connection has a check to come. */
   #schedule(): void {
-    this.#tick = this.ctx.clock.setTimer(() => {
-      this.#tick = undefined;
-      const now = Math.floor(this.ctx.clock.now());
-      const s = this.settings;
-      for (const conn of this.connections) conn.tick(now, s);
-      if (this.connections.size > 0) this.#schedule();
-    }, this.#tickMs);
+    if (this.#tick !== undefined || this.connections.timed === 0) return;
+    const clock = this.ctx.clock;
+    const now = clock.now();
+    // After a quiet spell with no tick, reads stamp the end of the current slot,
+    // which is what the tick about to run will see.
+    const next = (Math.floor(now / this.#tickMs) + 1) * this.#tickMs;
+    if (this.heardAt < next) this.heardAt = next;
+    // A millisecond over: Node times a timer from the loop's cached time, which
+    // lags the clock, and a tick that came before its slot would only arm another.
+    this.#tick = clock.setTimer(
+      this.#onTick,
+      Math.max(1, Math.ceil(this.connections.nextTickAt() - now) + 1),
+    );
   }
+
+  readonly #onTick = (): void => {
+    this.#tick = undefined;
+    this.#now = Math.floor(this.ctx.clock.now());
+    this.#s = this.settings;
+    this.connections.advance(this.#now, this.#fire);
+    this.heardAt = this.connections.nextTickAt();
+    this.#schedule();
+  };
+
+  readonly #fire = (conn: WsConnection): void => {
+    conn.check(this.#now, this.#s);
+    if (conn.phase !== CLOSED) this.connections.set(conn, conn.nextCheck(this.#s));
+  };
 }
 
 function reject(socket: Socket, status: number, message: string, extra = ''): void {
@@ -264,8 +319,6 @@ const F_CLOSE_SENT = 32;
 const F_CLOSE_SEEN = 64;
 /** permessage-deflate was negotiated: RSV1 is allowed on a message's first frame. */
 const F_COMPRESSION = 128;
-/** Data arrived from the input peer since the last heartbeat check. */
-const F_RX = 256;
 /** Backend → client only: the backend refused the upgrade; its answer is passed through as bytes. */
 const F_RAW = 1024;
 
@@ -276,9 +329,12 @@ const F_RAW = 1024;
  * state are plain fields of this one object: `u*` is the client → backend
  * direction, `d*` backend → client.
  */
-class WsConnection extends Relay {
-  /** Its place among the proxy's open connections, once the handshake is done. */
-  proxyNode: LiveNode<WsConnection> | undefined = undefined;
+class WsConnection extends Relay implements WheelEntry<WsConnection> {
+  // Its place among the proxy's open connections (a DeadlineWheel), once the handshake is done.
+  wheelAt = -1;
+  wheelSlot = -1;
+  wheelPrev: WsConnection | undefined = undefined;
+  wheelNext: WsConnection | undefined = undefined;
   readonly proxy: WebSocketProxy;
   /** Only while the handshake runs. */
   hs: Handshake | undefined;
@@ -296,11 +352,15 @@ class WsConnection extends Relay {
   dMsg = 0;
   dClose = 0;
   dCarry: Buffer | undefined = undefined;
-  // Heartbeats (integer ms): outstanding ping time (-1: none) and last proof of life, per peer.
+  // Heartbeats (integer ms), per peer: outstanding ping time (-1: none), last
+  // proof of life the checks have taken in, and the last read (stamped with
+  // the proxy's `heardAt`).
   clientPingAt = -1;
   backendPingAt = -1;
   clientOkAt: number;
   backendOkAt: number;
+  clientHeardAt = -1;
+  backendHeardAt = -1;
   /** Open: when max age is reached (0: never). Closing: when the close started. */
   due = 0;
 
@@ -467,10 +527,12 @@ class WsConnection extends Relay {
       this.#badBackend('the backend answered the WebSocket handshake with something other than HTTP/1.1');
       return;
     }
-    // The backend answered: its connect failures in a row are over (a 5xx
-    // answer is not counted either way, as it would break the HTTP plane's
-    // run of 5xx on the same backend).
-    if (status[1]!.charCodeAt(0) !== 53 /* '5' */) this.proxy.ctx.cluster.reportSuccess(this.backend!);
+    // Passive outlier detection counts the answer as the HTTP plane counts
+    // a response: 5xx towards consecutive5xx, anything else as a success
+    // (which also ends a run of connect failures).
+    if (status[1]!.charCodeAt(0) === 53 /* '5' */)
+      this.proxy.ctx.cluster.reportFailure(this.backend!, 'http-5xx');
+    else this.proxy.ctx.cluster.reportSuccess(this.backend!);
     if (status[1] !== '101') {
       // The backend refused the upgrade (401, 403, 404…): the client gets its answer as is.
       const down = this.#openLegs(hs);
@@ -513,9 +575,9 @@ class WsConnection extends Relay {
     down.write(head);
     proxy.opened(this);
     // Bytes that came with the heads: they are copies, not views of a read buffer.
-    if (rest.length > 0) this.dF |= F_RX;
+    if (rest.length > 0) this.backendHeardAt = proxy.heardAt;
     if (rest.length === 0 || this.push(false, rest)) up.resume();
-    if (early !== undefined) this.uF |= F_RX;
+    if (early !== undefined) this.clientHeardAt = proxy.heardAt;
     if (early === undefined || this.push(true, early)) down.resume();
   }
 
@@ -530,12 +592,12 @@ class WsConnection extends Relay {
       return;
     }
     if (leg === this.down) {
-      this.uF |= F_RX;
+      this.clientHeardAt = this.proxy.heardAt;
       ok = this.push(true, ownBytes(buf, 0, n));
     } else if ((this.dF & F_RAW) !== 0) {
       ok = this.down!.write(ownBytes(buf, 0, n));
     } else {
-      this.dF |= F_RX;
+      this.backendHeardAt = this.proxy.heardAt;
       ok = this.push(false, ownBytes(buf, 0, n));
     }
     // Backpressure: this leg pauses until the other drains (legDrain).
@@ -558,6 +620,13 @@ class WsConnection extends Relay {
     const up = this.up;
     // (A backend leg given up on during the handshake may report its close late.)
     if (down === undefined || up === undefined || (leg !== down && leg !== up)) return;
+    // A backend that cuts an open WebSocket (a reset, a failed read or write)
+    // counts towards outlier detection, as the TCP proxy counts resets. Only
+    // while open: once a close has started, a reset is a sloppy ending of a
+    // connection that was over anyway (a backend that closes its socket while
+    // the client's last frames are still on their way gets them as a reset).
+    if (error && leg === up && this.phase === OPEN && this.backend !== undefined)
+      this.proxy.ctx.cluster.reportFailure(this.backend, 'reset');
     if (error) {
       down.destroy();
       up.destroy();
@@ -808,6 +877,7 @@ class WsConnection extends Relay {
       // A peer-initiated close passes through; no more gateway frames on that path.
       this.phase = CLOSING;
       this.due = Math.floor(this.proxy.ctx.clock.now());
+      this.proxy.recheck(this);
       return;
     }
     // The gateway started the close: the peer answered; end its socket once our close went out.
@@ -851,6 +921,7 @@ class WsConnection extends Relay {
     if (this.phase === OPEN) {
       this.phase = CLOSING;
       this.due = Math.floor(this.proxy.ctx.clock.now());
+      this.proxy.recheck(this);
     }
     const sentOrSeen = F_CLOSE_SENT | F_CLOSE_SEEN;
     if ((this.dF & sentOrSeen) === 0) this.#inject(false, clientCode);
@@ -860,8 +931,11 @@ class WsConnection extends Relay {
     if ((this.dF & F_CLOSE_SEEN) !== 0 && (this.uF & F_CLOSE_SENT) !== 0) this.up!.end();
   }
 
-  /** Heartbeats, max age and close timeouts; called by the proxy's shared tick (integer ms). */
-  tick(now: number, s: WebSocketSettings): void {
+  /**
+   * Heartbeats, max age and close timeouts (integer ms); called by the
+   * proxy's tick when the connection's next check (`nextCheck`) is due.
+   */
+  check(now: number, s: WebSocketSettings): void {
     const phase = this.phase;
     if (phase !== OPEN) {
       if (phase === CLOSING && now - this.due >= s.closeTimeoutMs) this.destroy();
@@ -874,11 +948,11 @@ class WsConnection extends Relay {
     const interval = s.pingIntervalMs;
     if (interval === undefined) return;
     // Client leg: data from the client is its sign of life; pings go out in the down direction.
-    if ((this.uF & F_RX) !== 0) {
-      this.uF &= ~F_RX;
+    if (this.clientHeardAt > this.clientOkAt) {
       this.clientPingAt = -1;
-      this.clientOkAt = now;
-    } else if (this.clientPingAt >= 0) {
+      this.clientOkAt = this.clientHeardAt;
+    }
+    if (this.clientPingAt >= 0) {
       if (now - this.clientPingAt >= s.pingTimeoutMs) {
         this.#legDead(true);
         return;
@@ -888,16 +962,34 @@ class WsConnection extends Relay {
       this.#inject(false, 0);
     }
     // Backend leg.
-    if ((this.dF & F_RX) !== 0) {
-      this.dF &= ~F_RX;
+    if (this.backendHeardAt > this.backendOkAt) {
       this.backendPingAt = -1;
-      this.backendOkAt = now;
-    } else if (this.backendPingAt >= 0) {
+      this.backendOkAt = this.backendHeardAt;
+    }
+    if (this.backendPingAt >= 0) {
       if (now - this.backendPingAt >= s.pingTimeoutMs) this.#legDead(false);
     } else if (now - this.backendOkAt >= interval) {
       this.backendPingAt = now;
       this.#inject(true, 0);
     }
+  }
+
+  /**
+   * When `check` has something to do next (Infinity: nothing). A read does
+   * not move it: data only postpones a ping, which the check finds out when
+   * it comes (and then files the connection for later).
+   */
+  nextCheck(s: WebSocketSettings): number {
+    if (this.phase === CLOSING) return this.due + s.closeTimeoutMs;
+    if (this.phase !== OPEN) return Infinity;
+    let at = this.due !== 0 ? this.due : Infinity;
+    const interval = s.pingIntervalMs;
+    if (interval === undefined) return at;
+    const client = this.clientPingAt >= 0 ? this.clientPingAt + s.pingTimeoutMs : this.clientOkAt + interval;
+    const backend =
+      this.backendPingAt >= 0 ? this.backendPingAt + s.pingTimeoutMs : this.backendOkAt + interval;
+    if (client < at) at = client;
+    return backend < at ? backend : at;
   }
 
   /** A leg missed its pong: free the other side in protocol terms, drop the dead one. */
