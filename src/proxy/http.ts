@@ -35,6 +35,13 @@ export interface HttpContext {
    * the emptied net.Socket closes at once, the connection only later).
    */
   connectionClosed(): void;
+  /**
+   * The service holds more client connections than `limits.maxConnections`
+   * (a reload lowered it): a WebSocket upgrade is then refused with 503, as
+   * new connections are. Within the limit an upgrade is never refused for
+   * it: its connection was counted when it was accepted.
+   */
+  overLimit(): boolean;
 }
 
 /** One HTTP-family data plane (WebSocket, HTTP/1.1, HTTP/2). */
@@ -115,6 +122,10 @@ export class HttpProxy implements ProtocolHandler {
         this.live--;
         this.stats.closed++;
       },
+      overLimit: () => {
+        const max = this.ctx.config.limits.maxConnections;
+        return max !== undefined && this.live > max;
+      },
     };
     const built = parts(this.ctx);
     this.#websocket = built.websocket;
@@ -165,6 +176,16 @@ export class HttpProxy implements ProtocolHandler {
   readonly #upgrade: Upgrade = (req, socket, head) => this.#websocket.handleUpgrade(req, socket, head);
 
   readonly accept = (socket: Socket): void => {
+    // One check per client connection, whatever it turns out to speak: an
+    // HTTP/1.1 connection that later upgrades to a WebSocket stays this one
+    // connection, counted once.
+    const max = this.ctx.config.limits.maxConnections;
+    if (max !== undefined && this.live >= max) {
+      const refused = this.stats.refused;
+      refused.limit = (refused.limit ?? 0) + 1;
+      refuseOverLimit(socket, this.#tls !== undefined);
+      return;
+    }
     this.stats.accepted++;
     this.live++;
     // Module-level listeners: an upgraded WebSocket keeps its socket for
@@ -206,6 +227,48 @@ function onAcceptedClose(this: CountedSocket): void {
   this[kProxy].ctx.connectionClosed();
 }
 function ignore(): void {}
+
+const BUSY_BODY = 'the service is at its connection limit; retry later\n';
+const BUSY = Buffer.from(
+  'HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\n' +
+    `x-holdfast-error: connection-limit\r\ncontent-length: ${BUSY_BODY.length}\r\n\r\n${BUSY_BODY}`,
+);
+/** How long a refused connection may take to read its 503 and close. */
+const LINGER_MS = 1_000;
+/** Refused connections still reading their 503 at once; beyond, refusals close at once. */
+const MAX_LINGERING = 64;
+let lingering = 0;
+
+/**
+ * A client over `limits.maxConnections`. Cleartext: a 503 with `Connection:
+ * close`, written at once, before the request is read (most clients are
+ * HTTP/1.1; an HTTP/2 client cannot be told apart without waiting for its
+ * bytes, and sees its connection fail as it would if closed). Then the
+ * client's bytes are read and dropped until it closes: closing with its
+ * request unread would send a reset, which can overtake the 503. That costs
+ * the refused connection a second at most, and only a few at a time, so a
+ * flood over the limit holds no more file descriptors than TCP's refusals.
+ * TLS: closed at once, as TCP does (a handshake costs more than the answer
+ * is worth).
+ */
+function refuseOverLimit(socket: Socket, tls: boolean): void {
+  if (tls || lingering >= MAX_LINGERING) {
+    socket.destroy();
+    return;
+  }
+  lingering++;
+  socket.on('error', ignore);
+  socket.on('close', onRefusedClose);
+  socket.setTimeout(LINGER_MS, onRefusedTimeout);
+  socket.end(BUSY);
+  socket.resume();
+}
+function onRefusedClose(): void {
+  lingering--;
+}
+function onRefusedTimeout(this: Socket): void {
+  this.destroy();
+}
 
 /** Load `tls: { cert, key }` (PEM files); undefined when the service is cleartext. */
 function tlsOptionsOf(config: ServiceConfig): SecureContextOptions | undefined {

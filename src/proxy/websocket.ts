@@ -94,7 +94,6 @@ export class WebSocketProxy implements UpgradeHandler {
   readonly rebalancer: Rebalancer;
   #tick: Timer | undefined;
   #tickMs = 1000;
-  #upgrading = 0;
   /**
    * When the next tick is due: what a read stamps on its connection as the
    * time it last heard from that peer. The tick that follows a read is when
@@ -177,7 +176,7 @@ export class WebSocketProxy implements UpgradeHandler {
       reject(socket, 400, 'Sec-WebSocket-Key must be 16 bytes in base64');
       return;
     }
-    if (s.maxConnections !== undefined && this.connections.size + this.#upgrading >= s.maxConnections) {
+    if (this.ctx.overLimit()) {
       this.refuse('limit');
       reject(socket, 503, 'the service is at its connection limit; retry later');
       return;
@@ -186,14 +185,6 @@ export class WebSocketProxy implements UpgradeHandler {
     // From here on the client's reads go through readEarly (reused buffers, see socket-reads.ts).
     readThrough(socket, readEarly);
     new WsConnection(this, new Handshake(socket, req, head, key, peerIp(socket))).start();
-  }
-
-  upgradeStarted(): void {
-    this.#upgrading++;
-  }
-
-  upgradeEnded(): void {
-    this.#upgrading--;
   }
 
   /** A connection finished its handshake and now relays. */
@@ -370,7 +361,6 @@ class WsConnection extends Relay implements WheelEntry<WsConnection> {
     this.proxy = proxy;
     this.hs = hs;
     this.clientOkAt = this.backendOkAt = openedAt;
-    proxy.upgradeStarted();
   }
 
   start(): void {
@@ -415,7 +405,6 @@ class WsConnection extends Relay implements WheelEntry<WsConnection> {
     if (hs === undefined) return;
     hs.timer?.cancel();
     this.hs = undefined;
-    this.proxy.upgradeEnded();
   }
 
   /**

@@ -1,0 +1,142 @@
+/**
+ * Service settings that apply to every client connection of a `protocol:
+ * http` service and to its connections to backends, as they do for TCP and
+ * WebSocket services: `limits.maxConnections`, `sourceAddresses`,
+ * `tcpKeepAlive`.
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { connect as h2connect, type ClientHttp2Session } from 'node:http2';
+import { describe, it } from 'node:test';
+import { Client } from 'undici';
+import type { Gateway } from '../../src/gateway.ts';
+import { startGateway } from '../helpers/gateway.ts';
+import { freePort, waitFor } from '../helpers/net.ts';
+import { openClient, startWsBackend } from '../websocket/helpers.ts';
+import { startH1Backend } from './backends.ts';
+
+/** A GET on a connection of its own (node:http, no agent). */
+function getOnce(
+  port: number,
+  path = '/',
+): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+function h2get(session: ClientHttp2Session, path = '/'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ':path': path });
+    req.on('response', (h) => {
+      req.resume();
+      req.on('end', () => resolve(Number(h[':status'])));
+    });
+    req.on('error', reject);
+  });
+}
+
+function liveOf(gateway: Gateway, name: string): number {
+  return gateway.services.get(name)!.handler.live;
+}
+
+describe('limits.maxConnections on a protocol: http service', () => {
+  it('an HTTP/1.1 or HTTP/2 client beyond the limit gets 503 and is counted; clients already connected keep working', async () => {
+    const backend = await startH1Backend();
+    const port = await freePort();
+    const { gateway } = await startGateway(`
+services:
+  - name: limited
+    protocol: http
+    listen: 127.0.0.1:${port}
+    limits: { maxConnections: 2 }
+    backends: { static: [127.0.0.1:${backend.port}] }
+`);
+    const h1 = new Client(`http://127.0.0.1:${port}`);
+    const h2 = h2connect(`http://127.0.0.1:${port}`);
+    h2.on('error', () => {});
+    try {
+      assert.equal((await h1.request({ path: '/', method: 'GET' }).then(drain)).statusCode, 200);
+      assert.equal(await h2get(h2), 200);
+
+      const third = await getOnce(port);
+      assert.equal(third.status, 503);
+      assert.equal(third.headers.connection, 'close');
+      assert.equal(third.headers['x-holdfast-error'], 'connection-limit');
+      assert.match(third.body, /connection limit/);
+
+      // A third HTTP/2 client is turned away too (it cannot be answered in
+      // HTTP/2 before it has spoken: its connection fails).
+      const h2third = h2connect(`http://127.0.0.1:${port}`);
+      const failed = new Promise<Error>((resolve) => h2third.on('error', resolve));
+      await new Promise((resolve) => h2third.once('close', resolve));
+      assert.match((await failed).message, /Protocol error/);
+
+      assert.equal((await h1.request({ path: '/', method: 'GET' }).then(drain)).statusCode, 200);
+      assert.equal(await h2get(h2), 200);
+      assert.match(
+        await gateway.metrics.metrics(),
+        /holdfast_connections_refused_total\{service="limited",reason="limit"\} 2/,
+      );
+
+      // A client that leaves frees its place.
+      h2.close();
+      await waitFor(() => liveOf(gateway, 'limited') === 1, 3_000, 'the HTTP/2 client is gone');
+      assert.equal((await getOnce(port)).status, 200);
+    } finally {
+      h2.destroy();
+      await h1.destroy();
+      await gateway.shutdown();
+      await backend.close();
+    }
+  });
+
+  it('a WebSocket opened over an HTTP/1.1 connection counts once towards the limit', async () => {
+    const backend = await startWsBackend();
+    const port = await freePort();
+    const { gateway } = await startGateway(`
+services:
+  - name: mixed
+    protocol: http
+    listen: 127.0.0.1:${port}
+    limits: { maxConnections: 2 }
+    backends: { static: [127.0.0.1:${backend.port}] }
+`);
+    const h1 = new Client(`http://127.0.0.1:${port}`);
+    try {
+      const { ws } = await openClient(port);
+      assert.equal(liveOf(gateway, 'mixed'), 1);
+      // The second connection is within the limit: the WebSocket is one
+      // connection, not two (the ws backend answers plain requests 426).
+      assert.equal((await h1.request({ path: '/', method: 'GET' }).then(drain)).statusCode, 426);
+      assert.equal(liveOf(gateway, 'mixed'), 2);
+      // The third is one too many, whether a request or an upgrade.
+      assert.equal((await getOnce(port)).status, 503);
+      await assert.rejects(openClient(port));
+      ws.send('still open');
+      const [echo] = (await once(ws, 'message')) as [Buffer];
+      assert.equal(echo.toString(), 'still open');
+      ws.close();
+      await waitFor(() => liveOf(gateway, 'mixed') === 1, 3_000, 'the WebSocket is gone');
+      const again = await openClient(port);
+      again.ws.close();
+    } finally {
+      await h1.destroy();
+      await gateway.shutdown();
+      await backend.close();
+    }
+  });
+});
+
+async function drain<T extends { body: { dump(): Promise<void> } }>(res: T): Promise<T> {
+  await res.body.dump();
+  return res;
+}
