@@ -101,6 +101,7 @@ export function planeSettings(config: ServiceConfig): PlaneSettings {
       connectTimeoutMs: config.timeouts.connect,
       connectionsPerBackend: config.upstream.connectionsPerBackend,
       sessionsPerBackend: config.upstream.sessionsPerBackend,
+      sourceAddresses: config.sourceAddresses,
       ping: {
         intervalMs: config.http2.ping.interval,
         timeoutMs: config.http2.ping.timeout,

@@ -20,6 +20,7 @@ import type { KeepaliveOptions } from './http-keepalive.ts';
 import { SESSION_WINDOW, startKeepalive } from './http-keepalive.ts';
 import type { HeaderMap } from './http-headers.ts';
 import { type ProxyFailure, UpstreamError } from './http-errors.ts';
+import { SourceAddressPool } from './source-address.ts';
 
 /**
  * A response head as an HTTP/1.1 backend sent it, for an HTTP/1.1 client:
@@ -100,6 +101,12 @@ export interface UpstreamSettings {
   connectionsPerBackend: number;
   sessionsPerBackend: number;
   ping: KeepaliveOptions;
+  /**
+   * `sourceAddresses`: local addresses to open connections to backends from,
+   * round the list (empty: the kernel chooses). A list, not the pool itself,
+   * so that a reload that changes it is seen as a change (http-forward.ts).
+   */
+  sourceAddresses: readonly string[];
 }
 
 /** A family of per-backend pools. */
@@ -199,11 +206,13 @@ const DEFAULT_STREAMS = 100;
 export class Http2Upstream implements Upstream {
   readonly #sessions = new Map<Backend, Session[]>();
   readonly #settings: UpstreamSettings;
+  readonly #sources: SourceAddressPool;
   readonly #clock: Clock;
   readonly #log: Logger;
 
   constructor(settings: UpstreamSettings, clock: Clock, log: Logger) {
     this.#settings = settings;
+    this.#sources = new SourceAddressPool(settings.sourceAddresses);
     this.#clock = clock;
     this.#log = log;
   }
@@ -218,7 +227,8 @@ export class Http2Upstream implements Upstream {
     const session = h2connect(`http://${host.includes(':') ? `[${host}]` : host}:${port}`, {
       settings: { enablePush: false, initialWindowSize: 1 << 20 },
       maxSessionMemory: 64,
-      createConnection: () => netConnect({ host, port, noDelay: true }),
+      createConnection: () =>
+        netConnect({ host, port, noDelay: true, localAddress: this.#sources.next(host) }),
     });
     const entry: Session = { session, active: 0, goaway: undefined };
     list.push(entry);

@@ -33,6 +33,7 @@ import type {
   UpstreamSettings,
 } from './http-upstream.ts';
 import { SHARED_READ_BUFFER, sharedView } from './socket-reads.ts';
+import { SourceAddressPool } from './source-address.ts';
 import { writeDirectOutcome, WROTE } from './socket-writes.ts';
 
 const RESPONSE_LIMITS = { maxSize: 65_536, maxCount: 500 };
@@ -240,11 +241,12 @@ class Conn {
   idleSince = 0;
   closed = false;
 
-  constructor(pool: Pool, host: string, port: number) {
+  constructor(pool: Pool, host: string, port: number, localAddress: string | undefined) {
     this.pool = pool;
     const socket = netConnect({
       host,
       port,
+      localAddress,
       noDelay: true,
       onread: { buffer: READ_BUFFER, callback: this.#onRead },
     });
@@ -548,6 +550,8 @@ class Conn {
 class Pool {
   readonly backend: Backend;
   readonly #settings: UpstreamSettings;
+  /** The upstream's, shared by its pools: one round of the list for all backends, as TCP has. */
+  readonly #sources: SourceAddressPool;
   readonly idle: Conn[] = [];
   readonly queue: Call[] = [];
   open = 0;
@@ -556,9 +560,10 @@ class Pool {
   /** `host:port` of the backend, for requests that came without a Host. */
   readonly hostHeader: string;
 
-  constructor(backend: Backend, settings: UpstreamSettings) {
+  constructor(backend: Backend, settings: UpstreamSettings, sources: SourceAddressPool) {
     this.backend = backend;
     this.#settings = settings;
+    this.#sources = sources;
     const { host, port } = backend.address;
     this.hostHeader = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
   }
@@ -582,7 +587,7 @@ class Pool {
 
   #connect(): Conn {
     const { host, port } = this.backend.address;
-    const conn = new Conn(this, host, port);
+    const conn = new Conn(this, host, port, this.#sources.next(host));
     const socket = conn.socket;
     this.open++;
     const timeout = this.#settings.connectTimeoutMs;
@@ -647,14 +652,17 @@ class Pool {
 export class Http1Upstream implements Upstream {
   readonly #pools = new Map<Backend, Pool>();
   readonly #settings: UpstreamSettings;
+  readonly #sources: SourceAddressPool;
 
   constructor(settings: UpstreamSettings) {
     this.#settings = settings;
+    this.#sources = new SourceAddressPool(settings.sourceAddresses);
   }
 
   request(backend: Backend, req: UpstreamRequest, sink: ResponseSink, spare?: UpstreamCall): UpstreamCall {
     let pool = this.#pools.get(backend);
-    if (pool === undefined) this.#pools.set(backend, (pool = new Pool(backend, this.#settings)));
+    if (pool === undefined)
+      this.#pools.set(backend, (pool = new Pool(backend, this.#settings, this.#sources)));
     const call =
       spare instanceof Call && spare.sink === sink && spare.reusable
         ? spare.reuse(pool, req, sink)

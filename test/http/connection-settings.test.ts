@@ -7,7 +7,8 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
-import { connect as h2connect, type ClientHttp2Session } from 'node:http2';
+import { connect as h2connect, createServer as createH2, type ClientHttp2Session } from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { Client } from 'undici';
 import type { Gateway } from '../../src/gateway.ts';
@@ -132,6 +133,77 @@ services:
       await h1.destroy();
       await gateway.shutdown();
       await backend.close();
+    }
+  });
+});
+
+describe('sourceAddresses on a protocol: http service', () => {
+  it('an HTTP/1.1 backend sees requests come from the configured source addresses, round the list', async () => {
+    const from: string[] = [];
+    const backend = await startH1Backend((req, res) => {
+      from.push(req.socket.remoteAddress ?? '');
+      setTimeout(() => res.end('ok'), 50);
+      return true;
+    });
+    const port = await freePort();
+    const { gateway } = await startGateway(`
+services:
+  - name: sources
+    protocol: http
+    listen: 127.0.0.1:${port}
+    sourceAddresses: [127.0.0.2, 127.0.0.3]
+    backends: { static: [127.0.0.1:${backend.port}] }
+`);
+    try {
+      // Four requests at once: four pooled connections to the backend.
+      const answers = await Promise.all([1, 2, 3, 4].map(() => getOnce(port)));
+      assert.deepEqual(
+        answers.map((a) => a.status),
+        [200, 200, 200, 200],
+      );
+      assert.deepEqual(from.sort(), ['127.0.0.2', '127.0.0.2', '127.0.0.3', '127.0.0.3']);
+    } finally {
+      await gateway.shutdown();
+      await backend.close();
+    }
+  });
+
+  it('HTTP/2 upstream sessions come from the configured source addresses, round the list', async () => {
+    const from: string[] = [];
+    // One stream per session, so that requests at once need several sessions.
+    const server = createH2({ settings: { maxConcurrentStreams: 1 } });
+    server.on('session', (session) => from.push(session.socket.remoteAddress ?? ''));
+    server.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.resume();
+      setTimeout(() => {
+        stream.respond({ ':status': 200 });
+        stream.end('ok');
+      }, 50);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = await freePort();
+    const { gateway } = await startGateway(`
+services:
+  - name: sources2
+    protocol: http
+    listen: 127.0.0.1:${port}
+    upstream: { protocol: http2 }
+    sourceAddresses: [127.0.0.2, 127.0.0.3]
+    backends: { static: [127.0.0.1:${(server.address() as AddressInfo).port}] }
+`);
+    const client = h2connect(`http://127.0.0.1:${port}`);
+    try {
+      // The first request teaches the gateway the backend's stream limit; then
+      // two at once need a second session.
+      assert.equal(await h2get(client), 200);
+      assert.deepEqual(await Promise.all([h2get(client), h2get(client)]), [200, 200]);
+      assert.deepEqual(from.sort(), ['127.0.0.2', '127.0.0.3']);
+    } finally {
+      client.destroy();
+      await gateway.shutdown();
+      server.close();
     }
   });
 });
