@@ -102,6 +102,7 @@ export function planeSettings(config: ServiceConfig): PlaneSettings {
       connectionsPerBackend: config.upstream.connectionsPerBackend,
       sessionsPerBackend: config.upstream.sessionsPerBackend,
       sourceAddresses: config.sourceAddresses,
+      keepAliveMs: config.tcpKeepAlive === 'off' ? undefined : config.tcpKeepAlive,
       ping: {
         intervalMs: config.http2.ping.interval,
         timeoutMs: config.http2.ping.timeout,

@@ -107,6 +107,8 @@ export interface UpstreamSettings {
    * so that a reload that changes it is seen as a change (http-forward.ts).
    */
   sourceAddresses: readonly string[];
+  /** `tcpKeepAlive` in ms, or undefined for off: set on each socket as it is opened. */
+  keepAliveMs: number | undefined;
 }
 
 /** A family of per-backend pools. */
@@ -224,11 +226,20 @@ export class Http2Upstream implements Upstream {
 
   #open(backend: Backend, list: Session[]): Session {
     const { host, port } = backend.address;
+    // TCP keepalive as well as PING: it still finds a vanished host with pings off.
+    const keepAliveMs = this.#settings.keepAliveMs;
     const session = h2connect(`http://${host.includes(':') ? `[${host}]` : host}:${port}`, {
       settings: { enablePush: false, initialWindowSize: 1 << 20 },
       maxSessionMemory: 64,
       createConnection: () =>
-        netConnect({ host, port, noDelay: true, localAddress: this.#sources.next(host) }),
+        netConnect({
+          host,
+          port,
+          noDelay: true,
+          localAddress: this.#sources.next(host),
+          keepAlive: keepAliveMs !== undefined,
+          keepAliveInitialDelay: keepAliveMs,
+        }),
     });
     const entry: Session = { session, active: 0, goaway: undefined };
     list.push(entry);

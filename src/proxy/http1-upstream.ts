@@ -241,13 +241,22 @@ class Conn {
   idleSince = 0;
   closed = false;
 
-  constructor(pool: Pool, host: string, port: number, localAddress: string | undefined) {
+  constructor(
+    pool: Pool,
+    host: string,
+    port: number,
+    localAddress: string | undefined,
+    keepAliveMs: number | undefined,
+  ) {
     this.pool = pool;
     const socket = netConnect({
       host,
       port,
       localAddress,
       noDelay: true,
+      // An idle pooled socket to a host that vanished is closed, not picked for the next request.
+      keepAlive: keepAliveMs !== undefined,
+      keepAliveInitialDelay: keepAliveMs,
       onread: { buffer: READ_BUFFER, callback: this.#onRead },
     });
     this.socket = socket;
@@ -587,7 +596,7 @@ class Pool {
 
   #connect(): Conn {
     const { host, port } = this.backend.address;
-    const conn = new Conn(this, host, port, this.#sources.next(host));
+    const conn = new Conn(this, host, port, this.#sources.next(host), this.#settings.keepAliveMs);
     const socket = conn.socket;
     this.open++;
     const timeout = this.#settings.connectTimeoutMs;

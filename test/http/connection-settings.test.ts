@@ -5,17 +5,21 @@
  * `tcpKeepAlive`.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import { rmSync } from 'node:fs';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { connect as h2connect, createServer as createH2, type ClientHttp2Session } from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { Client } from 'undici';
 import type { Gateway } from '../../src/gateway.ts';
 import { startGateway } from '../helpers/gateway.ts';
-import { freePort, waitFor } from '../helpers/net.ts';
+import { freePort, freePorts, waitFor } from '../helpers/net.ts';
+import { makeCert } from '../helpers/tls.ts';
 import { openClient, startWsBackend } from '../websocket/helpers.ts';
-import { startH1Backend } from './backends.ts';
+import { startH1Backend, startH2Backend } from './backends.ts';
 
 /** A GET on a connection of its own (node:http, no agent). */
 function getOnce(
@@ -206,6 +210,110 @@ services:
       server.close();
     }
   });
+});
+
+/**
+ * The gateway's established TCP sockets matching an `ss` filter, one line
+ * each, with their timer (`timer:(keepalive,5.2sec,0)` while keepalive is on).
+ */
+function sockets(filter: string): string[] {
+  const r = spawnSync('ss', ['-tnoH', 'state', 'established', filter], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`ss failed: ${r.stderr}`);
+  return r.stdout.split('\n').filter((l) => l.trim() !== '');
+}
+
+const ssSkip =
+  spawnSync('ss', ['-V']).status === 0 ? false : "needs ss (iproute2) to read the sockets' keepalive timers";
+const cert = makeCert();
+after(() => {
+  if (typeof cert !== 'string') rmSync(cert.dir, { recursive: true, force: true });
+});
+
+describe('tcpKeepAlive on a protocol: http service', () => {
+  it(
+    'every client connection (HTTP/1.1, HTTP/2, cleartext and TLS) and every pooled backend connection has TCP keepalive on',
+    { skip: ssSkip || (typeof cert === 'string' ? cert : false) },
+    async () => {
+      if (typeof cert === 'string') return;
+      const h1backend = await startH1Backend();
+      const h2backend = await startH2Backend();
+      const [plain = 0, tls = 0, h2up = 0] = await freePorts(3);
+      const { gateway } = await startGateway(`
+services:
+  - name: plain
+    protocol: http
+    listen: 127.0.0.1:${plain}
+    tcpKeepAlive: 7s
+    backends: { static: [127.0.0.1:${h1backend.port}] }
+  - name: tls
+    protocol: http
+    listen: 127.0.0.1:${tls}
+    tcpKeepAlive: 7s
+    tls: { cert: ${cert.cert}, key: ${cert.key} }
+    backends: { static: [127.0.0.1:${h1backend.port}] }
+  - name: h2up
+    protocol: http
+    listen: 127.0.0.1:${h2up}
+    tcpKeepAlive: 7s
+    upstream: { protocol: http2 }
+    backends: { static: [127.0.0.1:${h2backend.port}] }
+`);
+      const h1 = new Client(`http://127.0.0.1:${plain}`);
+      const h2 = h2connect(`http://127.0.0.1:${plain}`);
+      const agent = new HttpsAgent({ keepAlive: true, rejectUnauthorized: false });
+      const h2tls = h2connect(`https://127.0.0.1:${tls}`, { rejectUnauthorized: false });
+      const h2h2 = h2connect(`http://127.0.0.1:${h2up}`);
+      for (const s of [h2, h2tls, h2h2]) s.on('error', () => {});
+      try {
+        assert.equal((await h1.request({ path: '/', method: 'GET' }).then(drain)).statusCode, 200);
+        assert.equal(await h2get(h2), 200);
+        assert.equal(await h2get(h2tls), 200);
+        assert.equal(await h2get(h2h2), 200);
+        const httpsStatus = await new Promise<number>((resolve, reject) => {
+          const req = httpsRequest({ host: '127.0.0.1', port: tls, path: '/', agent }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode ?? 0));
+          });
+          req.on('error', reject);
+          req.end();
+        });
+        assert.equal(httpsStatus, 200);
+
+        // The gateway's side of each client connection: its local port is the
+        // listener's. Its connections to the backends: the gateway is the
+        // backends' only client. A socket with bytes not yet acknowledged shows
+        // its retransmission timer instead, so look until they are all quiet.
+        const clientFilter = `( sport = :${plain} or sport = :${tls} or sport = :${h2up} )`;
+        const pooledFilter = `( dport = :${h1backend.port} or dport = :${h2backend.port} )`;
+        let seen: string[] = [];
+        const withoutKeepalive = (): string[] => {
+          const clients = sockets(clientFilter);
+          const pooled = sockets(pooledFilter);
+          seen = [...clients, ...pooled];
+          if (clients.length !== 5 || pooled.length < 2) return seen;
+          return seen.filter((line) => {
+            const timer = /timer:\(keepalive,([\d.]+)(m?s|sec|min)/.exec(line);
+            // At most the configured 7 s before the first probe.
+            return timer === null || timer[2] === 'min' || Number(timer[1]) > 7;
+          });
+        };
+        await waitFor(() => withoutKeepalive().length === 0, 3_000, 'keepalive on every socket').catch(() =>
+          assert.fail(
+            `sockets without a 7s keepalive:\n${withoutKeepalive().join('\n')}\nall:\n${seen.join('\n')}`,
+          ),
+        );
+      } finally {
+        h2.destroy();
+        h2tls.destroy();
+        h2h2.destroy();
+        agent.destroy();
+        await h1.destroy();
+        await gateway.shutdown();
+        await h1backend.close();
+        await h2backend.close();
+      }
+    },
+  );
 });
 
 async function drain<T extends { body: { dump(): Promise<void> } }>(res: T): Promise<T> {

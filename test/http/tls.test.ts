@@ -4,14 +4,11 @@
  * is made here with `openssl`; without it the test is skipped.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { connect as h2connect } from 'node:http2';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { TLSSocket } from 'node:tls';
 import { after, describe, it } from 'node:test';
 import { startGateway } from '../helpers/gateway.ts';
@@ -19,36 +16,7 @@ import { freePort } from '../helpers/net.ts';
 import { WebSocket } from 'ws';
 import { startWsBackend } from '../websocket/helpers.ts';
 import { startH1Backend } from './backends.ts';
-
-function makeCert(): { dir: string; cert: string; key: string } | string {
-  const dir = mkdtempSync(join(tmpdir(), 'holdfast-tls-'));
-  const cert = join(dir, 'tls.crt');
-  const key = join(dir, 'tls.key');
-  const r = spawnSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '1',
-      '-subj',
-      '/CN=localhost',
-    ],
-    { encoding: 'utf8' },
-  );
-  if (r.error !== undefined || r.status !== 0) {
-    rmSync(dir, { recursive: true, force: true });
-    return `openssl is not available (${r.error?.message ?? r.stderr.trim()}); install it to run the TLS test`;
-  }
-  return { dir, cert, key };
-}
+import { makeCert } from '../helpers/tls.ts';
 
 /** One certificate for every test here (or why there is none). */
 const made = makeCert();
