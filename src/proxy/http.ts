@@ -15,7 +15,7 @@ import {
 } from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import type { Clock } from '../cluster/clock.ts';
+import type { Clock, Timer } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import { ConfigError } from '../errors.ts';
@@ -204,12 +204,20 @@ export class HttpProxy implements ProtocolHandler {
     }
     // Look at the first bytes to tell HTTP/2 prior knowledge from HTTP/1.1; a
     // client may send them a few at a time, so wait while they match the preface.
+    // Not for ever: until then neither protocol's timeouts watch the connection.
+    const counted = socket as CountedSocket;
+    counted[kFirstBytes] = this.ctx.clock.setTimer(() => {
+      counted[kFirstBytes] = undefined;
+      socket.destroy();
+    }, FIRST_BYTES_TIMEOUT_MS);
     let seen: Buffer | undefined;
     const onFirst = (data: Buffer): void => {
       seen = seen === undefined ? data : Buffer.concat([seen, data]);
       const n = Math.min(seen.length, PREFACE.length);
       const h2 = seen.subarray(0, n).equals(PREFACE.subarray(0, n));
       if (h2 && n < PREFACE.length) return;
+      counted[kFirstBytes]?.cancel();
+      counted[kFirstBytes] = undefined;
       socket.removeListener('data', onFirst);
       socket.pause();
       if (h2) {
@@ -223,11 +231,24 @@ export class HttpProxy implements ProtocolHandler {
   };
 }
 
+/**
+ * How long a cleartext client may take to send enough to tell HTTP/2 from
+ * HTTP/1.1 (as long as HTTP/1.1 gives a head). A connection that sends
+ * nothing is closed then, rather than held (and counted against
+ * `limits.maxConnections`) for ever.
+ */
+const FIRST_BYTES_TIMEOUT_MS = 30_000;
+
 const kProxy = Symbol('holdfast.http.proxy');
+const kFirstBytes = Symbol('holdfast.http.firstBytes');
 interface CountedSocket extends Socket {
   [kProxy]: HttpProxy;
+  /** Until the protocol is known (cleartext): the first-bytes timeout. */
+  [kFirstBytes]?: Timer | undefined;
 }
 function onAcceptedClose(this: CountedSocket): void {
+  // Closed before it said anything: its timer need not wait its 30 s.
+  this[kFirstBytes]?.cancel();
   this[kProxy].ctx.connectionClosed();
 }
 function ignore(): void {}

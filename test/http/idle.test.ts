@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, test } from 'node:test';
+import { ManualClock } from '../../src/cluster/clock.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, readUntil } from '../helpers/net.ts';
 
@@ -66,4 +67,47 @@ test('maxConnectionAge: a request in flight at the age gets Connection: close on
   assert.ok((await busyClosed) < 2_000);
   const idleMs = await idleClosed;
   assert.ok(idleMs >= 350 && idleMs < 2_000, `idle connection closed after ${idleMs} ms`);
+});
+
+test('a cleartext client that never says which protocol it speaks is closed after 30 s; one that speaks by then is served', async () => {
+  const backend = createServer((_req, res) => res.end('ok'));
+  backend.listen(0, '127.0.0.1');
+  await once(backend, 'listening');
+  cleanups.push(() => void backend.close());
+  const port = await freePort();
+  const clock = new ManualClock();
+  const { gateway } = await startGateway(
+    `
+services:
+  - name: svc
+    protocol: http
+    listen: 127.0.0.1:${port}
+    limits: { maxConnections: 10 }
+    backends: { static: [127.0.0.1:${(backend.address() as AddressInfo).port}] }
+`,
+    { clock },
+  );
+  cleanups.push(() => gateway.shutdown());
+  const silent = await dial(port);
+  cleanups.push(() => void silent.destroy());
+  // The start of the HTTP/2 preface, which an HTTP/1.1 request could also start with: undecided.
+  const halfPreface = await dial(port);
+  cleanups.push(() => void halfPreface.destroy());
+  halfPreface.write('PRI * HT');
+  const late = await dial(port);
+  cleanups.push(() => void late.destroy());
+  const closed = (s: typeof silent): Promise<void> =>
+    new Promise((resolve, reject) => {
+      s.once('close', () => resolve());
+      setTimeout(() => reject(new Error('still open after the first-bytes timeout')), 5_000).unref();
+    });
+  await new Promise((r) => setTimeout(r, 50));
+  clock.advance(29_000);
+  late.write('GET / HTTP/1.1\r\nhost: x\r\n\r\n');
+  assert.match(await readUntil(late, 'ok'), /200 OK/);
+  assert.equal(silent.destroyed, false, 'still open at 29 s');
+  clock.advance(1_000);
+  await Promise.all([closed(silent), closed(halfPreface)]);
+  // The one that spoke in time is an HTTP/1.1 connection now, under its own timeouts.
+  assert.equal(late.destroyed, false);
 });
