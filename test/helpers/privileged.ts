@@ -23,3 +23,25 @@ export function run(cmd: string, args: readonly string[], input?: string): strin
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.stdout}`);
   return r.stdout;
 }
+
+/**
+ * A network namespace `ns` joined to the host by a veth pair: `hostSide`
+ * with `hostIp`/30 on the host, `nsSide` with `nsIp`/30 (and loopback up)
+ * inside. What it made is undone by the functions pushed onto `cleanups`.
+ */
+export function vethNamespace(
+  names: { ns: string; hostSide: string; nsSide: string; hostIp: string; nsIp: string },
+  cleanups: (() => unknown)[],
+): void {
+  const { ns, hostSide, nsSide, hostIp, nsIp } = names;
+  run('ip', ['netns', 'add', ns]);
+  cleanups.push(() => void run('ip', ['netns', 'del', ns]));
+  run('ip', ['link', 'add', hostSide, 'type', 'veth', 'peer', 'name', nsSide]);
+  cleanups.push(() => void run('ip', ['link', 'del', hostSide]));
+  run('ip', ['link', 'set', nsSide, 'netns', ns]);
+  run('ip', ['addr', 'add', `${hostIp}/30`, 'dev', hostSide]);
+  run('ip', ['link', 'set', hostSide, 'up']);
+  run('ip', ['-n', ns, 'addr', 'add', `${nsIp}/30`, 'dev', nsSide]);
+  run('ip', ['-n', ns, 'link', 'set', nsSide, 'up']);
+  run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+}

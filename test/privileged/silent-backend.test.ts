@@ -13,7 +13,7 @@ import { once } from 'node:events';
 import { after, describe, test } from 'node:test';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, readUntil, waitFor } from '../helpers/net.ts';
-import { privilegedSkipReason, run } from '../helpers/privileged.ts';
+import { privilegedSkipReason, run, vethNamespace } from '../helpers/privileged.ts';
 
 const skip = privilegedSkipReason(['nft', 'ip']);
 const id = process.pid % 10_000;
@@ -36,16 +36,7 @@ after(async () => {
 
 describe('silent backend', { skip }, () => {
   test('TCP keepalive finds a backend host that drops everything and the client is closed', async () => {
-    run('ip', ['netns', 'add', ns]);
-    cleanups.push(() => void run('ip', ['netns', 'del', ns]));
-    run('ip', ['link', 'add', hostSide, 'type', 'veth', 'peer', 'name', nsSide]);
-    cleanups.push(() => void run('ip', ['link', 'del', hostSide]));
-    run('ip', ['link', 'set', nsSide, 'netns', ns]);
-    run('ip', ['addr', 'add', `${hostIp}/30`, 'dev', hostSide]);
-    run('ip', ['link', 'set', hostSide, 'up']);
-    run('ip', ['-n', ns, 'addr', 'add', `${backendIp}/30`, 'dev', nsSide]);
-    run('ip', ['-n', ns, 'link', 'set', nsSide, 'up']);
-    run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    vethNamespace({ ns, hostSide, nsSide, hostIp, nsIp: backendIp }, cleanups);
 
     const backendPort = 7300 + (id % 500);
     const backend = spawn(
