@@ -157,7 +157,6 @@ export class WebSocketProxy implements UpgradeHandler {
 
   handleUpgrade(req: UpgradeRequest, socket: Socket, head: Buffer): void {
     socket.pause();
-    const s = this.settings;
     const h = req.headers;
     const upgrade = one(h.upgrade)?.toLowerCase() ?? '';
     const key = h['sec-websocket-key'];
@@ -181,7 +180,7 @@ export class WebSocketProxy implements UpgradeHandler {
       reject(socket, 503, 'the service is at its connection limit; retry later');
       return;
     }
-    if (s.keepAliveMs !== undefined) socket.setKeepAlive(true, s.keepAliveMs);
+    // TCP keepalive is already on: the HTTP proxy sets it on every client socket it accepts.
     // From here on the client's reads go through readEarly (reused buffers, see socket-reads.ts).
     readThrough(socket, readEarly);
     new WsConnection(this, new Handshake(socket, req, head, key, peerIp(socket))).start();
