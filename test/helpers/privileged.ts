@@ -1,5 +1,6 @@
 /** Preconditions for tests that change the kernel's network state (root, nft, ip). */
-import { spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { after } from 'node:test';
 
 /** Why a privileged test cannot run here, or undefined when it can. */
 export function privilegedSkipReason(tools: readonly string[] = ['nft']): string | undefined {
@@ -44,4 +45,45 @@ export function vethNamespace(
   run('ip', ['-n', ns, 'addr', 'add', `${nsIp}/30`, 'dev', nsSide]);
   run('ip', ['-n', ns, 'link', 'set', nsSide, 'up']);
   run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+}
+
+/**
+ * A list of clean-ups run (newest first) after this file's tests, each even
+ * when an earlier one throws: kernel state a test made must not outlive it.
+ */
+export function cleanupsAfterAll(): (() => Promise<void> | void)[] {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch {
+        // Keep cleaning up the rest.
+      }
+    }
+  });
+  return cleanups;
+}
+
+/** `node -e script` inside namespace `ns`, its stdout piped (killed by `cleanups`). */
+export function nodeInNamespace(ns: string, script: string, cleanups: (() => unknown)[]): ChildProcess {
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  cleanups.push(() => void child.kill('SIGKILL'));
+  return child;
+}
+
+/**
+ * Inside namespace `ns`, drop every packet coming in (and with `out`, going
+ * out): its hosts go silent, no FIN, no RST. The table goes with the namespace.
+ */
+export function dropAll(ns: string, out = false): void {
+  const chain = (name: string, hook: string): string =>
+    ` chain ${name} {\n  type filter hook ${hook} priority 0; policy drop;\n }\n`;
+  run(
+    'ip',
+    ['netns', 'exec', ns, 'nft', '-f', '-'],
+    `table inet drop_all {\n${chain('in', 'input')}${out ? chain('out', 'output') : ''}}\n`,
+  );
 }

@@ -8,12 +8,17 @@
  * veth pair; nftables inside that namespace then drops every packet.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, readUntil, waitFor } from '../helpers/net.ts';
-import { privilegedSkipReason, run, vethNamespace } from '../helpers/privileged.ts';
+import {
+  cleanupsAfterAll,
+  dropAll,
+  nodeInNamespace,
+  privilegedSkipReason,
+  vethNamespace,
+} from '../helpers/privileged.ts';
 
 const skip = privilegedSkipReason(['nft', 'ip']);
 const id = process.pid % 10_000;
@@ -23,37 +28,20 @@ const nsSide = `hfs${id}b`;
 // Addresses of this test's own two hosts, inside its own veth pair.
 const hostIp = '10.213.7.1';
 const backendIp = '10.213.7.2';
-const cleanups: (() => Promise<void> | void)[] = [];
-after(async () => {
-  for (const c of cleanups.reverse()) {
-    try {
-      await c();
-    } catch {
-      // Keep cleaning up the rest.
-    }
-  }
-});
+const cleanups = cleanupsAfterAll();
 
 describe('silent backend', { skip }, () => {
   test('TCP keepalive finds a backend host that drops everything and the client is closed', async () => {
     vethNamespace({ ns, hostSide, nsSide, hostIp, nsIp: backendIp }, cleanups);
 
     const backendPort = 7300 + (id % 500);
-    const backend = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        ns,
-        process.execPath,
-        '-e',
-        `require('node:net').createServer((s) => { s.on('error', () => {}); s.write('hello\\n'); s.pipe(s); })
-           .listen(${backendPort}, '${backendIp}', () => console.log('ready'));`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+    const backend = nodeInNamespace(
+      ns,
+      `require('node:net').createServer((s) => { s.on('error', () => {}); s.write('hello\\n'); s.pipe(s); })
+         .listen(${backendPort}, '${backendIp}', () => console.log('ready'));`,
+      cleanups,
     );
-    cleanups.push(() => void backend.kill('SIGKILL'));
-    await once(backend.stdout, 'data');
+    await once(backend.stdout!, 'data');
 
     const port = await freePort();
     const { gateway } = await startGateway(`
@@ -70,11 +58,7 @@ services:
 
     // The backend host goes silent: no FIN, no RST, nothing.
     // (inside the test's namespace only: the table goes away with it)
-    run(
-      'ip',
-      ['netns', 'exec', ns, 'nft', '-f', '-'],
-      'table inet drop_all {\n chain in {\n  type filter hook input priority 0; policy drop;\n }\n}\n',
-    );
+    dropAll(ns);
     const started = Date.now();
     // The client's connection is reset: the stream did not end cleanly, and a
     // reset says so (a FIN could pass for a complete response).

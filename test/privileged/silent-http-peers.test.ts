@@ -10,12 +10,18 @@
  * packet.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { startGateway } from '../helpers/gateway.ts';
 import { waitFor } from '../helpers/net.ts';
-import { privilegedSkipReason, run, vethNamespace } from '../helpers/privileged.ts';
+import {
+  cleanupsAfterAll,
+  dropAll,
+  nodeInNamespace,
+  privilegedSkipReason,
+  vethNamespace,
+} from '../helpers/privileged.ts';
 
 const skip = privilegedSkipReason(['nft', 'ip']);
 const id = process.pid % 10_000;
@@ -25,19 +31,10 @@ const nsSide = `hfh${id}b`;
 // Addresses of this test's own two hosts, inside its own veth pair.
 const hostIp = '10.213.9.1';
 const peerIp = '10.213.9.2';
-const cleanups: (() => Promise<void> | void)[] = [];
-after(async () => {
-  for (const c of cleanups.reverse()) {
-    try {
-      await c();
-    } catch {
-      // Keep cleaning up the rest.
-    }
-  }
-});
+const cleanups = cleanupsAfterAll();
 
 /** A line of `node -e` output from a process in the namespace. */
-async function line(child: ReturnType<typeof spawn>): Promise<string> {
+async function line(child: ChildProcess): Promise<string> {
   const [data] = (await once(child.stdout!, 'data')) as [Buffer];
   return data.toString().trim();
 }
@@ -47,20 +44,12 @@ describe('silent HTTP peers', { skip }, () => {
     vethNamespace({ ns, hostSide, nsSide, hostIp, nsIp: peerIp }, cleanups);
 
     const backendPort = 7800 + (id % 500);
-    const backend = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        ns,
-        process.execPath,
-        '-e',
-        `require('node:http').createServer({ keepAliveTimeout: 600000 }, (req, res) => res.end('ok'))
-           .listen(${backendPort}, '${peerIp}', () => console.log('ready'));`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+    const backend = nodeInNamespace(
+      ns,
+      `require('node:http').createServer({ keepAliveTimeout: 600000 }, (req, res) => res.end('ok'))
+         .listen(${backendPort}, '${peerIp}', () => console.log('ready'));`,
+      cleanups,
     );
-    cleanups.push(() => void backend.kill('SIGKILL'));
     assert.equal(await line(backend), 'ready');
 
     const port = 8300 + (id % 500);
@@ -77,25 +66,17 @@ services:
     cleanups.push(() => gateway.shutdown());
 
     // A keep-alive client in the namespace: one request, then it stays connected, idle.
-    const client = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        ns,
-        process.execPath,
-        '-e',
-        `const http = require('node:http');
-         const agent = new http.Agent({ keepAlive: true });
-         http.get({ host: '${hostIp}', port: ${port}, agent }, (res) => {
-           res.resume();
-           res.on('end', () => console.log(res.statusCode));
-         });
-         setInterval(() => {}, 1000);`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+    const client = nodeInNamespace(
+      ns,
+      `const http = require('node:http');
+       const agent = new http.Agent({ keepAlive: true });
+       http.get({ host: '${hostIp}', port: ${port}, agent }, (res) => {
+         res.resume();
+         res.on('end', () => console.log(res.statusCode));
+       });
+       setInterval(() => {}, 1000);`,
+      cleanups,
     );
-    cleanups.push(() => void client.kill('SIGKILL'));
     assert.equal(await line(client), '200');
     assert.equal(gateway.services.get('silent')!.handler.live, 1);
     const pooled = (): number =>
@@ -109,12 +90,7 @@ services:
     // Client and backend host go silent: no FIN, no RST, nothing, either way
     // (the client's own keepalive would otherwise end its connection for it).
     // Inside the test's namespace only: the table goes away with it.
-    run(
-      'ip',
-      ['netns', 'exec', ns, 'nft', '-f', '-'],
-      'table inet drop_all {\n chain in {\n  type filter hook input priority 0; policy drop;\n }\n' +
-        ' chain out {\n  type filter hook output priority 0; policy drop;\n }\n}\n',
-    );
+    dropAll(ns, true);
     const started = Date.now();
     await waitFor(
       () => gateway.services.get('silent')!.handler.live === 0,
