@@ -17,16 +17,16 @@
  * path: the gateway's CPU per relayed message (µs) while 50 clients echo
  * 1 KiB messages, 16 in flight each, over `--seconds` (no idle connections).
  */
-import { type ChildProcess, fork, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { freePort } from '../test/helpers/net.ts';
+import { ask, startWsLoad } from './lib/ws-load.ts';
 import { cpuMs, holdfastEntry, LAUNCHER_FLAGS, median, waitForPort } from './lib/peers.ts';
 
-const ROOT = new URL('../', import.meta.url).pathname;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const { values } = parseArgs({
@@ -79,33 +79,9 @@ process.on('SIGUSR2', () => {
 });
 `;
 
-async function freePort(): Promise<number> {
-  const s = createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as { port: number }).port;
-  s.close();
-  return port;
-}
-
-function ask<T>(child: ChildProcess, msg: unknown): Promise<T> {
-  return new Promise((resolve, reject) => {
-    child.once('message', (m: T & { error?: string }) =>
-      m.error !== undefined ? reject(new Error(m.error)) : resolve(m),
-    );
-    child.send(msg as never);
-  });
-}
-
 const dir = mkdtempSync(join(tmpdir(), 'holdfast-ws-idle-'));
-const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-const [line] = (await once(backendProc.stdout, 'data')) as [Buffer];
-const backend = Number(line.toString().trim());
-const clients = fork(join(ROOT, 'bench/_ws-clients.ts'), {
-  execPath: process.execPath,
-  stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-});
+const load = await startWsLoad();
+const { backendPort: backend, clients } = load;
 
 const samples = new Map<string, number[]>(entries.map((e) => [e.label, []]));
 try {
@@ -178,8 +154,7 @@ try {
     }
   }
 } finally {
-  clients.kill('SIGKILL');
-  backendProc.kill('SIGKILL');
+  load.stop();
 }
 for (const [label, xs] of samples) {
   if (values.relay) {

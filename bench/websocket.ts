@@ -18,17 +18,16 @@
  * interleaved (holdfast, nginx, haproxy, holdfast, …) and medians reported.
  * Missing peers are reported and skipped.
  */
-import { type ChildProcess, fork, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { freePort } from '../test/helpers/net.ts';
+import { ask, startWsLoad } from './lib/ws-load.ts';
 import { cpuMs, median, rssBytes, startHoldfast } from './lib/peers.ts';
 import type { BenchArgs } from './run.ts';
-
-const ROOT = new URL('../', import.meta.url).pathname;
 
 interface Result {
   bench: 'websocket';
@@ -43,14 +42,6 @@ interface Result {
   /** The next window of the same length: heartbeats only, the burst's collections behind. */
   idleCpuSteadyPercentOfCore?: number;
   skipped?: string;
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as { port: number }).port;
-  s.close();
-  return port;
 }
 
 /** The CPU `pid` uses over the next `ms`, in % of one core. */
@@ -199,15 +190,6 @@ backend be
   return { available, missing };
 }
 
-function ask<T>(child: ChildProcess, msg: unknown): Promise<T> {
-  return new Promise((resolve, reject) => {
-    child.once('message', (m: T & { error?: string }) =>
-      m.error !== undefined ? reject(new Error(m.error)) : resolve(m),
-    );
-    child.send(msg as never);
-  });
-}
-
 export async function run(args: BenchArgs): Promise<void> {
   const { values } = parseArgs({
     args: args.rest,
@@ -224,15 +206,8 @@ export async function run(args: BenchArgs): Promise<void> {
   const cpuSeconds = Number(values['cpu-seconds']);
   const runs = Number(values.runs);
   const dir = mkdtempSync(join(tmpdir(), 'holdfast-bench-ws-'));
-  const backendProc = spawn(process.execPath, [join(ROOT, 'bench/_ws-backend.ts')], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const [line] = (await once(backendProc.stdout, 'data')) as [Buffer];
-  const backend = Number(line.toString().trim());
-  const clients = fork(join(ROOT, 'bench/_ws-clients.ts'), {
-    execPath: process.execPath,
-    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-  });
+  const load = await startWsLoad();
+  const { backendPort: backend, clients } = load;
   const { available, missing } = peers();
   const results: Result[] = [];
   for (const name of missing) {
@@ -294,8 +269,7 @@ export async function run(args: BenchArgs): Promise<void> {
       }
     }
   } finally {
-    clients.kill('SIGKILL');
-    backendProc.kill('SIGKILL');
+    load.stop();
   }
   for (const peer of available) {
     const rs = samples.get(peer.name)!.filter((r) => r.skipped === undefined);
