@@ -2,6 +2,7 @@
 import { once } from 'node:events';
 import { createServer as createH1, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import {
+  type ClientHttp2Session,
   createServer as createH2,
   type Http2Server,
   type ServerHttp2Stream,
@@ -218,4 +219,16 @@ ${fields}    backends: { static: [127.0.0.1:${svc.backend.port}] }
     await svc.backend.close();
   });
   return svc;
+}
+
+/** One HTTP/2 request on `session`: its response status, once the body is read. */
+export function h2Status(session: ClientHttp2Session, path = '/'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ':path': path });
+    req.on('response', (h) => {
+      req.resume();
+      req.on('end', () => resolve(Number(h[':status'])));
+    });
+    req.on('error', reject);
+  });
 }

@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { rmSync } from 'node:fs';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
-import { connect as h2connect, createServer as createH2, type ClientHttp2Session } from 'node:http2';
+import { connect as h2connect, createServer as createH2 } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { Client } from 'undici';
@@ -19,7 +19,7 @@ import { startGateway } from '../helpers/gateway.ts';
 import { freePort, freePorts, waitFor } from '../helpers/net.ts';
 import { makeCert } from '../helpers/tls.ts';
 import { openClient, startWsBackend } from '../websocket/helpers.ts';
-import { startH1Backend, startH2Backend } from './backends.ts';
+import { h2Status, startH1Backend, startH2Backend } from './backends.ts';
 
 /** A GET on a connection of its own (node:http, no agent). */
 function getOnce(
@@ -35,17 +35,6 @@ function getOnce(
     });
     req.on('error', reject);
     req.end();
-  });
-}
-
-function h2get(session: ClientHttp2Session, path = '/'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = session.request({ ':path': path });
-    req.on('response', (h) => {
-      req.resume();
-      req.on('end', () => resolve(Number(h[':status'])));
-    });
-    req.on('error', reject);
   });
 }
 
@@ -70,7 +59,7 @@ services:
     h2.on('error', () => {});
     try {
       assert.equal((await h1.request({ path: '/', method: 'GET' }).then(drain)).statusCode, 200);
-      assert.equal(await h2get(h2), 200);
+      assert.equal(await h2Status(h2), 200);
 
       const third = await getOnce(port);
       assert.equal(third.status, 503);
@@ -86,7 +75,7 @@ services:
       assert.match((await failed).message, /Protocol error/);
 
       assert.equal((await h1.request({ path: '/', method: 'GET' }).then(drain)).statusCode, 200);
-      assert.equal(await h2get(h2), 200);
+      assert.equal(await h2Status(h2), 200);
       assert.match(
         await gateway.metrics.metrics(),
         /holdfast_connections_refused_total\{service="limited",reason="limit"\} 2/,
@@ -201,8 +190,8 @@ services:
     try {
       // The first request teaches the gateway the backend's stream limit; then
       // two at once need a second session.
-      assert.equal(await h2get(client), 200);
-      assert.deepEqual(await Promise.all([h2get(client), h2get(client)]), [200, 200]);
+      assert.equal(await h2Status(client), 200);
+      assert.deepEqual(await Promise.all([h2Status(client), h2Status(client)]), [200, 200]);
       assert.deepEqual(from.sort(), ['127.0.0.2', '127.0.0.3']);
     } finally {
       client.destroy();
@@ -266,9 +255,9 @@ services:
       for (const s of [h2, h2tls, h2h2]) s.on('error', () => {});
       try {
         assert.equal((await h1.request({ path: '/', method: 'GET' }).then(drain)).statusCode, 200);
-        assert.equal(await h2get(h2), 200);
-        assert.equal(await h2get(h2tls), 200);
-        assert.equal(await h2get(h2h2), 200);
+        assert.equal(await h2Status(h2), 200);
+        assert.equal(await h2Status(h2tls), 200);
+        assert.equal(await h2Status(h2h2), 200);
         const httpsStatus = await new Promise<number>((resolve, reject) => {
           const req = httpsRequest({ host: '127.0.0.1', port: tls, path: '/', agent }, (res) => {
             res.resume();

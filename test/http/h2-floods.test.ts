@@ -5,10 +5,10 @@
  * CONTINUATION frames (GOAWAY, then close). Other sessions carry on.
  */
 import assert from 'node:assert/strict';
-import { connect, constants as h2c, type ClientHttp2Session } from 'node:http2';
+import { connect, constants as h2c } from 'node:http2';
 import { describe, it } from 'node:test';
 import { dial } from '../helpers/net.ts';
-import { useHttpService } from './backends.ts';
+import { h2Status, useHttpService } from './backends.ts';
 
 function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
   const head = Buffer.alloc(9);
@@ -40,17 +40,6 @@ function goawayCodes(bytes: Buffer): number[] {
   return codes;
 }
 
-async function get(session: ClientHttp2Session, path: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = session.request({ ':path': path });
-    req.on('response', (h) => {
-      req.resume();
-      req.on('end', () => resolve(Number(h[':status'])));
-    });
-    req.on('error', reject);
-  });
-}
-
 describe('HTTP/2 flood guards', () => {
   const svc = useHttpService('web');
   const errors = (): Record<string, number> => svc.gateway.services.get('web')!.handler.stats.errors ?? {};
@@ -60,7 +49,7 @@ describe('HTTP/2 flood guards', () => {
     const bad = connect(`http://127.0.0.1:${svc.port}`);
     bad.on('error', () => {});
     try {
-      assert.equal(await get(good, '/'), 200);
+      assert.equal(await h2Status(good, '/'), 200);
       const goaway = new Promise<number>((resolve) => bad.once('goaway', (code: number) => resolve(code)));
       let opened = 0;
       for (let i = 0; i < 5_000 && !bad.destroyed && !bad.closed; i++) {
@@ -73,7 +62,7 @@ describe('HTTP/2 flood guards', () => {
       assert.equal(await goaway, h2c.NGHTTP2_ENHANCE_YOUR_CALM);
       assert.ok(opened < 1_000, `cut after ${opened} streams`);
       assert.equal(errors()['h2-rapid-reset'], 1);
-      assert.equal(await get(good, '/'), 200, 'the other session still works');
+      assert.equal(await h2Status(good, '/'), 200, 'the other session still works');
     } finally {
       bad.destroy();
       good.close();
@@ -84,7 +73,7 @@ describe('HTTP/2 flood guards', () => {
     const good = connect(`http://127.0.0.1:${svc.port}`);
     const s = await dial(svc.port);
     try {
-      assert.equal(await get(good, '/'), 200);
+      assert.equal(await h2Status(good, '/'), 200);
       let got = Buffer.alloc(0);
       s.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
       const closed = new Promise<void>((resolve) => s.once('close', () => resolve()));
@@ -105,7 +94,7 @@ describe('HTTP/2 flood guards', () => {
         (errors()['h2-continuation-flood'] ?? 0) + (errors()['h2-session-error'] ?? 0) >= 1,
         'counted',
       );
-      assert.equal(await get(good, '/'), 200, 'the other session still works');
+      assert.equal(await h2Status(good, '/'), 200, 'the other session still works');
     } finally {
       s.destroy();
       good.close();
