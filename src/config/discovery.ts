@@ -6,9 +6,14 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { type HostPort, parseHostPort } from './address.ts';
-import { durationAtLeast, MIN_INTERVAL_MS, MIN_TIMEOUT_MS } from './fields.ts';
+import { durationAtLeast, MIN_INTERVAL_MS, MIN_TIMEOUT_MS, refuseLowAboveHigh } from './fields.ts';
 
 const port = z.number().int().min(1).max(65535);
+
+const DNS_MIN_INTERVAL_MS = 1_000;
+const DNS_MAX_INTERVAL_MS = 60_000;
+const K8S_BACKOFF_MS = 500;
+const K8S_MAX_BACKOFF_MS = 30_000;
 
 /** A YAML or JSON file listing backends (same entries as `static:`), re-read when it changes. */
 export const fileSourceSchema = z.strictObject({
@@ -42,8 +47,8 @@ export const dnsSourceSchema = z
     /** Name servers; default: the `nameserver` lines of /etc/resolv.conf. */
     servers: z.array(nameServer).optional(),
     /** Re-resolve after the answer's TTL, but never sooner than minInterval nor later than maxInterval. */
-    minInterval: durationAtLeast(MIN_INTERVAL_MS).default(1_000),
-    maxInterval: durationAtLeast(MIN_INTERVAL_MS).default(60_000),
+    minInterval: durationAtLeast(MIN_INTERVAL_MS).default(DNS_MIN_INTERVAL_MS),
+    maxInterval: durationAtLeast(MIN_INTERVAL_MS).default(DNS_MAX_INTERVAL_MS),
     /** Per query attempt. */
     timeout: durationAtLeast(MIN_TIMEOUT_MS).default(2_000),
   })
@@ -55,24 +60,34 @@ export const dnsSourceSchema = z
         message: `type ${d.type} needs the backends' port, for example port: 8080`,
       });
     }
-    if (d.minInterval > d.maxInterval) {
-      ctx.addIssue({ code: 'custom', path: ['minInterval'], message: 'must not be longer than maxInterval' });
-    }
+    refuseLowAboveHigh(
+      ctx,
+      { field: 'minInterval', ms: d.minInterval, default: DNS_MIN_INTERVAL_MS },
+      { field: 'maxInterval', ms: d.maxInterval, default: DNS_MAX_INTERVAL_MS },
+    );
   });
 
-export const kubernetesSourceSchema = z.strictObject({
-  /** The Service whose EndpointSlices are watched (label kubernetes.io/service-name). */
-  service: z.string().min(1),
-  /** Default: the gateway pod's namespace (in cluster), the kubeconfig context's, else "default". */
-  namespace: z.string().optional(),
-  /** The port to use: its name in the Service (`http`) or its number. Default: the only port. */
-  port: z.union([z.string().min(1), port]).optional(),
-  /** A kubeconfig file; default: $KUBECONFIG, else the in-cluster service account. */
-  kubeconfig: z.string().optional(),
-  /** Wait between failed attempts starts here and doubles (with jitter) up to maxBackoff. */
-  backoff: durationAtLeast(MIN_INTERVAL_MS).default(500),
-  maxBackoff: durationAtLeast(MIN_INTERVAL_MS).default(30_000),
-});
+export const kubernetesSourceSchema = z
+  .strictObject({
+    /** The Service whose EndpointSlices are watched (label kubernetes.io/service-name). */
+    service: z.string().min(1),
+    /** Default: the gateway pod's namespace (in cluster), the kubeconfig context's, else "default". */
+    namespace: z.string().optional(),
+    /** The port to use: its name in the Service (`http`) or its number. Default: the only port. */
+    port: z.union([z.string().min(1), port]).optional(),
+    /** A kubeconfig file; default: $KUBECONFIG, else the in-cluster service account. */
+    kubeconfig: z.string().optional(),
+    /** Wait between failed attempts starts here and doubles (with jitter) up to maxBackoff. */
+    backoff: durationAtLeast(MIN_INTERVAL_MS).default(K8S_BACKOFF_MS),
+    maxBackoff: durationAtLeast(MIN_INTERVAL_MS).default(K8S_MAX_BACKOFF_MS),
+  })
+  .superRefine((k, ctx) => {
+    refuseLowAboveHigh(
+      ctx,
+      { field: 'backoff', ms: k.backoff, default: K8S_BACKOFF_MS },
+      { field: 'maxBackoff', ms: k.maxBackoff, default: K8S_MAX_BACKOFF_MS },
+    );
+  });
 
 export type FileSourceConfig = z.output<typeof fileSourceSchema>;
 export type DnsSourceConfig = z.output<typeof dnsSourceSchema>;

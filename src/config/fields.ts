@@ -79,6 +79,34 @@ export function durationOrOff(minMs: number) {
   });
 }
 
+/** A duration field of a min/max pair, as parsed: its name, its value, and its default. */
+export interface PairEnd {
+  readonly field: string;
+  readonly ms: number;
+  readonly default: number;
+}
+
+/**
+ * Refuse a lower bound longer than its upper bound (`backoff` and
+ * `maxBackoff`, `baseEjectionTime` and `maxEjectionTime`, …), which would
+ * otherwise be silently capped. The error stands at the upper bound, unless
+ * that still has its default and the lower one does not: then the user
+ * raised the lower one, and that is the line to show. The message gives both
+ * values (saying which is a default) and both ways out.
+ */
+export function refuseLowAboveHigh(ctx: z.RefinementCtx, lo: PairEnd, hi: PairEnd): void {
+  if (lo.ms <= hi.ms) return;
+  const loDefault = lo.ms === lo.default;
+  const hiDefault = hi.ms === hi.default;
+  const shown = (end: PairEnd, isDefault: boolean): string =>
+    `${end.field} (${formatDuration(end.ms)}${isDefault ? ', the default' : ''})`;
+  ctx.addIssue({
+    code: 'custom',
+    path: [hiDefault && !loDefault ? lo.field : hi.field],
+    message: `${shown(lo, loDefault)} is longer than ${shown(hi, hiDefault)}; set ${hi.field} to at least ${formatDuration(lo.ms)}, or ${lo.field} to at most ${formatDuration(hi.ms)}`,
+  });
+}
+
 /** `host:port`, IPv6 in brackets. */
 export const hostPort = z
   .string({ error: 'write an address as host:port, for example 127.0.0.1:7000' })

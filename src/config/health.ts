@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { formatDuration } from './duration.ts';
-import { durationAtLeast, MIN_INTERVAL_MS, MIN_TIMEOUT_MS } from './fields.ts';
+import { durationAtLeast, MIN_INTERVAL_MS, MIN_TIMEOUT_MS, refuseLowAboveHigh } from './fields.ts';
 
 const positiveInt = z.number().int().positive();
 
@@ -64,17 +64,28 @@ export const healthSchema = z
     }
   });
 
-export const outlierSchema = z.strictObject({
-  /** Consecutive connect failures or resets that eject a backend (0 turns this signal off). */
-  consecutiveFailures: z.number().int().min(0).default(5),
-  /** Consecutive HTTP 5xx answers that eject a backend (0 turns this signal off). */
-  consecutive5xx: z.number().int().min(0).default(5),
-  /** First ejection lasts this long; each repeat ejection adds as much again, up to maxEjectionTime. */
-  baseEjectionTime: durationAtLeast(MIN_INTERVAL_MS).default(30_000),
-  maxEjectionTime: durationAtLeast(MIN_INTERVAL_MS).default(300_000),
-  /** Never eject more than this share of a service's backends (rounded down). */
-  maxEjectionPercent: z.number().min(0).max(100).default(50),
-});
+const BASE_EJECTION_MS = 30_000;
+const MAX_EJECTION_MS = 300_000;
+
+export const outlierSchema = z
+  .strictObject({
+    /** Consecutive connect failures or resets that eject a backend (0 turns this signal off). */
+    consecutiveFailures: z.number().int().min(0).default(5),
+    /** Consecutive HTTP 5xx answers that eject a backend (0 turns this signal off). */
+    consecutive5xx: z.number().int().min(0).default(5),
+    /** First ejection lasts this long; each repeat ejection adds as much again, up to maxEjectionTime. */
+    baseEjectionTime: durationAtLeast(MIN_INTERVAL_MS).default(BASE_EJECTION_MS),
+    maxEjectionTime: durationAtLeast(MIN_INTERVAL_MS).default(MAX_EJECTION_MS),
+    /** Never eject more than this share of a service's backends (rounded down). */
+    maxEjectionPercent: z.number().min(0).max(100).default(50),
+  })
+  .superRefine((o, ctx) => {
+    refuseLowAboveHigh(
+      ctx,
+      { field: 'baseEjectionTime', ms: o.baseEjectionTime, default: BASE_EJECTION_MS },
+      { field: 'maxEjectionTime', ms: o.maxEjectionTime, default: MAX_EJECTION_MS },
+    );
+  });
 
 export type HealthConfig = z.output<typeof healthSchema>;
 export type OutlierConfig = z.output<typeof outlierSchema>;

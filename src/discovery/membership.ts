@@ -129,13 +129,21 @@ export class Membership {
           : new OutlierDetector(this.#cluster, o, { clock: this.#clock, log: this.#log });
       this.#cluster.observer = this.#detector;
     }
-    if (old === undefined || JSON.stringify(old.health) !== JSON.stringify(config.health)) {
+    if (
+      old === undefined ||
+      JSON.stringify(old.health) !== JSON.stringify(config.health) ||
+      JSON.stringify(old.sourceAddresses) !== JSON.stringify(config.sourceAddresses)
+    ) {
       this.#checker?.stop();
       const h = config.health;
       this.#checker =
         h === undefined
           ? undefined
-          : new HealthChecker(this.#cluster, h, { clock: this.#clock, log: this.#log });
+          : new HealthChecker(this.#cluster, h, {
+              clock: this.#clock,
+              log: this.#log,
+              sourceAddresses: config.sourceAddresses,
+            });
       if (h === undefined) {
         for (const b of this.#cluster.backends.values())
           this.#cluster.markHealth(b.key, true, 'health checks turned off');

@@ -3,10 +3,18 @@ import type { Backend } from '../cluster/backend.ts';
 import type { Clock, Timer } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
 import type { HealthConfig } from '../config/health.ts';
+import { SourceAddressPool } from '../proxy/source-address.ts';
 import { probe, type ProbeResult } from './probe.ts';
 
 interface Tracked {
   readonly backend: Backend;
+  /**
+   * The service's source addresses, round the list as traffic uses them
+   * (same family rule). One round per backend rather than one for the
+   * service: a shared round visiting backends in a fixed order could probe
+   * each backend from the same address every time and never from the others.
+   */
+  readonly sources: SourceAddressPool;
   timer: Timer | undefined;
   passes: number;
   fails: number;
@@ -26,19 +34,27 @@ export class HealthChecker {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #random: () => number;
+  readonly #sourceAddresses: readonly string[];
   readonly #tracked = new Map<string, Tracked>();
   #stopped = false;
 
   constructor(
     cluster: Cluster,
     config: HealthConfig,
-    opts: { clock: Clock; log: Logger; random?: () => number },
+    opts: {
+      clock: Clock;
+      log: Logger;
+      random?: () => number;
+      /** The service's `sourceAddresses`: probes bind them as traffic does. */
+      sourceAddresses?: readonly string[];
+    },
   ) {
     this.#cluster = cluster;
     this.#config = config;
     this.#clock = opts.clock;
     this.#log = opts.log;
     this.#random = opts.random ?? Math.random;
+    this.#sourceAddresses = opts.sourceAddresses ?? [];
   }
 
   /** Follow the cluster's current backends: start checking new ones, forget gone or draining ones. */
@@ -53,7 +69,14 @@ export class HealthChecker {
     }
     for (const b of this.#cluster.backends.values()) {
       if (b.state === 'draining' || this.#tracked.has(b.key)) continue;
-      const t: Tracked = { backend: b, timer: undefined, passes: 0, fails: 0, running: false };
+      const t: Tracked = {
+        backend: b,
+        sources: new SourceAddressPool(this.#sourceAddresses),
+        timer: undefined,
+        passes: 0,
+        fails: 0,
+        running: false,
+      };
       this.#tracked.set(b.key, t);
       // The first probe comes within the jitter window, so a new backend is known soon.
       this.#schedule(t, this.#config.interval * this.#config.jitter * this.#random());
@@ -80,7 +103,7 @@ export class HealthChecker {
     if (this.#stopped || this.#tracked.get(t.backend.key) !== t) return;
     t.running = true;
     const target = { host: t.backend.address.host, port: this.#config.port ?? t.backend.address.port };
-    void probe(this.#config, target, this.#clock).then((result) => {
+    void probe(this.#config, target, this.#clock, t.sources.next(target.host)).then((result) => {
       t.running = false;
       if (this.#stopped || this.#tracked.get(t.backend.key) !== t) return;
       this.#record(t, result);

@@ -17,8 +17,17 @@ export interface ProbeResult {
   readonly detail: string;
 }
 
-/** Run the configured probe against `target` (the backend, or its `health.port`). */
-export function probe(config: HealthConfig, target: HostPort, clock: Clock): Promise<ProbeResult> {
+/**
+ * Run the configured probe against `target` (the backend, or its `health.port`),
+ * from `localAddress` when given (the service's `sourceAddresses`: a probe must
+ * come from where traffic comes from, or per-source firewall rules make it lie).
+ */
+export function probe(
+  config: HealthConfig,
+  target: HostPort,
+  clock: Clock,
+  localAddress?: string,
+): Promise<ProbeResult> {
   return new Promise((resolve) => {
     let done = false;
     let cleanup = (): void => {};
@@ -33,7 +42,7 @@ export function probe(config: HealthConfig, target: HostPort, clock: Clock): Pro
     const fail = (err: Error): void => finish(false, (err as NodeJS.ErrnoException).code ?? err.message);
     switch (config.type) {
       case 'tcp': {
-        const socket = connect({ host: target.host, port: target.port });
+        const socket = connect({ host: target.host, port: target.port, localAddress });
         cleanup = () => socket.destroy();
         socket.once('connect', () => finish(true, 'connected'));
         socket.once('error', fail);
@@ -46,6 +55,7 @@ export function probe(config: HealthConfig, target: HostPort, clock: Clock): Pro
           path: config.path,
           method: 'GET',
           agent: false,
+          localAddress,
           headers: {
             host: config.host ?? formatHostPort(target),
             'user-agent': 'holdfast-health',
@@ -64,7 +74,9 @@ export function probe(config: HealthConfig, target: HostPort, clock: Clock): Pro
         break;
       }
       case 'grpc': {
-        const session = h2connect(`http://${formatHostPort(target)}`);
+        const session = h2connect(`http://${formatHostPort(target)}`, {
+          createConnection: () => connect({ host: target.host, port: target.port, localAddress }),
+        });
         cleanup = () => session.destroy();
         session.once('error', fail);
         const stream = session.request({

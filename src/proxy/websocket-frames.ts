@@ -23,6 +23,12 @@ export const CLOSE_INVALID_PAYLOAD = 1007;
 export const CLOSE_TOO_BIG = 1009;
 export const CLOSE_INTERNAL_ERROR = 1011;
 export const CLOSE_SERVICE_RESTART = 1012;
+/**
+ * Bad Gateway (IANA WebSocket close code registry; not in RFC 6455 itself):
+ * the gateway lost its backend. ws and Chromium accept it on receipt
+ * (only 1005, 1006 and 1015 may never come on the wire).
+ */
+export const CLOSE_BAD_GATEWAY = 1014;
 
 /** Why a frame was refused; also the `reason` label of holdfast_protocol_errors_total. */
 export type FrameError =
@@ -80,12 +86,15 @@ export const PING_TO_CLIENT = buildFrame(OP_PING, TOKEN, false);
 export const PING_TO_BACKEND = buildFrame(OP_PING, TOKEN, true);
 
 const closeFrames = new Map<string, Buffer>();
-/** A close frame with `code` (no reason), masked for backends; cached per code. */
-export function closeFrame(code: number, masked: boolean): Buffer {
-  const key = `${code}${masked ? 'm' : ''}`;
+/**
+ * A close frame with `code` and a short constant `reason` (ASCII, at most
+ * 123 bytes), masked for backends; cached per code and reason.
+ */
+export function closeFrame(code: number, masked: boolean, reason = ''): Buffer {
+  const key = `${code}${masked ? 'm' : ''}${reason}`;
   let frame = closeFrames.get(key);
   if (frame === undefined) {
-    const payload = Buffer.from([code >> 8, code & 0xff]);
+    const payload = Buffer.concat([Buffer.from([code >> 8, code & 0xff]), Buffer.from(reason, 'utf8')]);
     frame = buildFrame(OP_CLOSE, payload, masked);
     closeFrames.set(key, frame);
   }

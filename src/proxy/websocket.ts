@@ -21,6 +21,7 @@ import type { Leg } from './stream-leg.ts';
 import { connectBackend, type RelaySettings, relaySettings, SocketPickContext } from './upstream.ts';
 import {
   checkClose,
+  CLOSE_BAD_GATEWAY,
   CLOSE_GOING_AWAY,
   CLOSE_INTERNAL_ERROR,
   CLOSE_SERVICE_RESTART,
@@ -615,11 +616,71 @@ class WsConnection extends Relay implements WheelEntry<WsConnection> {
     // the client's last frames are still on their way gets them as a reset).
     if (error && leg === up && this.phase === OPEN && this.backend !== undefined)
       this.proxy.ctx.cluster.reportFailure(this.backend, 'reset');
-    if (error) {
+    if (error && !(this.phase === OPEN && this.#peerLost(leg === up, true))) {
       down.destroy();
       up.destroy();
     }
     if (down.destroyed && up.destroyed) this.#finish();
+  }
+
+  /** A FIN from a peer of an open connection that sent no close frame: the other is told in close terms. */
+  override legEnd(leg: Leg): void {
+    if (
+      this.phase === OPEN &&
+      (leg === this.up || leg === this.down) &&
+      this.#peerLost(leg === this.up, false)
+    )
+      return;
+    super.legEnd(leg);
+  }
+
+  /**
+   * One peer of an open connection vanished without a close frame (a reset,
+   * or a FIN): the other is told in protocol terms, as a proxy should — a
+   * client gets 1014 (bad gateway), a backend 1001 (going away), each with a
+   * short reason instead of a dropped connection (1006 to it) — and its close
+   * answer ends it, or the close timeout does.
+   *
+   * Only at a frame boundary of the survivor's direction. The relay parses
+   * frame headers but passes a data frame's payload through as it arrives,
+   * so while part of a frame has gone out, the survivor's parser expects the
+   * rest of that payload, which will never come, and a close frame now would
+   * be read as payload. Then this returns false and the survivor's
+   * connection is cut (reset) or ended (FIN) as before. (An incomplete
+   * header held back in the carry has not gone out: that is a boundary.)
+   */
+  #peerLost(backendLost: boolean, reset: boolean): boolean {
+    // The survivor's direction: backend lost → backend → client (d*), else client → backend (u*).
+    const survivor = backendLost ? this.down! : this.up!;
+    if ((backendLost ? this.dRem : this.uRem) !== 0 || survivor.writableEnded) return false;
+    const lost = backendLost ? this.up! : this.down!;
+    this.phase = CLOSING;
+    this.due = Math.floor(this.proxy.ctx.clock.now());
+    this.proxy.recheck(this);
+    // Both directions are done with the lost peer: nothing more is relayed
+    // or injected either way, but the survivor's input is still parsed (its
+    // carry kept), to find its close answer (#closeFrameFrom then ends its
+    // socket). The lost peer's half-read header will never be completed.
+    if (backendLost) this.dCarry = undefined;
+    else this.uCarry = undefined;
+    this.uF |= F_CLOSE_SENT | F_DISCARD;
+    this.dF |= F_CLOSE_SENT | F_DISCARD;
+    survivor.write(
+      backendLost
+        ? closeFrame(
+            CLOSE_BAD_GATEWAY,
+            false,
+            reset ? 'backend connection reset' : 'backend closed the connection',
+          )
+        : closeFrame(
+            CLOSE_GOING_AWAY,
+            true,
+            reset ? 'client connection reset' : 'client closed the connection',
+          ),
+    );
+    // A FIN is answered with ours; a reset leg has closed already.
+    if (!reset) lost.end();
+    return true;
   }
 
   /** Relayed once the connection opens, with the bytes that came with the upgrade request. */

@@ -149,7 +149,13 @@ describe('durations too short to work', () => {
       '50ms',
       false,
     ],
-    ['outlierDetection.maxEjectionTime', 'outlierDetection: { maxEjectionTime: <d> }', 'tcp', '50ms', false],
+    [
+      'outlierDetection.maxEjectionTime',
+      'outlierDetection: { baseEjectionTime: 50ms, maxEjectionTime: <d> }',
+      'tcp',
+      '50ms',
+      false,
+    ],
     ['rebalance.minAge', 'rebalance: { minAge: <d> }', 'tcp', '10ms', false],
     ['httpTimeouts.request', 'httpTimeouts: { request: <d> }', 'http', '10ms', true],
     ['httpTimeouts.clientIdle', 'httpTimeouts: { clientIdle: <d> }', 'http', '50ms', true],
@@ -202,7 +208,11 @@ describe('durations too short to work', () => {
       ],
       ['dns: { name: b.local, port: 80, timeout: <d> }', 'backends.dns.timeout', '10ms'],
       ['kubernetes: { service: b, backoff: <d> }', 'backends.kubernetes.backoff', '50ms'],
-      ['kubernetes: { service: b, maxBackoff: <d> }', 'backends.kubernetes.maxBackoff', '50ms'],
+      [
+        'kubernetes: { service: b, backoff: 50ms, maxBackoff: <d> }',
+        'backends.kubernetes.maxBackoff',
+        '50ms',
+      ],
     ];
     for (const [source, field, floor] of cases) {
       refused(
@@ -233,5 +243,99 @@ describe('durations too short to work', () => {
       'services[0].health.timeout',
       /2s must not be longer than interval \(1s\); set a shorter timeout$/,
     );
+  });
+});
+
+describe('a lower bound longer than its upper bound', () => {
+  const withSource = (source: string): string =>
+    `services:\n  - name: a\n    listen: 127.0.0.1:1\n    backends:\n${source}`;
+  /**
+   * Each pair: its fields and defaults, the path of its block, and `yaml`,
+   * which writes a service with `body` (lines indented for the block) in it.
+   */
+  const PAIRS: {
+    block: string;
+    lo: string;
+    hi: string;
+    loDefault: string;
+    hiDefault: string;
+    yaml: (body: string) => string;
+    path: string;
+  }[] = [
+    {
+      block: 'kubernetes',
+      lo: 'backoff',
+      hi: 'maxBackoff',
+      loDefault: '500ms',
+      hiDefault: '30s',
+      yaml: (body) => withSource(`      kubernetes:\n        service: b\n${body}`),
+      path: 'services[0].backends.kubernetes',
+    },
+    {
+      block: 'outlierDetection',
+      lo: 'baseEjectionTime',
+      hi: 'maxEjectionTime',
+      loDefault: '30s',
+      hiDefault: '5m',
+      yaml: (body) =>
+        service(`outlierDetection:\n  consecutiveFailures: 3\n${body.replace(/^ {8}/gm, '  ')}`),
+      path: 'services[0].outlierDetection',
+    },
+    {
+      block: 'dns',
+      lo: 'minInterval',
+      hi: 'maxInterval',
+      loDefault: '1s',
+      hiDefault: '1m',
+      yaml: (body) => withSource(`      dns:\n        name: b.local\n        port: 80\n${body}`),
+      path: 'services[0].backends.dns',
+    },
+  ];
+  /** The line of `field` in `yaml`. */
+  const lineOf = (yaml: string, field: string): number =>
+    yaml.split('\n').findIndex((l) => l.trimStart().startsWith(`${field}:`)) + 1;
+
+  for (const p of PAIRS) {
+    test(`${p.block}: ${p.lo} longer than ${p.hi} is refused with both values and what to change`, () => {
+      // Both written: at the upper bound.
+      const both = p.yaml(`        ${p.lo}: 2s\n        ${p.hi}: 1s\n`);
+      refused(
+        both,
+        lineOf(both, p.hi),
+        `${p.path}.${p.hi}`,
+        new RegExp(
+          `: ${p.lo} \\(2s\\) is longer than ${p.hi} \\(1s\\); set ${p.hi} to at least 2s, or ${p.lo} to at most 1s$`,
+        ),
+      );
+      // Only the lower bound written, past the upper one's default: at the lower bound.
+      const lo = p.yaml(`        ${p.lo}: 1h\n`);
+      refused(
+        lo,
+        lineOf(lo, p.lo),
+        `${p.path}.${p.lo}`,
+        new RegExp(
+          `: ${p.lo} \\(1h\\) is longer than ${p.hi} \\(${p.hiDefault}, the default\\); set ${p.hi} to at least 1h, or ${p.lo} to at most ${p.hiDefault}$`,
+        ),
+      );
+      // Only the upper bound written, under the lower one's default: at the upper bound.
+      const hi = p.yaml(`        ${p.hi}: 50ms\n`);
+      refused(
+        hi,
+        lineOf(hi, p.hi),
+        `${p.path}.${p.hi}`,
+        new RegExp(
+          `: ${p.lo} \\(${p.loDefault}, the default\\) is longer than ${p.hi} \\(50ms\\); set ${p.hi} to at least ${p.loDefault}, or ${p.lo} to at most 50ms$`,
+        ),
+      );
+      // Equal bounds are fine.
+      assert.doesNotThrow(() => parseConfig(p.yaml(`        ${p.lo}: 2s\n        ${p.hi}: 2s\n`), 'f.yaml'));
+    });
+  }
+});
+
+describe('tcpKeepAlive in whole seconds', () => {
+  test('a fraction of a second is accepted, as documented: the kernel drops it (1.5s acts as 1s)', () => {
+    const config = parseConfig(service('tcpKeepAlive: 1.5s'));
+    assert.equal(config.services[0]!.tcpKeepAlive, 1_500);
   });
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { after, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { ManualClock } from '../../src/cluster/clock.ts';
@@ -24,6 +24,22 @@ async function round(clock: ManualClock, cluster: Cluster, ms: number): Promise<
   await waitFor(() => total() >= before + tracked, 5_000, 'a round of health checks');
 }
 
+/**
+ * An HTTP backend behind a per-source "firewall": 200 to 127.0.0.3 only, 403
+ * to anyone else. Records the address of every request.
+ */
+async function sourceCheckingBackend(): Promise<{ port: number; seen: string[]; close: () => void }> {
+  const seen: string[] = [];
+  const server = createServer((req, res) => {
+    const from = req.socket.remoteAddress ?? '';
+    seen.push(from);
+    res.writeHead(from === '127.0.0.3' ? 200 : 403).end();
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { port: (server.address() as AddressInfo).port, seen, close: () => server.close() };
+}
+
 describe('active health checks', () => {
   const cleanups: (() => unknown)[] = [];
   after(async () => {
@@ -31,11 +47,12 @@ describe('active health checks', () => {
   });
 
   /** A cluster of backends on `ports` under checks of `spec` (no jitter), after the first round. */
-  const checking = async (ports: number[], spec: Record<string, unknown>) => {
+  const checking = async (ports: number[], spec: Record<string, unknown>, sourceAddresses?: string[]) => {
     const t = testCluster(ports);
     const checker = new HealthChecker(t.cluster, health({ jitter: 0, ...spec }), {
       clock: t.clock,
       log: t.log,
+      sourceAddresses,
     });
     cleanups.push(() => checker.stop());
     checker.sync();
@@ -245,5 +262,116 @@ services:
     );
     assert.equal(cluster.backends.get(`127.0.0.1:${a.port}`)!.state, 'active');
     assert.ok(records.some((r) => r.msg === 'backend healthy' && r.reason === 'health checks turned off'));
+  });
+  test("probes come from the service's sourceAddresses, so a per-source firewall answers them as it answers traffic", async () => {
+    const spec = {
+      type: 'http',
+      path: '/',
+      interval: '1s',
+      timeout: '500ms',
+      unhealthyThreshold: 1,
+      healthyThreshold: 1,
+    };
+    // Without source addresses the kernel picks 127.0.0.1, which the backend refuses.
+    const plain = await sourceCheckingBackend();
+    cleanups.push(plain.close);
+    const unbound = await checking([plain.port], spec);
+    assert.equal([...unbound.cluster.backends.values()][0]!.state, 'unhealthy');
+    assert.deepEqual(plain.seen, ['127.0.0.1']);
+
+    // An IPv6 address is skipped for an IPv4 backend, as it is for traffic.
+    const fw = await sourceCheckingBackend();
+    cleanups.push(fw.close);
+    const { clock, cluster } = await checking([fw.port], spec, ['::1', '127.0.0.3']);
+    await round(clock, cluster, 1_000);
+    const b = [...cluster.backends.values()][0]!;
+    assert.equal(b.state, 'active');
+    assert.equal(b.checksFailed, 0);
+    assert.deepEqual(fw.seen, ['127.0.0.3', '127.0.0.3']);
+  });
+
+  test('tcp and grpc probes bind the source addresses too, each backend going round the whole list', async () => {
+    const seen: string[] = [];
+    const tcp = createTcpServer((s) => {
+      seen.push(s.remoteAddress ?? '');
+      s.destroy();
+    });
+    tcp.listen(0, '127.0.0.1');
+    await once(tcp, 'listening');
+    cleanups.push(() => tcp.close());
+    const t = await checking(
+      [(tcp.address() as AddressInfo).port],
+      { type: 'tcp', interval: '1s', timeout: '500ms' },
+      ['127.0.0.2', '127.0.0.3'],
+    );
+    await round(t.clock, t.cluster, 1_000);
+    await round(t.clock, t.cluster, 1_000);
+    await waitFor(() => seen.length === 3, 2_000, 'three accepted probes');
+    assert.deepEqual(seen, ['127.0.0.2', '127.0.0.3', '127.0.0.2']);
+
+    const peers: string[] = [];
+    const server = new grpc.Server();
+    server.addService(
+      {
+        Check: {
+          path: '/grpc.health.v1.Health/Check',
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: (s: string) => encodeHealthRequest(s).subarray(5),
+          requestDeserialize: (b: Buffer) => (b.length > 2 ? b.subarray(2).toString() : ''),
+          responseSerialize: (s: number) => Buffer.from([0x08, s]),
+          responseDeserialize: (b: Buffer) =>
+            decodeHealthResponse(Buffer.concat([Buffer.from([0, 0, 0, 0, b.length]), b])),
+        },
+      },
+      {
+        Check: (call: grpc.ServerUnaryCall<string, number>, cb: grpc.sendUnaryData<number>) => {
+          peers.push(call.getPeer());
+          cb(null, 1);
+        },
+      },
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
+    );
+    cleanups.push(() => server.forceShutdown());
+    const g = await checking(
+      [port],
+      { type: 'grpc', grpcService: 'echo.Echo', interval: '1s', timeout: '1s' },
+      ['127.0.0.3'],
+    );
+    assert.equal([...g.cluster.backends.values()][0]!.checksPassed, 1);
+    assert.equal(peers.length, 1);
+    assert.match(peers[0]!, /^(ipv4:)?127\.0\.0\.3:\d+$/);
+  });
+
+  test('in a gateway: probes follow sourceAddresses, and a reload that changes them changes where probes come from', async () => {
+    const fw = await sourceCheckingBackend();
+    cleanups.push(fw.close);
+    const listen = await freePort();
+    const clock = new ManualClock();
+    const yaml = (sources: string): string => `
+services:
+  - name: svc
+    listen: 127.0.0.1:${listen}
+    sourceAddresses: [${sources}]
+    backends: { static: [127.0.0.1:${fw.port}] }
+    health: { type: http, path: /, interval: 1s, timeout: 500ms, unhealthyThreshold: 1, healthyThreshold: 1, jitter: 0 }
+`;
+    const { gateway } = await startGateway(yaml('127.0.0.3'), { clock });
+    cleanups.push(() => gateway.shutdown());
+    const cluster = gateway.services.get('svc')!.cluster;
+    await round(clock, cluster, 0);
+    const b = cluster.backends.get(`127.0.0.1:${fw.port}`)!;
+    assert.equal(b.state, 'active');
+    assert.deepEqual(fw.seen, ['127.0.0.3']);
+
+    await gateway.reload(parseConfig(yaml('127.0.0.2')));
+    // The new checker's first probe comes at once (no jitter).
+    await round(clock, cluster, 0);
+    assert.equal(b.state, 'unhealthy');
+    assert.equal(fw.seen.at(-1), '127.0.0.2');
   });
 });
