@@ -51,7 +51,11 @@ describe('headEnd', () => {
       const limit = start + rand(buf.length - start + 1);
       const at = buf.indexOf(term, start);
       const expected = at >= 0 && at + 4 <= limit ? at : -1;
-      assert.equal(headEnd(buf, start, limit), expected, `${JSON.stringify(buf.toString('latin1'))} ${start} ${limit}`);
+      assert.equal(
+        headEnd(buf, start, limit),
+        expected,
+        `${JSON.stringify(buf.toString('latin1'))} ${start} ${limit}`,
+      );
     }
   });
 });
