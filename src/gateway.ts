@@ -169,9 +169,10 @@ export class Gateway {
     try {
       for (const [key, s] of wanted) {
         if (this.listeners.has(key)) continue;
+        // No handler yet: what it accepts waits until step 3 attaches the service.
         const listener = new Listener(
           s.listen.find((hp) => formatHostPort(hp) === key)!,
-          () => {},
+          undefined,
           {
             reusePort: this.#worker,
           },
@@ -258,7 +259,8 @@ export class Gateway {
         this.listeners.delete(key);
         this.log.info({ listener: key }, 'listener closed');
       } else {
-        listener.handler = this.services.get(s.name)!.handler.accept;
+        // Client keepalive is set on the listening socket, and accepted sockets inherit it.
+        listener.attach(this.services.get(s.name)!.handler.accept, s.tcpKeepAlive);
       }
     }
     this.config = config;

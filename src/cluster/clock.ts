@@ -1,3 +1,6 @@
+// The global `performance` is a lazy getter in Node: every use runs it. The import is a plain binding.
+import { performance } from 'node:perf_hooks';
+
 /**
  * Time as the cluster sees it. Everything in `cluster/` that waits goes
  * through a Clock so tests can drive time by hand.

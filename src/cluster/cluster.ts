@@ -272,7 +272,8 @@ export class Cluster {
   /** The connection has closed (or failed to connect). */
   unregister(backend: Backend, conn: ProxiedConnection): void {
     if (conn.backendNode === undefined || !backend.connections.delete(conn.backendNode)) return;
-    const held = this.#held.get(conn);
+    // Only policies that keep affinity hold connections: no map lookup per request otherwise.
+    const held = this.#held.size === 0 ? undefined : this.#held.get(conn);
     if (held !== undefined) {
       this.#held.delete(conn);
       held.balancer.release?.({ clientIp: held.clientIp, now: this.#clock.now() });

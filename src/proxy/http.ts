@@ -188,10 +188,9 @@ export class HttpProxy implements ProtocolHandler {
     }
     this.stats.accepted++;
     this.live++;
-    // On the TCP socket itself, also under TLS; once per connection, for the
-    // requests it carries, and kept if it upgrades to a WebSocket.
-    const keepAlive = this.ctx.config.tcpKeepAlive;
-    if (keepAlive !== 'off') socket.setKeepAlive(true, keepAlive);
+    // TCP keepalive (tcpKeepAlive) is on the TCP socket itself, also under TLS,
+    // kept if it upgrades to a WebSocket: set by the Listener (inherited from
+    // the listening socket).
     // Module-level listeners: an upgraded WebSocket keeps its socket for
     // hours, and a closure here would stay with it.
     (socket as CountedSocket)[kProxy] = this;

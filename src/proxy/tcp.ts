@@ -87,7 +87,7 @@ export class TcpProxy {
     readThrough(client, readEarly);
     this.stats.accepted++;
     if (this.live++ === 0) this.rebalancer.start();
-    if (s.keepAliveMs !== undefined) client.setKeepAlive(true, s.keepAliveMs);
+    // Client keepalive: set by the Listener (inherited from the listening socket).
     new TcpConnection(this, client).start();
   };
 

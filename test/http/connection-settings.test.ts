@@ -11,9 +11,15 @@ import { rmSync } from 'node:fs';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { connect as h2connect, createServer as createH2 } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import {
+  type AddressInfo,
+  connect as netConnect,
+  createServer as createNetServer,
+  type Socket,
+} from 'node:net';
 import { after, describe, it } from 'node:test';
 import { Client } from 'undici';
+import { parseConfig } from '../../src/config/load.ts';
 import type { Gateway } from '../../src/gateway.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { freePort, freePorts, waitFor } from '../helpers/net.ts';
@@ -300,6 +306,57 @@ services:
         await gateway.shutdown();
         await h1backend.close();
         await h2backend.close();
+      }
+    },
+  );
+});
+
+describe('tcpKeepAlive on the listening socket', () => {
+  it(
+    "a tcp service's client connections have the configured keepalive, and connections after a reload have the new one",
+    { skip: ssSkip },
+    async () => {
+      const backend = createNetServer((s) => s.pipe(s));
+      backend.listen(0, '127.0.0.1');
+      await once(backend, 'listening');
+      const backendPort = (backend.address() as AddressInfo).port;
+      const port = await freePort();
+      const yaml = (keepAlive: string): string => `
+services:
+  - name: t
+    protocol: tcp
+    listen: 127.0.0.1:${port}
+    tcpKeepAlive: ${keepAlive}
+    backends: { static: [127.0.0.1:${backendPort}] }
+`;
+      const { gateway } = await startGateway(yaml('7s'));
+      const clients: Socket[] = [];
+      // The keepalive timer of the gateway's side of the newest client connection (undefined: none).
+      const newest = async (): Promise<number | undefined> => {
+        const c = netConnect(port, '127.0.0.1');
+        clients.push(c);
+        await once(c, 'connect');
+        c.write('x');
+        await once(c, 'data');
+        const line = sockets(`( sport = :${port} and dport = :${c.localPort} )`)[0] ?? '';
+        const timer = /timer:\(keepalive,([\d.]+)(m?s|sec|min)/.exec(line);
+        if (timer === null) return undefined;
+        // ss shows seconds ("24sec", or "6.984ms" with a fraction: its unit there is not ms) or minutes.
+        const n = Number(timer[1]);
+        return timer[2] === 'min' ? n * 60 : n;
+      };
+      try {
+        const first = await newest();
+        assert.ok(first !== undefined && first <= 7 && first > 5, `7s keepalive, got ${first}`);
+        await gateway.reload(parseConfig(yaml('off'), 'test.yaml'));
+        assert.equal(await newest(), undefined, 'no keepalive after the reload to off');
+        await gateway.reload(parseConfig(yaml('20s'), 'test.yaml'));
+        const third = await newest();
+        assert.ok(third !== undefined && third <= 20 && third > 15, `20s keepalive, got ${third}`);
+      } finally {
+        for (const c of clients) c.destroy();
+        await gateway.shutdown();
+        backend.close();
       }
     },
   );

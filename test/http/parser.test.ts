@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import {
   ChunkedDecoder,
   emptyHead,
+  headEnd,
   HttpParseError,
   type MessageHead,
   parseHead,
@@ -33,6 +34,31 @@ function decodeAll(pieces: string[]): { body: string; trailers: unknown; rest: s
   assert.ok(d.done, 'decoder finished');
   return { body, trailers: d.trailers(), rest };
 }
+
+describe('headEnd', () => {
+  it('finds the blank line where indexOf does, within the limit, for any mix of CR, LF and other bytes', () => {
+    const alphabet = [13, 10, 13, 10, 65, 32];
+    let seed = 7;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const term = Buffer.from('\r\n\r\n');
+    for (let round = 0; round < 20_000; round++) {
+      const buf = Buffer.alloc(1 + rand(40));
+      for (let k = 0; k < buf.length; k++) buf[k] = alphabet[rand(alphabet.length)]!;
+      const start = rand(buf.length);
+      const limit = start + rand(buf.length - start + 1);
+      const at = buf.indexOf(term, start);
+      const expected = at >= 0 && at + 4 <= limit ? at : -1;
+      assert.equal(
+        headEnd(buf, start, limit),
+        expected,
+        `${JSON.stringify(buf.toString('latin1'))} ${start} ${limit}`,
+      );
+    }
+  });
+});
 
 describe('parseHead', () => {
   it('parses a request: method, target, version, headers, framing, keep-alive', () => {

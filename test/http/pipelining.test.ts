@@ -103,11 +103,11 @@ services:
     // The gateway's side of each client connection, to see what it holds for the client.
     svc.accepted = [];
     const listener = [...svc.gateway.listeners.values()].find((l) => l.port === svc.port)!;
-    const handler = listener.handler;
-    listener.handler = (socket) => {
+    const handler = listener.handler!;
+    listener.attach((socket) => {
       svc.accepted.push(socket);
       handler(socket);
-    };
+    });
   });
   after(async () => {
     await svc.gateway.shutdown();

@@ -13,6 +13,7 @@
  * the pool once the socket has sent its bytes.
  */
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { Clock, Timer } from '../../cluster/clock.ts';
 import {
   CONTINUATION,
