@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { isMap, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.ts';
+import { closest, unknownFieldHint } from './field-hints.ts';
 import { type Config, configSchema } from './schema.ts';
 
 /** Read, parse and validate a config file. Throws ConfigError naming file, line and field. */
@@ -28,14 +29,43 @@ export function parseConfig(text: string, file = '<config>'): Config {
   }
   const result = configSchema.safeParse(doc.toJS() ?? {}, { reportInput: true });
   if (result.success) return result.data;
-  const { issue, path } = throughUnions(pickIssue(result.error.issues));
+  const { issue, path } = throughUnions(
+    misspeltRequired(result.error.issues) ?? pickIssue(result.error.issues),
+  );
   // An unknown key is best pointed at by its own line.
   const offset = offsetOf(doc, issue.code === 'unrecognized_keys' ? [...path, issue.keys[0] ?? ''] : path);
-  throw new ConfigError(describe(issue), {
+  const hint =
+    issue.code === 'unrecognized_keys' && issue.keys.length === 1
+      ? unknownFieldHint(configSchema, path, issue.keys[0]!)
+      : '';
+  throw new ConfigError(describe(issue, hint), {
     file,
     line: offset === undefined ? undefined : lines.linePos(offset).line,
     field: formatPath(path),
   });
+}
+
+/**
+ * A required field missing beside an unknown one that is its misspelling
+ * (`servces:` for `services:`): the unknown field is the thing to fix, not
+ * the missing one.
+ */
+function misspeltRequired(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue | undefined {
+  for (const missing of issues) {
+    if (missing.code !== 'invalid_type' || missing.input !== undefined || missing.path.length === 0) continue;
+    const name = missing.path[missing.path.length - 1];
+    if (typeof name !== 'string') continue;
+    const parent = missing.path.slice(0, -1);
+    const unknown = issues.find(
+      (i) =>
+        i.code === 'unrecognized_keys' &&
+        i.path.length === parent.length &&
+        i.path.every((p, k) => p === parent[k]) &&
+        i.keys.some((key) => closest(key, [name]).length > 0),
+    );
+    if (unknown !== undefined) return unknown;
+  }
+  return undefined;
 }
 
 /** Report the deepest issue first: it is the most specific one. */
@@ -70,10 +100,11 @@ function throughUnions(issue: z.core.$ZodIssue): { issue: z.core.$ZodIssue; path
   return { issue, path };
 }
 
-function describe(issue: z.core.$ZodIssue): string {
+/** `hint`: for an unknown field, what the map takes (see field-hints.ts). */
+function describe(issue: z.core.$ZodIssue, hint = ''): string {
   switch (issue.code) {
     case 'unrecognized_keys':
-      return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}; check the spelling against docs/config.md`;
+      return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}${hint === '' ? '' : ` (${hint})`}; check the spelling against docs/config.md`;
     case 'invalid_value':
       return `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
     case 'invalid_type':

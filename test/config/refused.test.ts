@@ -339,3 +339,47 @@ describe('tcpKeepAlive in whole seconds', () => {
     assert.equal(config.services[0]!.tcpKeepAlive, 1_500);
   });
 });
+
+describe('an unknown field says what was meant', () => {
+  test('a misspelt field: the field it is closest to', () => {
+    refused(
+      service('tcpKeepalive: 5s'),
+      5,
+      'services[0]',
+      /unknown field "tcpKeepalive" \(did you mean "tcpKeepAlive"\?\)/,
+    );
+    refused(
+      service('health: { type: tcp, intervall: 1s }'),
+      5,
+      'services[0].health',
+      /did you mean "interval"\?/,
+    );
+    // At the top level, rather than "services is required".
+    assert.throws(
+      () => parseConfig('servces: []\n', 'f.yaml'),
+      /^ConfigError: f\.yaml:1: unknown field "servces" \(did you mean "services"\?\)/,
+    );
+  });
+
+  test('a shortened field: the fields it starts', () => {
+    refused(service('retry: 2', 'http'), 6, 'services[0]', /did you mean "retries" or "retryBudget"\?/);
+  });
+
+  test('a field in the wrong map: where it belongs, and what this map takes', () => {
+    refused(
+      service('timeouts: { request: 5s }', 'http'),
+      6,
+      'services[0].timeouts',
+      /unknown field "request" \(it belongs in services\[\]\.httpTimeouts; fields here: connect, idle\); check the spelling against docs\/config\.md/,
+    );
+  });
+
+  test('nothing like any field: just the advice', () => {
+    refused(
+      service('bogus: 1'),
+      5,
+      'services[0]',
+      /unknown field "bogus"; check the spelling against docs\/config\.md$/,
+    );
+  });
+});
