@@ -19,6 +19,7 @@ import type { Clock, Timer } from '../cluster/clock.ts';
 import type { Cluster } from '../cluster/cluster.ts';
 import type { ServiceConfig } from '../config/schema.ts';
 import { ConfigError } from '../errors.ts';
+import { frame, GOAWAY, NO_ERROR, SETTINGS } from './h2/frames.ts';
 import type { ProtocolHandler, ServiceStats } from './handler.ts';
 
 /** Shared by the HTTP-family data planes of one service. */
@@ -78,8 +79,13 @@ export interface RequestHandler extends HttpPart {
 }
 
 export interface Http2Handler extends HttpPart {
-  /** Take a socket, paused, that speaks HTTP/2; `first`: bytes already read from it (the client preface, or its start). */
-  handleConnection(socket: Socket, first?: Buffer): void;
+  /**
+   * Take a socket, paused, that speaks HTTP/2; `first`: bytes already read
+   * from it (the client preface, or its start). `deadline` closes the
+   * connection when it fires; the handler takes it over and cancels it once
+   * the client's preface and first SETTINGS frame have arrived.
+   */
+  handleConnection(socket: Socket, first?: Buffer, deadline?: Timer): void;
 }
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n');
@@ -104,6 +110,13 @@ export class HttpProxy implements ProtocolHandler {
    * TLSSocket never leaves `secureConnecting`, so node:http2 would wait on it for ever.)
    */
   #tls: TlsServer | undefined;
+  /**
+   * A second such server for TLS clients over `limits.maxConnections`, made
+   * at the first one: after its handshake, a refused client is told in its
+   * own protocol (see refuseOverLimit).
+   */
+  #tlsRefusals: TlsServer | undefined;
+  #tlsOptions: SecureContextOptions | undefined;
 
   constructor(
     cluster: Cluster,
@@ -144,26 +157,42 @@ export class HttpProxy implements ProtocolHandler {
 
   #configureTls(config: ServiceConfig): void {
     const options = tlsOptionsOf(config);
+    this.#tlsOptions = options;
     if (options === undefined) {
       this.#tls = undefined;
+      this.#tlsRefusals = undefined;
       return;
     }
     if (this.#tls !== undefined) {
       this.#tls.setSecureContext(options);
+      this.#tlsRefusals?.setSecureContext(options);
       return;
     }
-    const server = createTlsServer({
-      ...options,
-      ALPNProtocols: ['h2', 'http/1.1'],
-      handshakeTimeout: 10_000,
-    });
-    server.on('tlsClientError', () => {});
+    const server = tlsServer(options, HANDSHAKE_TIMEOUT_MS);
     server.on('secureConnection', (tls: TLSSocket) => {
-      tls.on('error', () => {});
-      if (tls.alpnProtocol === 'h2') this.#http2.handleConnection(tls);
-      else this.#http1.handleConnection(tls, this.#upgrade);
+      tls.on('error', ignore);
+      if (tls.alpnProtocol === 'h2') {
+        // The handshake had its own bound; the preface and first SETTINGS get
+        // as long as a cleartext client has to say what it speaks.
+        const deadline = this.ctx.clock.setTimer(() => tls.destroy(), FIRST_BYTES_TIMEOUT_MS);
+        this.#http2.handleConnection(tls, undefined, deadline);
+      } else this.#http1.handleConnection(tls, this.#upgrade);
     });
     this.#tls = server;
+  }
+
+  /** The TLS server refused clients are handed to (made when first needed). */
+  #refusalTls(): TlsServer | undefined {
+    if (this.#tlsOptions === undefined) return undefined;
+    if (this.#tlsRefusals === undefined) {
+      const server = tlsServer(this.#tlsOptions, LINGER_MS);
+      server.on('secureConnection', (tls: TLSSocket) => {
+        tls.on('error', ignore);
+        answerRefused(tls, tls.alpnProtocol === 'h2');
+      });
+      this.#tlsRefusals = server;
+    }
+    return this.#tlsRefusals;
   }
 
   /** Shutdown: every part asks its clients to go; idle HTTP/1.1 connections close now. */
@@ -183,7 +212,7 @@ export class HttpProxy implements ProtocolHandler {
     if (max !== undefined && this.live >= max) {
       const refused = this.stats.refused;
       refused.limit = (refused.limit ?? 0) + 1;
-      refuseOverLimit(socket, this.#tls !== undefined);
+      refuseOverLimit(socket, this.#refusalTls(), this.ctx.clock);
       return;
     }
     this.stats.accepted++;
@@ -215,13 +244,16 @@ export class HttpProxy implements ProtocolHandler {
       const n = Math.min(seen.length, PREFACE.length);
       const h2 = seen.subarray(0, n).equals(PREFACE.subarray(0, n));
       if (h2 && n < PREFACE.length) return;
-      counted[kFirstBytes]?.cancel();
+      const deadline = counted[kFirstBytes];
       counted[kFirstBytes] = undefined;
       socket.removeListener('data', onFirst);
       socket.pause();
       if (h2) {
-        this.#http2.handleConnection(socket, seen);
+        // The rest of the preface and the first SETTINGS frame are still to
+        // come: the same bound goes on until they have.
+        this.#http2.handleConnection(socket, seen, deadline);
       } else {
+        deadline?.cancel();
         this.#http1.handleConnection(socket, this.#upgrade, seen);
       }
     };
@@ -232,11 +264,37 @@ export class HttpProxy implements ProtocolHandler {
 
 /**
  * How long a cleartext client may take to send enough to tell HTTP/2 from
- * HTTP/1.1 (as long as HTTP/1.1 gives a head). A connection that sends
- * nothing is closed then, rather than held (and counted against
- * `limits.maxConnections`) for ever.
+ * HTTP/1.1 (as long as HTTP/1.1 gives a head), and an HTTP/2 client, cleartext
+ * or TLS, to send the whole preface and its first SETTINGS frame. A connection
+ * that stalls before then is closed, rather than held (and counted against
+ * `limits.maxConnections`) for ever: until then neither protocol's timeouts
+ * watch it. For cleartext it runs from the accept, for TLS from the end of
+ * the handshake.
  */
 const FIRST_BYTES_TIMEOUT_MS = 30_000;
+/**
+ * How long a TLS handshake may take from the accept. Shorter than the
+ * first-bytes bound: a client that means to talk finishes it in a few round
+ * trips, and a handshake in progress holds more (OpenSSL's state) than a
+ * silent cleartext socket. Node's timer starts with the socket and is not
+ * moved by the client's bytes (they are read natively), so a client cannot
+ * stretch it by trickling.
+ */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/**
+ * A tls.Server that never listens (see HttpProxy's `#tls`). Node only reports
+ * a handshake that failed or took longer than `handshakeTimeout` (the
+ * timeout, notably, leaves the socket open): such a client is closed here.
+ */
+function tlsServer(options: SecureContextOptions, handshakeTimeout: number): TlsServer {
+  const server = createTlsServer({ ...options, ALPNProtocols: ['h2', 'http/1.1'], handshakeTimeout });
+  server.on('tlsClientError', onTlsClientError);
+  return server;
+}
+function onTlsClientError(_err: Error, tls: TLSSocket): void {
+  tls.destroy();
+}
 
 const kProxy = Symbol('holdfast.http.proxy');
 const kFirstBytes = Symbol('holdfast.http.firstBytes');
@@ -257,41 +315,80 @@ const BUSY = Buffer.from(
   'HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\n' +
     `x-holdfast-error: connection-limit\r\ncontent-length: ${BUSY_BODY.length}\r\n\r\n${BUSY_BODY}`,
 );
-/** How long a refused connection may take to read its 503 and close. */
+/**
+ * The same refusal in HTTP/2: our SETTINGS (the server's preface; none
+ * changed), then GOAWAY with last stream id 0 (no stream was or will be
+ * processed, so every request may be retried elsewhere) and the reason as
+ * debug data. NO_ERROR, as a graceful shutdown, and as Envoy's overload
+ * GOAWAY: node:http2 then fails pending requests with REFUSED_STREAM and
+ * closes the session without an error, and grpc-js fails calls UNAVAILABLE
+ * (retryable). Other codes read worse: any code but NO_ERROR makes
+ * node:http2 destroy the session with an error; ENHANCE_YOUR_CALM becomes
+ * RESOURCE_EXHAUSTED in grpc-js (and, with "too_many_pings", doubles its
+ * keepalive interval), INTERNAL_ERROR becomes INTERNAL.
+ */
+const REFUSED_H2 = ((): Buffer => {
+  const debug = Buffer.from(`connection-limit: ${BUSY_BODY.trim()}`);
+  const goaway = Buffer.alloc(8 + debug.length);
+  goaway.writeUInt32BE(0, 0);
+  goaway.writeUInt32BE(NO_ERROR, 4);
+  debug.copy(goaway, 8);
+  return Buffer.concat([frame(SETTINGS, 0, 0), frame(GOAWAY, 0, 0, goaway)]);
+})();
+/** How long a refused connection may take to read its answer and close, from the accept. */
 const LINGER_MS = 1_000;
-/** Refused connections still reading their 503 at once; beyond, refusals close at once. */
+/** Refused connections still being answered at once; beyond, refusals close at once. */
 const MAX_LINGERING = 64;
 let lingering = 0;
 
 /**
- * A client over `limits.maxConnections`. Cleartext: a 503 with `Connection:
- * close`, written at once, before the request is read (most clients are
- * HTTP/1.1; an HTTP/2 client cannot be told apart without waiting for its
- * bytes, and sees its connection fail as it would if closed). Then the
+ * A client over `limits.maxConnections` is answered in its own protocol:
+ * HTTP/1.1 gets a 503 with `Connection: close`, HTTP/2 (the preface, or ALPN
+ * h2) SETTINGS and GOAWAY (REFUSED_H2); no request or stream is ever
+ * proxied. Cleartext: the first bytes tell which (the answer goes out as soon
+ * as they do, before the request is read). TLS: the handshake is completed
+ * (on a server of its own, within the same bound) for ALPN to tell. Then the
  * client's bytes are read and dropped until it closes: closing with its
- * request unread would send a reset, which can overtake the 503. That costs
- * the refused connection a second at most, and only a few at a time, so a
- * flood over the limit holds no more file descriptors than TCP's refusals.
- * TLS: closed at once, as TCP does (a handshake costs more than the answer
- * is worth).
+ * request unread would send a reset, which can overtake the answer. A refused
+ * connection lasts a second from its accept at most, whatever the client
+ * does, and only 64 at a time are answered (beyond, they are closed at
+ * once), so a flood over the limit holds no more file descriptors than TCP's
+ * refusals.
  */
-function refuseOverLimit(socket: Socket, tls: boolean): void {
-  if (tls || lingering >= MAX_LINGERING) {
+function refuseOverLimit(socket: Socket, tls: TlsServer | undefined, clock: Clock): void {
+  if (lingering >= MAX_LINGERING) {
     socket.destroy();
     return;
   }
   lingering++;
+  // Not the socket's idle timeout: a client trickling bytes would move it.
+  const deadline = clock.setTimer(() => socket.destroy(), LINGER_MS);
   socket.on('error', ignore);
-  socket.on('close', onRefusedClose);
-  socket.setTimeout(LINGER_MS, onRefusedTimeout);
-  socket.end(BUSY);
+  socket.on('close', () => {
+    lingering--;
+    deadline.cancel();
+  });
+  if (tls !== undefined) {
+    tls.emit('connection', socket);
+    return;
+  }
+  let seen: Buffer | undefined;
+  const onData = (data: Buffer): void => {
+    seen = seen === undefined ? data : Buffer.concat([seen, data]);
+    const n = Math.min(seen.length, PREFACE.length);
+    const h2 = seen.subarray(0, n).equals(PREFACE.subarray(0, n));
+    if (h2 && n < PREFACE.length) return;
+    socket.removeListener('data', onData);
+    answerRefused(socket, h2);
+  };
+  socket.on('data', onData);
   socket.resume();
 }
-function onRefusedClose(): void {
-  lingering--;
-}
-function onRefusedTimeout(this: Socket): void {
-  this.destroy();
+
+/** Answer a refused client and read what it still sends into nothing until it closes. */
+function answerRefused(socket: Socket, h2: boolean): void {
+  socket.end(h2 ? REFUSED_H2 : BUSY);
+  socket.resume();
 }
 
 /** Load `tls: { cert, key }` (PEM files); undefined when the service is cleartext. */

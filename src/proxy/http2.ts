@@ -203,7 +203,7 @@ export class Http2DownstreamHandler implements Http2Handler {
     if (session.node !== undefined) this.#sessions.delete(session.node);
   }
 
-  handleConnection(socket: Socket, first?: Buffer): void {
+  handleConnection(socket: Socket, first?: Buffer, deadline?: Timer): void {
     const plane = this.#plane;
     const config = this.#config;
     // Cleartext sockets read into the shared read buffer (socket-reads.ts); TLS through 'data'.
@@ -228,7 +228,7 @@ export class Http2DownstreamHandler implements Http2Handler {
     if (age > 0) session.goAwayAt = plane.ctx.clock.now() + jittered(age, 0.1);
     if (this.#draining) session.goAway();
     this.#scheduleSweep();
-    session.start(first);
+    session.start(first, deadline);
     if (!session.destroyed) socket.resume();
   }
 

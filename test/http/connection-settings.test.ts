@@ -7,25 +7,27 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
-import { connect as h2connect, createServer as createH2 } from 'node:http2';
+import { connect as h2connect, createServer as createH2, type SecureClientSessionOptions } from 'node:http2';
 import {
   type AddressInfo,
-  connect as netConnect,
+  connect as tcpConnect,
   createServer as createNetServer,
   type Socket,
 } from 'node:net';
+import * as grpc from '@grpc/grpc-js';
 import { after, describe, it } from 'node:test';
 import { Client } from 'undici';
+import { ManualClock } from '../../src/cluster/clock.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import type { Gateway } from '../../src/gateway.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { freePort, freePorts, waitFor } from '../helpers/net.ts';
 import { makeCert } from '../helpers/tls.ts';
 import { openClient, startWsBackend } from '../websocket/helpers.ts';
-import { h2Status, startH1Backend, startH2Backend } from './backends.ts';
+import { EchoClient, h2Status, startGrpcBackend, startH1Backend, startH2Backend } from './backends.ts';
 
 /** A GET on a connection of its own (node:http, no agent). */
 function getOnce(
@@ -44,8 +46,66 @@ function getOnce(
   });
 }
 
+const cert = makeCert();
+after(() => {
+  if (typeof cert !== 'string') rmSync(cert.dir, { recursive: true, force: true });
+});
+
 function liveOf(gateway: Gateway, name: string): number {
   return gateway.services.get(name)!.handler.live;
+}
+
+/** What an HTTP/2 client turned away saw: the GOAWAY, its one request's fate, any session error. */
+interface H2Refusal {
+  goaway: { code: number; lastStreamId: number; debug: string } | undefined;
+  /** RST_STREAM code the request ended with (node:http2 gives REFUSED_STREAM, 7, to one above the GOAWAY's last stream id). */
+  rstCode: number | undefined;
+  sessionError: Error | undefined;
+}
+
+/** Open a session, send one request, and report how the session ended. */
+async function refusedH2(url: string, options: SecureClientSessionOptions = {}): Promise<H2Refusal> {
+  const session = h2connect(url, options);
+  const seen: H2Refusal = { goaway: undefined, rstCode: undefined, sessionError: undefined };
+  session.on('goaway', (code: number, lastStreamId: number, data?: Buffer) => {
+    seen.goaway = { code, lastStreamId, debug: data?.toString() ?? '' };
+  });
+  session.on('error', (err: Error) => (seen.sessionError = err));
+  const req = session.request({ ':path': '/' });
+  req.on('error', () => {});
+  const reqClosed = new Promise<void>((resolve) =>
+    req.on('close', () => {
+      seen.rstCode = req.rstCode;
+      resolve();
+    }),
+  );
+  req.end();
+  await once(session, 'close');
+  await reqClosed;
+  return seen;
+}
+
+/** One unary gRPC call: its status code. */
+function grpcCall(client: grpc.Client): Promise<grpc.status> {
+  return new Promise((resolve) =>
+    client.makeUnaryRequest(
+      '/test.Echo/Say',
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      Buffer.from('hi'),
+      { deadline: Date.now() + 5_000 },
+      (err) => resolve(err === null ? grpc.status.OK : err.code),
+    ),
+  );
+}
+
+/** The refusal every HTTP/2 client over the limit gets: GOAWAY NO_ERROR, last stream 0, the reason; a clean close. */
+function assertH2Refusal(seen: H2Refusal): void {
+  assert.equal(seen.goaway?.code, 0, 'GOAWAY NO_ERROR');
+  assert.equal(seen.goaway.lastStreamId, 0, 'no stream processed');
+  assert.match(seen.goaway.debug, /^connection-limit: /);
+  assert.equal(seen.rstCode, 7, 'the request is refused (REFUSED_STREAM): safe to retry');
+  assert.equal(seen.sessionError, undefined, 'no session error');
 }
 
 describe('limits.maxConnections on a protocol: http service', () => {
@@ -73,12 +133,9 @@ services:
       assert.equal(third.headers['x-holdfast-error'], 'connection-limit');
       assert.match(third.body, /connection limit/);
 
-      // A third HTTP/2 client is turned away too (it cannot be answered in
-      // HTTP/2 before it has spoken: its connection fails).
-      const h2third = h2connect(`http://127.0.0.1:${port}`);
-      const failed = new Promise<Error>((resolve) => h2third.on('error', resolve));
-      await new Promise((resolve) => h2third.once('close', resolve));
-      assert.match((await failed).message, /Protocol error/);
+      // A third HTTP/2 client is turned away in HTTP/2 (see the refusal tests below).
+      const h2third = await refusedH2(`http://127.0.0.1:${port}`);
+      assert.equal(h2third.goaway?.code, 0);
 
       assert.equal((await h1.request({ path: '/', method: 'GET' }).then(drain)).statusCode, 200);
       assert.equal(await h2Status(h2), 200);
@@ -134,6 +191,177 @@ services:
       await backend.close();
     }
   });
+});
+
+describe('limits.maxConnections: clients over the limit are answered in their own protocol', () => {
+  it(
+    'HTTP/2 clients, cleartext and TLS, get SETTINGS then GOAWAY NO_ERROR with last stream 0; gRPC calls fail UNAVAILABLE and succeed once a place is free; HTTPS gets 503',
+    { skip: typeof cert === 'string' ? cert : false },
+    async () => {
+      if (typeof cert === 'string') return;
+      const backend = await startGrpcBackend();
+      const [plain = 0, tls = 0] = await freePorts(2);
+      const service = (name: string, port: number, extra: string): string => `
+  - name: ${name}
+    protocol: http
+    listen: 127.0.0.1:${port}
+    upstream: { protocol: http2 }
+    limits: { maxConnections: 1 }${extra}
+    backends: { static: [127.0.0.1:${backend.port}] }`;
+      const { gateway } = await startGateway(
+        `services:${service('plain', plain, '')}${service('tls', tls, `\n    tls: { cert: ${cert.cert}, key: ${cert.key} }`)}\n`,
+      );
+      const tlsOptions = { rejectUnauthorized: false };
+      // Each service's one place is taken by a client that stays.
+      const holders = [
+        h2connect(`http://127.0.0.1:${plain}`),
+        h2connect(`https://127.0.0.1:${tls}`, tlsOptions),
+      ];
+      for (const h of holders) h.on('error', () => {});
+      const grpcTls = grpc.credentials.createSsl(readFileSync(cert.cert), null, null, {
+        checkServerIdentity: () => undefined,
+      });
+      const clients = [
+        new EchoClient(`127.0.0.1:${plain}`, grpc.credentials.createInsecure()),
+        new EchoClient(`127.0.0.1:${tls}`, grpcTls, { 'grpc.ssl_target_name_override': 'localhost' }),
+      ];
+      try {
+        // (A plain GET to a gRPC backend: 415, but served.)
+        for (const h of holders) assert.equal(await h2Status(h), 415);
+
+        assertH2Refusal(await refusedH2(`http://127.0.0.1:${plain}`));
+        assertH2Refusal(await refusedH2(`https://127.0.0.1:${tls}`, tlsOptions));
+        for (const c of clients) assert.equal(await grpcCall(c), grpc.status.UNAVAILABLE);
+        // An HTTPS client with ALPN http/1.1 gets the cleartext client's 503.
+        const https = await new Promise<{ status: number; error: string | undefined }>((resolve, reject) => {
+          const req = httpsRequest(
+            { host: '127.0.0.1', port: tls, path: '/', agent: false, rejectUnauthorized: false },
+            (res) => {
+              res.resume();
+              res.on('end', () =>
+                resolve({ status: res.statusCode ?? 0, error: res.headers['x-holdfast-error'] as string }),
+              );
+            },
+          );
+          req.on('error', reject);
+          req.end();
+        });
+        assert.deepEqual(https, { status: 503, error: 'connection-limit' });
+
+        // The limit held: nothing got in, and the clients that hold the places are still served.
+        assert.equal(liveOf(gateway, 'plain'), 1);
+        assert.equal(liveOf(gateway, 'tls'), 1);
+        for (const h of holders) assert.equal(await h2Status(h), 415);
+        const metrics = await gateway.metrics.metrics();
+        assert.match(metrics, /holdfast_connections_refused_total\{service="plain",reason="limit"\} [2-9]/);
+        assert.match(metrics, /holdfast_connections_refused_total\{service="tls",reason="limit"\} [3-9]/);
+
+        // Once the holders leave, the same gRPC channels get through.
+        for (const h of holders) h.close();
+        await waitFor(
+          () => liveOf(gateway, 'plain') === 0 && liveOf(gateway, 'tls') === 0,
+          3_000,
+          'the holders are gone',
+        );
+        for (const c of clients) assert.equal(await grpcCall(c), grpc.status.OK);
+      } finally {
+        for (const c of clients) c.close();
+        for (const h of holders) h.destroy();
+        await gateway.shutdown();
+        await backend.close();
+      }
+    },
+  );
+
+  it(
+    'a refused connection lasts a second from its accept whatever the client does, and at most 64 are answered at once',
+    { skip: typeof cert === 'string' ? cert : false },
+    async () => {
+      if (typeof cert === 'string') return;
+      const backend = await startH1Backend();
+      const [plain = 0, tls = 0] = await freePorts(2);
+      const clock = new ManualClock();
+      const { gateway } = await startGateway(
+        `
+services:
+  - name: plain
+    protocol: http
+    listen: 127.0.0.1:${plain}
+    limits: { maxConnections: 1 }
+    backends: { static: [127.0.0.1:${backend.port}] }
+  - name: tls
+    protocol: http
+    listen: 127.0.0.1:${tls}
+    limits: { maxConnections: 1 }
+    tls: { cert: ${cert.cert}, key: ${cert.key} }
+    backends: { static: [127.0.0.1:${backend.port}] }
+`,
+        { clock },
+      );
+      const sockets: Socket[] = [];
+      // `halfOpen`: the client goes on sending after the gateway's FIN.
+      const open = async (port: number, halfOpen = false): Promise<Socket> => {
+        const s = tcpConnect({ port, host: '127.0.0.1', allowHalfOpen: halfOpen });
+        s.on('error', () => {});
+        sockets.push(s);
+        await once(s, 'connect');
+        return s;
+      };
+      const isClosed = (s: Socket): boolean => s.destroyed || s.closed;
+      try {
+        await open(plain);
+        await open(tls);
+        await waitFor(() => liveOf(gateway, 'plain') === 1 && liveOf(gateway, 'tls') === 1, 3_000, 'holders');
+        // Undecided: the start of the preface, and no more.
+        const undecided = await open(plain);
+        undecided.write('PRI * HT');
+        // Answered (SETTINGS and GOAWAY), but it neither closes nor stops sending.
+        const stubborn = await open(plain, true);
+        stubborn.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+        const answer = once(stubborn, 'data');
+        const trickle = setInterval(() => stubborn.writable && stubborn.write('\0'), 100);
+        // A TLS client that never starts its handshake.
+        const stalled = await open(tls);
+        const [settings] = (await answer) as [Buffer];
+        assert.equal(settings[3], 0x4, 'SETTINGS first');
+        try {
+          clock.advance(999);
+          await new Promise((r) => setTimeout(r, 200));
+          assert.equal(isClosed(undecided), false);
+          assert.equal(isClosed(stubborn), false);
+          clock.advance(1);
+          await waitFor(
+            () => isClosed(undecided) && isClosed(stubborn) && isClosed(stalled),
+            3_000,
+            'refused connections closed at a second',
+          );
+        } finally {
+          clearInterval(trickle);
+        }
+
+        // 64 refusals in progress at most; the next ones are closed at once.
+        const silent: Socket[] = [];
+        for (let i = 0; i < 70; i++) silent.push(await open(plain));
+        await waitFor(
+          () => silent.filter(isClosed).length === 6,
+          3_000,
+          'six closed at once, 64 waiting for their first bytes',
+        );
+        assert.deepEqual(
+          silent.map(isClosed).lastIndexOf(false),
+          63,
+          'the first 64 are the ones still being answered',
+        );
+        clock.advance(1_000);
+        await waitFor(() => silent.every(isClosed), 3_000, 'the 64 closed at a second');
+        assert.equal(liveOf(gateway, 'plain'), 1, 'none of them counted');
+      } finally {
+        for (const s of sockets) s.destroy();
+        await gateway.shutdown();
+        await backend.close();
+      }
+    },
+  );
 });
 
 describe('sourceAddresses on a protocol: http service', () => {
@@ -219,10 +447,6 @@ function sockets(filter: string): string[] {
 
 const ssSkip =
   spawnSync('ss', ['-V']).status === 0 ? false : "needs ss (iproute2) to read the sockets' keepalive timers";
-const cert = makeCert();
-after(() => {
-  if (typeof cert !== 'string') rmSync(cert.dir, { recursive: true, force: true });
-});
 
 describe('tcpKeepAlive on a protocol: http service', () => {
   it(
@@ -333,7 +557,7 @@ services:
       const clients: Socket[] = [];
       // The keepalive timer of the gateway's side of the newest client connection (undefined: none).
       const newest = async (): Promise<number | undefined> => {
-        const c = netConnect(port, '127.0.0.1');
+        const c = tcpConnect(port, '127.0.0.1');
         clients.push(c);
         await once(c, 'connect');
         c.write('x');

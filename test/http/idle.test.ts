@@ -1,11 +1,15 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { rmSync } from 'node:fs';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, test } from 'node:test';
 import { ManualClock } from '../../src/cluster/clock.ts';
+import { frame, SETTINGS } from '../../src/proxy/h2/frames.ts';
 import { startGateway } from '../helpers/gateway.ts';
-import { dial, freePort, readUntil } from '../helpers/net.ts';
+import { dial, freePort, freePorts, readUntil, waitFor } from '../helpers/net.ts';
+import { makeCert } from '../helpers/tls.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
@@ -110,4 +114,72 @@ services:
   await Promise.all([closed(silent), closed(halfPreface)]);
   // The one that spoke in time is an HTTP/1.1 connection now, under its own timeouts.
   assert.equal(late.destroyed, false);
+});
+
+test('an HTTP/2 client that stalls before its whole preface and first SETTINGS is closed after 30 s, cleartext or TLS; one that sent them stays', async (t) => {
+  const made = makeCert();
+  if (typeof made === 'string') return t.skip(made);
+  cleanups.push(() => rmSync(made.dir, { recursive: true, force: true }));
+  const backend = createServer((_req, res) => res.end('ok'));
+  backend.listen(0, '127.0.0.1');
+  await once(backend, 'listening');
+  cleanups.push(() => void backend.close());
+  const [plain = 0, tls = 0] = await freePorts(2);
+  const clock = new ManualClock();
+  const service = (name: string, port: number, extra: string): string => `
+  - name: ${name}
+    protocol: http
+    listen: 127.0.0.1:${port}${extra}
+    backends: { static: [127.0.0.1:${(backend.address() as AddressInfo).port}] }`;
+  const { gateway } = await startGateway(
+    `services:${service('plain', plain, '')}${service('tls', tls, `\n    tls: { cert: ${made.cert}, key: ${made.key} }`)}\n`,
+    { clock },
+  );
+  cleanups.push(() => gateway.shutdown());
+  const live = (name: string): number => gateway.services.get(name)!.handler.live;
+  const preface = 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n';
+  const settings = frame(SETTINGS, 0, 0);
+  const sockets: Socket[] = [];
+  const plainClient = async (bytes: string | Buffer): Promise<Socket> => {
+    const s = await dial(plain);
+    sockets.push(s);
+    s.on('error', () => {});
+    s.write(bytes);
+    return s;
+  };
+  const tlsClient = async (bytes: string | Buffer): Promise<TLSSocket> => {
+    const s = tlsConnect({ port: tls, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['h2'] });
+    sockets.push(s);
+    s.on('error', () => {});
+    await once(s, 'secureConnect');
+    assert.equal(s.alpnProtocol, 'h2');
+    if (bytes.length > 0) s.write(bytes);
+    return s;
+  };
+  cleanups.push(() => {
+    for (const s of sockets) s.destroy();
+  });
+  // Enough to be told apart as HTTP/2 (the preface's first line), and no more.
+  const firstLine = await plainClient('PRI * HTTP/2.0\r\n');
+  const noSettings = await plainClient(preface);
+  const tlsSilent = await tlsClient('');
+  const tlsNoSettings = await tlsClient(preface);
+  const plainReady = await plainClient(Buffer.concat([Buffer.from(preface), settings]));
+  const tlsReady = await tlsClient(Buffer.concat([Buffer.from(preface), settings]));
+  for (const s of sockets) s.resume();
+  await waitFor(() => live('plain') === 3 && live('tls') === 3, 3_000, 'all six accepted');
+  // Let the bytes be read before time moves.
+  await new Promise((r) => setTimeout(r, 100));
+  clock.advance(29_000);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(
+    sockets.every((s) => !s.destroyed),
+    'all open at 29 s',
+  );
+  clock.advance(1_000);
+  const stalled = [firstLine, noSettings, tlsSilent, tlsNoSettings];
+  await waitFor(() => stalled.every((s) => s.destroyed), 3_000, 'the stalled clients closed at 30 s');
+  assert.equal(plainReady.destroyed, false);
+  assert.equal(tlsReady.destroyed, false);
+  assert.equal(live('plain') + live('tls'), 2);
 });

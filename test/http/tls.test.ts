@@ -9,10 +9,11 @@ import { once } from 'node:events';
 import { rmSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { connect as h2connect } from 'node:http2';
+import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { after, describe, it } from 'node:test';
 import { startGateway } from '../helpers/gateway.ts';
-import { freePort } from '../helpers/net.ts';
+import { dial, freePort, waitFor } from '../helpers/net.ts';
 import { WebSocket } from 'ws';
 import { startWsBackend } from '../websocket/helpers.ts';
 import { startH1Backend } from './backends.ts';
@@ -290,6 +291,53 @@ services:${service('requests', httpPort, h1)}${service('sockets', wsPort, ws)}
       } finally {
         await gateway.shutdown();
         for (const b of [...h1, ...ws]) await b.close();
+      }
+    },
+  );
+});
+
+describe('TLS handshake bound', () => {
+  it(
+    'a client that never finishes its handshake is closed 10 s after it connected, even one that trickles bytes',
+    { skip: typeof made === 'string' ? made : false },
+    async () => {
+      if (typeof made === 'string') return;
+      const backend = await startH1Backend();
+      const port = await freePort();
+      const { gateway } = await startGateway(`
+services:
+  - name: secure
+    protocol: http
+    listen: 127.0.0.1:${port}
+    limits: { maxConnections: 10 }
+    tls: { cert: ${made.cert}, key: ${made.key} }
+    backends: { static: [127.0.0.1:${backend.port}] }
+`);
+      // Node's handshake timer runs in real time (see HANDSHAKE_TIMEOUT_MS in src/proxy/http.ts).
+      const closedAfter = async (s: Socket): Promise<number> => {
+        const start = Date.now();
+        s.on('error', () => {});
+        await once(s, 'close');
+        return Date.now() - start;
+      };
+      const silent = await dial(port);
+      const trickling = await dial(port);
+      // The start of a ClientHello record, a byte every half second.
+      const hello = Buffer.from('16030100c8010000c40303', 'hex');
+      let sent = 0;
+      const trickle = setInterval(() => {
+        if (sent < hello.length && trickling.writable) trickling.write(hello.subarray(sent, ++sent));
+      }, 500);
+      try {
+        const [a, b] = await Promise.all([closedAfter(silent), closedAfter(trickling)]);
+        for (const ms of [a, b]) assert.ok(ms >= 9_500 && ms < 12_000, `closed after ${ms} ms`);
+        await waitFor(() => gateway.services.get('secure')!.handler.live === 0, 2_000, 'no longer counted');
+      } finally {
+        clearInterval(trickle);
+        silent.destroy();
+        trickling.destroy();
+        await gateway.shutdown();
+        await backend.close();
       }
     },
   );

@@ -243,6 +243,8 @@ export abstract class H2Connection implements HeaderSink {
   // Reading.
   #prefaceLeft = PREFACE.length;
   #gotSettings = false;
+  /** Closes the connection unless the client's preface and first SETTINGS come first (see `start`). */
+  #prefaceDeadline: Timer | undefined = undefined;
   #partial: Buffer | undefined;
   #partialHave = 0;
   #inRead = false;
@@ -371,8 +373,15 @@ export abstract class H2Connection implements HeaderSink {
     (this.#closeListeners ??= []).push(fn);
   }
 
-  /** Start reading: `first` are bytes already read (the preface, at least in part). */
-  start(first: Buffer | undefined): void {
+  /**
+   * Start reading: `first` are bytes already read (the preface, at least in
+   * part). `deadline`, when given, closes the connection when it fires: it is
+   * cancelled once the client's preface and first SETTINGS frame are in, or
+   * when the connection closes. Until then no other timeout watches a client
+   * that stalls part way through the preface.
+   */
+  start(first: Buffer | undefined, deadline?: Timer): void {
+    this.#prefaceDeadline = deadline;
     if (first !== undefined && first.length > 0) this.received(first, first.length);
   }
 
@@ -528,6 +537,8 @@ export abstract class H2Connection implements HeaderSink {
         return;
       }
       this.#gotSettings = true;
+      this.#prefaceDeadline?.cancel();
+      this.#prefaceDeadline = undefined;
     }
     if (this.#hbStream !== 0 && (type !== CONTINUATION || id !== this.#hbStream)) {
       this.#fatal(PROTOCOL_ERROR, 'h2-session-error');
@@ -1423,6 +1434,8 @@ export abstract class H2Connection implements HeaderSink {
     this.#dead = true;
     this.#destroyTimer?.cancel();
     this.#goawayGrace?.cancel();
+    this.#prefaceDeadline?.cancel();
+    this.#prefaceDeadline = undefined;
     this.#closeAll();
     this.#pings.length = 0;
     this.#parts.length = 0;
