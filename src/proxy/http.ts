@@ -176,7 +176,15 @@ export class HttpProxy implements ProtocolHandler {
         // as long as a cleartext client has to say what it speaks.
         const deadline = this.ctx.clock.setTimer(() => tls.destroy(), FIRST_BYTES_TIMEOUT_MS);
         this.#http2.handleConnection(tls, undefined, deadline);
-      } else this.#http1.handleConnection(tls, this.#upgrade);
+      } else {
+        // Likewise the first bytes of an HTTP/1.1 client (until then the idle
+        // sweep would give it `clientIdle`, minutes).
+        const deadline = this.ctx.clock.setTimer(() => tls.destroy(), FIRST_BYTES_TIMEOUT_MS);
+        const settled = (): void => deadline.cancel();
+        tls.once('data', settled);
+        tls.once('close', settled);
+        this.#http1.handleConnection(tls, this.#upgrade);
+      }
     });
     this.#tls = server;
   }

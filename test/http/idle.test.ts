@@ -183,3 +183,46 @@ test('an HTTP/2 client that stalls before its whole preface and first SETTINGS i
   assert.equal(tlsReady.destroyed, false);
   assert.equal(live('plain') + live('tls'), 2);
 });
+
+test('an HTTPS client that completes its handshake and sends nothing is closed after 30 s; one that sent a request stays', async (t) => {
+  const made = makeCert();
+  if (typeof made === 'string') return t.skip(made);
+  cleanups.push(() => rmSync(made.dir, { recursive: true, force: true }));
+  const backend = createServer((_req, res) => res.end('ok'));
+  backend.listen(0, '127.0.0.1');
+  await once(backend, 'listening');
+  cleanups.push(() => void backend.close());
+  const port = await freePort();
+  const clock = new ManualClock();
+  const { gateway } = await startGateway(
+    `
+services:
+  - name: tls
+    protocol: http
+    listen: 127.0.0.1:${port}
+    tls: { cert: ${made.cert}, key: ${made.key} }
+    backends: { static: [127.0.0.1:${(backend.address() as AddressInfo).port}] }
+`,
+    { clock },
+  );
+  cleanups.push(() => gateway.shutdown());
+  const client = async (): Promise<TLSSocket> => {
+    const s = tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    cleanups.push(() => void s.destroy());
+    s.on('error', () => {});
+    await once(s, 'secureConnect');
+    assert.equal(s.alpnProtocol, 'http/1.1');
+    return s;
+  };
+  const silent = await client();
+  const talking = await client();
+  talking.write('GET / HTTP/1.1\r\nhost: x\r\n\r\n');
+  await readUntil(talking, 'ok');
+  await waitFor(() => gateway.services.get('tls')!.handler.live === 2, 3_000, 'both accepted');
+  clock.advance(29_000);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(silent.destroyed, false, 'open at 29 s');
+  clock.advance(1_000);
+  await waitFor(() => silent.destroyed, 3_000, 'the silent client closed at 30 s');
+  assert.equal(talking.destroyed, false);
+});
