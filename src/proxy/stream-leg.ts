@@ -47,7 +47,10 @@ import {
 
 /** What a relay is told about its legs. Calls come from libuv callbacks, never from inside a leg method. */
 export interface LegOwner {
-  /** A leg made by `connectLeg` is connected; it is paused (resume it to read). */
+  /**
+   * A leg made by `connectLeg` is connected. It reads already: its reads
+   * come after this call, and pausing it here holds them.
+   */
   legConnect?(leg: Leg): void;
   /**
    * `n` bytes were read into `buf[0, n)` (socket-reads.ts rules: keep or
@@ -144,7 +147,7 @@ export interface LegConnectOptions {
 
 /**
  * Connect a new leg for `owner`: `legConnect` when connected (Nagle off,
- * half-close allowed), `legClose(leg, true)` if the connect fails. To an IP
+ * half-close allowed, reading), `legClose(leg, true)` if the connect fails. To an IP
  * address with reused buffers, no net.Socket is made at all; otherwise (a
  * host name, TLS on the other leg, another Node) it is a leg over net.connect.
  * Timeouts are the owner's: `destroy()` cancels a connect.
@@ -163,18 +166,20 @@ export function connectLeg(o: LegConnectOptions, owner: LegOwner): Leg {
       keepAliveInitialDelay: o.keepAliveMs ?? 0,
     };
     let socket: Socket;
+    // Not paused: Node starts reading once 'connect' (legConnect) is out.
     if (o.ownBuffers) socket = connectReading(options, onSocketRead);
     else {
       socket = connect(options);
       readPlainly(socket, onSocketRead);
     }
-    socket.pause();
     return new SocketLeg(socket, owner, true);
   }
   const handle = new k.TCP(k.SOCKET);
   const leg = new HandleLeg(handle, owner, SHARED_READ_BUFFER);
   leg.flags |= F_CONNECTING;
   handle[k.owner] = leg;
+  handle.onread = onHandleRead;
+  handle.useUserBuffer(leg.buf);
   const six = family === 6;
   let err = 0;
   if (o.localAddress !== undefined)
@@ -186,6 +191,17 @@ export function connectLeg(o: LegConnectOptions, owner: LegOwner): Leg {
     req.port = o.port;
     req.keepAliveMs = o.keepAliveMs;
     err = six ? handle.connect6(req, o.host, o.port) : handle.connect(req, o.host, o.port);
+    // Reading from the connect on, not from legConnect: libuv then watches the
+    // socket for the connect and for reads in one epoll registration, and only
+    // narrows it once connected. A read started after the connect would
+    // re-register a socket that epoll still holds (libuv stops watching it for
+    // the connect without removing it): an EPOLL_CTL_ADD that fails with
+    // EEXIST and is retried as a MOD, one more io_uring submission per
+    // connection. libuv reads nothing before the connect completes.
+    if (err === 0) {
+      err = handle.readStart();
+      if (err === 0) leg.flags &= ~F_PAUSED;
+    }
   }
   if (err !== 0) {
     // Reported like a failed connect: from a callback, not from here.
@@ -507,8 +523,6 @@ function onConnected(this: ConnectReq, status: number, handle: TcpHandle): void 
   // Node's keepalive delay is in whole seconds.
   if (this.keepAliveMs !== undefined)
     handle.setKeepAlive(true, Math.max(1, Math.floor(this.keepAliveMs / 1000)));
-  handle.onread = onHandleRead;
-  handle.useUserBuffer(leg.buf);
   leg.owner.legConnect?.(leg);
 }
 
