@@ -521,9 +521,53 @@ function onConnected(this: ConnectReq, status: number, handle: TcpHandle): void 
   }
   handle.setNoDelay(true);
   // Node's keepalive delay is in whole seconds.
-  if (this.keepAliveMs !== undefined)
-    handle.setKeepAlive(true, Math.max(1, Math.floor(this.keepAliveMs / 1000)));
+  if (this.keepAliveMs !== undefined) keepAliveSoon(leg, Math.max(1, Math.floor(this.keepAliveMs / 1000)));
   leg.owner.legConnect?.(leg);
+}
+
+/**
+ * TCP keepalive on a connected leg, set within a moment (between
+ * KEEPALIVE_AFTER_MS and twice that) rather than at once: four setsockopt
+ * calls (libuv sets SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)
+ * that a connection closed by then never makes, which counts when clients
+ * connect, exchange a little and close by the thousand.
+ *
+ * Dead-peer detection is unchanged: Linux times the first probe from the last
+ * segment received, also for a socket whose TCP_KEEPIDLE is set after it was
+ * established (tcp_sock_set_keepidle_locked arms the timer for the idle time
+ * less what has elapsed since then). Set within the smallest idle time the
+ * config allows (1 s), the first probe goes out exactly when it would have.
+ */
+const KEEPALIVE_AFTER_MS = 250;
+/** Connected since the last tick, and before it; each tick sets keepalive on the older ones. */
+let keepAliveNewer: HandleLeg[] = [];
+let keepAliveNewerSeconds: number[] = [];
+let keepAliveOlder: HandleLeg[] = [];
+let keepAliveOlderSeconds: number[] = [];
+let keepAliveTimer: ReturnType<typeof setTimeout> | undefined;
+
+function keepAliveSoon(leg: HandleLeg, seconds: number): void {
+  keepAliveNewer.push(leg);
+  keepAliveNewerSeconds.push(seconds);
+  if (keepAliveTimer === undefined) keepAliveTimer = setTimeout(keepAliveTick, KEEPALIVE_AFTER_MS).unref();
+}
+
+function keepAliveTick(): void {
+  keepAliveTimer = undefined;
+  const legs = keepAliveOlder;
+  const seconds = keepAliveOlderSeconds;
+  for (let i = 0; i < legs.length; i++) {
+    const leg = legs[i]!;
+    if ((leg.flags & F_DESTROYED) === 0) (leg.handle as TcpHandle).setKeepAlive(true, seconds[i]!);
+  }
+  // The arrays swap roles rather than being made anew each tick.
+  legs.length = 0;
+  seconds.length = 0;
+  keepAliveOlder = keepAliveNewer;
+  keepAliveOlderSeconds = keepAliveNewerSeconds;
+  keepAliveNewer = legs;
+  keepAliveNewerSeconds = seconds;
+  if (keepAliveOlder.length > 0) keepAliveTimer = setTimeout(keepAliveTick, KEEPALIVE_AFTER_MS).unref();
 }
 
 function onWritten(this: WriteReq, status: number): void {
