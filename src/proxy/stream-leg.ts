@@ -47,7 +47,10 @@ import {
 
 /** What a relay is told about its legs. Calls come from libuv callbacks, never from inside a leg method. */
 export interface LegOwner {
-  /** A leg made by `connectLeg` is connected; it is paused (resume it to read). */
+  /**
+   * A leg made by `connectLeg` is connected. It reads already: its reads
+   * come after this call, and pausing it here holds them.
+   */
   legConnect?(leg: Leg): void;
   /**
    * `n` bytes were read into `buf[0, n)` (socket-reads.ts rules: keep or
@@ -144,7 +147,7 @@ export interface LegConnectOptions {
 
 /**
  * Connect a new leg for `owner`: `legConnect` when connected (Nagle off,
- * half-close allowed), `legClose(leg, true)` if the connect fails. To an IP
+ * half-close allowed, reading), `legClose(leg, true)` if the connect fails. To an IP
  * address with reused buffers, no net.Socket is made at all; otherwise (a
  * host name, TLS on the other leg, another Node) it is a leg over net.connect.
  * Timeouts are the owner's: `destroy()` cancels a connect.
@@ -163,18 +166,20 @@ export function connectLeg(o: LegConnectOptions, owner: LegOwner): Leg {
       keepAliveInitialDelay: o.keepAliveMs ?? 0,
     };
     let socket: Socket;
+    // Not paused: Node starts reading once 'connect' (legConnect) is out.
     if (o.ownBuffers) socket = connectReading(options, onSocketRead);
     else {
       socket = connect(options);
       readPlainly(socket, onSocketRead);
     }
-    socket.pause();
     return new SocketLeg(socket, owner, true);
   }
   const handle = new k.TCP(k.SOCKET);
   const leg = new HandleLeg(handle, owner, SHARED_READ_BUFFER);
   leg.flags |= F_CONNECTING;
   handle[k.owner] = leg;
+  handle.onread = onHandleRead;
+  handle.useUserBuffer(leg.buf);
   const six = family === 6;
   let err = 0;
   if (o.localAddress !== undefined)
@@ -186,6 +191,17 @@ export function connectLeg(o: LegConnectOptions, owner: LegOwner): Leg {
     req.port = o.port;
     req.keepAliveMs = o.keepAliveMs;
     err = six ? handle.connect6(req, o.host, o.port) : handle.connect(req, o.host, o.port);
+    // Reading from the connect on, not from legConnect: libuv then watches the
+    // socket for the connect and for reads in one epoll registration, and only
+    // narrows it once connected. A read started after the connect would
+    // re-register a socket that epoll still holds (libuv stops watching it for
+    // the connect without removing it): an EPOLL_CTL_ADD that fails with
+    // EEXIST and is retried as a MOD, one more io_uring submission per
+    // connection. libuv reads nothing before the connect completes.
+    if (err === 0) {
+      err = handle.readStart();
+      if (err === 0) leg.flags &= ~F_PAUSED;
+    }
   }
   if (err !== 0) {
     // Reported like a failed connect: from a callback, not from here.
@@ -505,11 +521,53 @@ function onConnected(this: ConnectReq, status: number, handle: TcpHandle): void 
   }
   handle.setNoDelay(true);
   // Node's keepalive delay is in whole seconds.
-  if (this.keepAliveMs !== undefined)
-    handle.setKeepAlive(true, Math.max(1, Math.floor(this.keepAliveMs / 1000)));
-  handle.onread = onHandleRead;
-  handle.useUserBuffer(leg.buf);
+  if (this.keepAliveMs !== undefined) keepAliveSoon(leg, Math.max(1, Math.floor(this.keepAliveMs / 1000)));
   leg.owner.legConnect?.(leg);
+}
+
+/**
+ * TCP keepalive on a connected leg, set within a moment (between
+ * KEEPALIVE_AFTER_MS and twice that) rather than at once: four setsockopt
+ * calls (libuv sets SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)
+ * that a connection closed by then never makes, which counts when clients
+ * connect, exchange a little and close by the thousand.
+ *
+ * Dead-peer detection is unchanged: Linux times the first probe from the last
+ * segment received, also for a socket whose TCP_KEEPIDLE is set after it was
+ * established (tcp_sock_set_keepidle_locked arms the timer for the idle time
+ * less what has elapsed since then). Set within the smallest idle time the
+ * config allows (1 s), the first probe goes out exactly when it would have.
+ */
+const KEEPALIVE_AFTER_MS = 250;
+/** Connected since the last tick, and before it; each tick sets keepalive on the older ones. */
+let keepAliveNewer: HandleLeg[] = [];
+let keepAliveNewerSeconds: number[] = [];
+let keepAliveOlder: HandleLeg[] = [];
+let keepAliveOlderSeconds: number[] = [];
+let keepAliveTimer: ReturnType<typeof setTimeout> | undefined;
+
+function keepAliveSoon(leg: HandleLeg, seconds: number): void {
+  keepAliveNewer.push(leg);
+  keepAliveNewerSeconds.push(seconds);
+  if (keepAliveTimer === undefined) keepAliveTimer = setTimeout(keepAliveTick, KEEPALIVE_AFTER_MS).unref();
+}
+
+function keepAliveTick(): void {
+  keepAliveTimer = undefined;
+  const legs = keepAliveOlder;
+  const seconds = keepAliveOlderSeconds;
+  for (let i = 0; i < legs.length; i++) {
+    const leg = legs[i]!;
+    if ((leg.flags & F_DESTROYED) === 0) (leg.handle as TcpHandle).setKeepAlive(true, seconds[i]!);
+  }
+  // The arrays swap roles rather than being made anew each tick.
+  legs.length = 0;
+  seconds.length = 0;
+  keepAliveOlder = keepAliveNewer;
+  keepAliveOlderSeconds = keepAliveNewerSeconds;
+  keepAliveNewer = legs;
+  keepAliveNewerSeconds = seconds;
+  if (keepAliveOlder.length > 0) keepAliveTimer = setTimeout(keepAliveTick, KEEPALIVE_AFTER_MS).unref();
 }
 
 function onWritten(this: WriteReq, status: number): void {

@@ -243,8 +243,8 @@ class TcpConnection extends Relay {
     const down = this.takeClient(client);
     const early = this.#early;
     this.#early = undefined;
+    // (`up` reads already, from its connect on.)
     if (early === undefined || up.write(early)) down.resume();
-    up.resume();
     this.idleSince = this.proxy.clock.now();
     this.proxy.watchIdle();
   }

@@ -466,8 +466,8 @@ class WsConnection extends Relay implements WheelEntry<WsConnection> {
     head += `X-Forwarded-For: ${xff === undefined ? ip : `${xff}, ${ip}`}\r\n`;
     head += `Forwarded: ${fwd === undefined ? me : `${fwd}, ${me}`}\r\n`;
     if (req.headers['x-forwarded-proto'] === undefined) head += `X-Forwarded-Proto: ${proto}\r\n`;
+    // `up` reads already, from its connect on: the backend's answer comes to legRead.
     up.write(Buffer.from(`${head}\r\n`, 'latin1'));
-    up.resume();
   }
 
   /** Bytes of the backend's response head; at its end the connection opens (or fails). */

@@ -18,6 +18,7 @@ import {
   type Socket,
 } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
+import { performance } from 'node:perf_hooks';
 import { after, describe, it } from 'node:test';
 import { Client } from 'undici';
 import { ManualClock } from '../../src/cluster/clock.ts';
@@ -579,6 +580,58 @@ services:
         assert.ok(third !== undefined && third <= 20 && third > 15, `20s keepalive, got ${third}`);
       } finally {
         for (const c of clients) c.destroy();
+        await gateway.shutdown();
+        backend.close();
+      }
+    },
+  );
+});
+
+describe("tcpKeepAlive on a tcp service's backend connections", () => {
+  it(
+    'the connection to the backend has keepalive on, its first probe due the configured time after the last bytes it received',
+    { skip: ssSkip },
+    async () => {
+      const backend = createNetServer((s) => s.pipe(s));
+      backend.listen(0, '127.0.0.1');
+      await once(backend, 'listening');
+      const backendPort = (backend.address() as AddressInfo).port;
+      const port = await freePort();
+      const { gateway } = await startGateway(`
+services:
+  - name: t
+    protocol: tcp
+    listen: 127.0.0.1:${port}
+    tcpKeepAlive: 7s
+    backends: { static: [127.0.0.1:${backendPort}] }
+`);
+      const client = tcpConnect(port, '127.0.0.1');
+      try {
+        await once(client, 'connect');
+        client.write('x');
+        await once(client, 'data');
+        // The gateway received the echo from the backend before this.
+        const lastReceived = performance.now();
+        // The gateway is the backend's only client: its side has the backend's port as peer.
+        const timer = (): number | undefined => {
+          const line = sockets(`( dport = :${backendPort} )`)[0] ?? '';
+          const m = /timer:\(keepalive,([\d.]+)(m?s|sec|min)/.exec(line);
+          if (m === null) return undefined;
+          const n = Number(m[1]);
+          return m[2] === 'min' ? n * 60 : n;
+        };
+        // Keepalive may be set a moment after the connect (stream-leg.ts); look past that moment.
+        await new Promise((resolve) => setTimeout(resolve, 600));
+        await waitFor(() => timer() !== undefined, 3_000, 'keepalive on the backend connection');
+        const left = timer()!;
+        const since = (performance.now() - lastReceived) / 1000;
+        // Due 7 s after the last bytes received, not 7 s after keepalive was switched on.
+        assert.ok(
+          left <= 7 - since + 0.05 && left > 5,
+          `${left} s to the first probe, ${since} s after the last bytes`,
+        );
+      } finally {
+        client.destroy();
         await gateway.shutdown();
         backend.close();
       }
