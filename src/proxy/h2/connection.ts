@@ -103,6 +103,11 @@ const SOCKET_HWM = 64 * 1024;
 const MAX_CONTROL_BACKLOG = 10_000;
 /** Unacknowledged PINGs of ours at most. */
 const MAX_PINGS = 10;
+/**
+ * The first four bytes of a keepalive PING's payload (`keepalivePing`); PINGs
+ * sent with `ping` start with four zero bytes, so an ACK says which it answers.
+ */
+const KEEPALIVE_MARK = 0x6b656570; // "keep"
 /** The first GOAWAY of a graceful close names the highest stream id there is: nothing is refused yet. */
 const ALL_STREAMS = 0x7fffffff;
 /** The final GOAWAY follows the first after one round trip (its PING's ACK), or this long at most. */
@@ -305,6 +310,8 @@ export abstract class H2Connection implements HeaderSink {
   // PINGs of ours.
   #pings: Ping[] = [];
   #pingSeq = 0;
+  /** The last keepalive PING's sequence number (its ACK must carry it). */
+  #keepaliveSeq = 0;
   #closeListeners: (() => void)[] | undefined;
 
   constructor(socket: Socket, limits: H2Limits, clock: Clock) {
@@ -442,6 +449,27 @@ export abstract class H2Connection implements HeaderSink {
     this.#schedule();
     return true;
   }
+
+  /**
+   * Send a keepalive PING: its ACK calls `keepaliveAcked` (an ACK of an
+   * earlier one is ignored). Unlike `ping`, nothing is kept per PING (no
+   * callback, no entry in a list): the subclass's keepalive keeps its own
+   * state, for every idle connection every interval. False when closing.
+   */
+  keepalivePing(): boolean {
+    if (this.#dead) return false;
+    this.#keepaliveSeq = (this.#keepaliveSeq + 1) & 0x3fff_ffff;
+    const b = this.#reserve(FRAME_HEADER + 8);
+    putFrameHeader(b, this.#pos, 8, PING, 0, 0);
+    b.writeUInt32BE(KEEPALIVE_MARK, this.#pos + 9);
+    b.writeUInt32BE(this.#keepaliveSeq, this.#pos + 13);
+    this.#advance(FRAME_HEADER + 8);
+    this.#schedule();
+    return true;
+  }
+
+  /** The ACK of the last keepalive PING came. */
+  protected keepaliveAcked(): void {}
 
   // ---- reading ----
 
@@ -932,6 +960,10 @@ export abstract class H2Connection implements HeaderSink {
     if (len !== 8) return this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
     if ((flags & FLAG_ACK) !== 0) {
       const seq = buf.readUInt32BE(p + 4);
+      if (buf.readUInt32BE(p) === KEEPALIVE_MARK) {
+        if (seq === this.#keepaliveSeq) this.keepaliveAcked();
+        return;
+      }
       const pings = this.#pings;
       for (let k = 0; k < pings.length; k++) {
         if (pings[k]!.id !== seq) continue;
