@@ -296,16 +296,17 @@ export abstract class H2Connection implements HeaderSink {
   #lastDataBuf: Buffer | undefined;
   #lastDataFlags = -1;
   /** Streams we reset lately: frames the client sent before it saw the RST are ignored (RFC 9113 §5.4.2). */
-  readonly #resetIds = new Int32Array(32);
+  #resetIds: Int32Array | undefined;
   #resetNext = 0;
   #controlBacklog = 0;
   #ready: H2Stream[] = [];
   #spareReady: H2Stream[] = [];
   #pumping = false;
 
-  // Flood buckets.
-  readonly #resets = new TokenBucket(RESET_BURST, RESET_RATE);
-  readonly #noiseBucket = new TokenBucket(NOISE_BURST, NOISE_RATE);
+  // Flood buckets, made at their first use (a bucket made then is full, as one made at the start would be
+  // by then): most connections never reset a stream or send a useless frame, and an idle one keeps neither.
+  #resets: TokenBucket | undefined;
+  #noiseBucket: TokenBucket | undefined;
 
   // PINGs of ours.
   #pings: Ping[] = [];
@@ -1023,12 +1024,13 @@ export abstract class H2Connection implements HeaderSink {
   // ---- flood guards (see TokenBucket) ----
 
   #chargeReset(): void {
-    if (!this.#resets.take()) this.#fatal(ENHANCE_YOUR_CALM, 'h2-rapid-reset');
+    if (!(this.#resets ??= new TokenBucket(RESET_BURST, RESET_RATE)).take())
+      this.#fatal(ENHANCE_YOUR_CALM, 'h2-rapid-reset');
   }
 
   /** Charge one useless frame; false when the connection was closed for it. */
   #noise(): boolean {
-    if (this.#noiseBucket.take()) return true;
+    if ((this.#noiseBucket ??= new TokenBucket(NOISE_BURST, NOISE_RATE)).take()) return true;
     this.#fatal(ENHANCE_YOUR_CALM, 'h2-frame-flood');
     return false;
   }
@@ -1071,7 +1073,8 @@ export abstract class H2Connection implements HeaderSink {
 
   #rstFrame(id: number, code: number): void {
     if (this.#dead || !this.#control()) return;
-    this.#resetIds[this.#resetNext] = id;
+    // Made at the first reset: an idle connection keeps no typed array (~330 B with its buffer).
+    (this.#resetIds ??= new Int32Array(32))[this.#resetNext] = id;
     this.#resetNext = (this.#resetNext + 1) & 31;
     const b = this.#reserve(FRAME_HEADER + 4);
     putFrameHeader(b, this.#pos, 4, RST_STREAM, 0, id);
@@ -1098,7 +1101,7 @@ export abstract class H2Connection implements HeaderSink {
   }
 
   #wasReset(id: number): boolean {
-    return this.#resetIds.includes(id);
+    return this.#resetIds !== undefined && this.#resetIds.includes(id);
   }
 
   #closeAll(): void {
