@@ -59,6 +59,7 @@ import { BLOCK_SIZE, giveBlock, giveBlocks, takeBlock } from './blocks.ts';
 import { type HeaderSink, HpackDecoder, sharedEncoder as encoder } from './hpack.ts';
 import type { Fields, H2Stream } from './stream.ts';
 import { StreamTable } from './stream-table.ts';
+import { writeDirect } from '../socket-writes.ts';
 
 /** Limits and windows one connection advertises and enforces. */
 export interface H2Limits {
@@ -108,6 +109,15 @@ const MAX_PINGS = 10;
  * sent with `ping` start with four zero bytes, so an ACK says which it answers.
  */
 const KEEPALIVE_MARK = 0x6b656570; // "keep"
+/**
+ * The keepalive PING frame, the same for every connection: the keepalive has
+ * at most one PING out per connection (the next is sent after its ACK), so
+ * the payload need not tell them apart, and one buffer, never written to
+ * again, can be handed to any number of sockets.
+ */
+const KEEPALIVE_PING = Buffer.alloc(FRAME_HEADER + 8);
+putFrameHeader(KEEPALIVE_PING, 0, 8, PING, 0, 0);
+KEEPALIVE_PING.writeUInt32BE(KEEPALIVE_MARK, FRAME_HEADER);
 /** The first GOAWAY of a graceful close names the highest stream id there is: nothing is refused yet. */
 const ALL_STREAMS = 0x7fffffff;
 /** The final GOAWAY follows the first after one round trip (its PING's ACK), or this long at most. */
@@ -311,8 +321,6 @@ export abstract class H2Connection implements HeaderSink {
   // PINGs of ours.
   #pings: Ping[] = [];
   #pingSeq = 0;
-  /** The last keepalive PING's sequence number (its ACK must carry it). */
-  #keepaliveSeq = 0;
   #closeListeners: (() => void)[] | undefined;
 
   constructor(socket: Socket, limits: H2Limits, clock: Clock) {
@@ -452,24 +460,35 @@ export abstract class H2Connection implements HeaderSink {
   }
 
   /**
-   * Send a keepalive PING: its ACK calls `keepaliveAcked` (an ACK of an
-   * earlier one is ignored). Unlike `ping`, nothing is kept per PING (no
-   * callback, no entry in a list): the subclass's keepalive keeps its own
-   * state, for every idle connection every interval. False when closing.
+   * Send a keepalive PING: its ACK calls `keepaliveAcked`. Unlike `ping`,
+   * nothing is kept per PING (no callback, no entry in a list): the
+   * subclass's keepalive keeps its own state, and sends the next PING only
+   * after the ACK. False when closing.
+   *
+   * On a connection with nothing of ours waiting to be written (an idle one,
+   * which is what a keepalive mostly pings) the shared frame is written at
+   * once, straight to the socket's handle where it can be (socket-writes.ts):
+   * no output block, no flush in the next turn, no Writable bookkeeping. A
+   * write the kernel does not take whole stays queued in the handle, ahead of
+   * what `socket.write()` sends later, and 'drain' follows as usual; blocks
+   * are not involved, so their account (writableLength) is unchanged.
    */
   keepalivePing(): boolean {
     if (this.#dead) return false;
-    this.#keepaliveSeq = (this.#keepaliveSeq + 1) & 0x3fff_ffff;
+    const socket = this.socket;
+    if (socket.destroyed || socket.writableEnded) return false;
+    if (!this.#inRead && !this.#flushQueued && this.#buf === undefined && this.#parts.length === 0) {
+      writeDirect(socket, KEEPALIVE_PING);
+      return true;
+    }
     const b = this.#reserve(FRAME_HEADER + 8);
-    putFrameHeader(b, this.#pos, 8, PING, 0, 0);
-    b.writeUInt32BE(KEEPALIVE_MARK, this.#pos + 9);
-    b.writeUInt32BE(this.#keepaliveSeq, this.#pos + 13);
+    KEEPALIVE_PING.copy(b, this.#pos);
     this.#advance(FRAME_HEADER + 8);
     this.#schedule();
     return true;
   }
 
-  /** The ACK of the last keepalive PING came. */
+  /** The ACK of a keepalive PING came. */
   protected keepaliveAcked(): void {}
 
   // ---- reading ----
@@ -962,7 +981,7 @@ export abstract class H2Connection implements HeaderSink {
     if ((flags & FLAG_ACK) !== 0) {
       const seq = buf.readUInt32BE(p + 4);
       if (buf.readUInt32BE(p) === KEEPALIVE_MARK) {
-        if (seq === this.#keepaliveSeq) this.keepaliveAcked();
+        if (seq === 0) this.keepaliveAcked();
         return;
       }
       const pings = this.#pings;
