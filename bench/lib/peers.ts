@@ -71,9 +71,12 @@ let built: string | undefined;
  * What users run: the compiled dist/cli/main.js, built once per bench run
  * (`tsc -p tsconfig.build.json`). Running the TypeScript sources instead
  * would add Node's type-stripping to the heap (~4 MB more for every major GC
- * to mark). HOLDFAST_BENCH_FROM_SRC=1 benches the sources.
+ * to mark). HOLDFAST_BENCH_FROM_SRC=1 benches the sources;
+ * HOLDFAST_BENCH_ENTRY=path/to/cli/main.js another build (an A/B of benches
+ * that have no option for it, run alternately with and without).
  */
 export function holdfastEntry(): string {
+  if (process.env.HOLDFAST_BENCH_ENTRY !== undefined) return process.env.HOLDFAST_BENCH_ENTRY;
   if (process.env.HOLDFAST_BENCH_FROM_SRC === '1') return join(ROOT, 'src/cli/main.ts');
   if (built === undefined) {
     const tsc = join(ROOT, 'node_modules/.bin/tsc');

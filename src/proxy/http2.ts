@@ -11,7 +11,7 @@ import type { Socket } from 'node:net';
 import type { PickContext } from '../balance/types.ts';
 import type { Timer } from '../cluster/clock.ts';
 import type { ServiceConfig } from '../config/schema.ts';
-import { type LiveNode, LiveSet } from '../live-set.ts';
+import { DeadlineWheel, type WheelEntry } from '../deadline-wheel.ts';
 import type { Http2Handler } from './http.ts';
 import { errorReply, grpcErrorHeaders, type ProxyFailure } from './http-errors.ts';
 import type { CloseWatcher, Downstream, HttpPlane } from './http-forward.ts';
@@ -24,7 +24,7 @@ import {
   isGrpc,
   maxAge,
 } from './http-headers.ts';
-import { jittered, SESSION_WINDOW, startKeepalive, sweepEvery } from './http-keepalive.ts';
+import { jittered, SESSION_WINDOW, sweepEvery } from './http-keepalive.ts';
 import type { RawResponseHead } from './http-upstream.ts';
 import {
   type H2Limits,
@@ -81,7 +81,7 @@ function limitsOf(config: ServiceConfig): H2Limits {
 }
 
 /** One client connection, with what the data plane keeps for it. */
-class Session extends H2Connection {
+class Session extends H2Connection implements WheelEntry<Session> {
   readonly plane: HttpPlane;
   readonly handler: Http2DownstreamHandler;
   readonly peer: Peer;
@@ -92,8 +92,17 @@ class Session extends H2Connection {
   idleSince = 0;
   /** `maxConnectionAge`: when the handler's sweep sends GOAWAY (0: never). */
   goAwayAt = 0;
-  /** Its place among the handler's sessions. */
-  node: LiveNode<Session> | undefined = undefined;
+  /**
+   * The keepalive (see Http2DownstreamHandler): when the next PING is due
+   * (whole ms of the clock), and whether one is out without its ACK yet.
+   */
+  pingAt = 0;
+  pingOut = false;
+  // Its place among the handler's sessions (a DeadlineWheel), filed under its next keepalive check.
+  wheelAt = -1;
+  wheelSlot = -1;
+  wheelPrev: Session | undefined = undefined;
+  wheelNext: Session | undefined = undefined;
 
   constructor(socket: Socket, limits: H2Limits, plane: HttpPlane, handler: Http2DownstreamHandler) {
     super(socket, limits, plane.ctx.clock);
@@ -148,6 +157,10 @@ class Session extends H2Connection {
   protected closedHook(): void {
     this.handler.forget(this);
   }
+
+  protected override keepaliveAcked(): void {
+    if (this.pingOut) this.handler.acked(this);
+  }
 }
 
 /** A response the proxy makes up itself (405, 431). */
@@ -167,18 +180,46 @@ function simpleResponse(
   }
 }
 
+/** The width of the keepalive wheel's slots for these PING settings (ms): how late a check may come. */
+function keepaliveTickMs(config: ServiceConfig): number {
+  const { interval, timeout } = config.http2.ping;
+  let ms = 1000;
+  if (interval > 0) ms = Math.min(ms, interval / 10);
+  if (timeout > 0) ms = Math.min(ms, timeout / 10);
+  // Whole milliseconds, so that slot boundaries fall on the integer times the checks use.
+  return Math.max(20, Math.floor(ms));
+}
+
+/**
+ * Client sessions and their PING keepalive (gRPC's keepalive, Envoy's
+ * connection_keepalive): a PING every `http2.ping.interval` (± jitter) after
+ * the last ACK; a session whose ACK is not back within the timeout is
+ * closed, so a client that vanished without a FIN is found in seconds.
+ *
+ * The sessions are a timing wheel (deadline-wheel.ts), each filed under its
+ * next keepalive check (the PING due, or its ACK's deadline), and one tick
+ * per service visits only the sessions that are due: no timer, closure or
+ * callback per session or per PING (that was a Node Timeout and four
+ * closures a session, and two timers and three closures a PING). Thousands
+ * of idle gRPC channels then cost one visit each per interval.
+ */
 export class Http2DownstreamHandler implements Http2Handler {
   readonly #plane: HttpPlane;
-  readonly #sessions = new LiveSet<Session>();
+  /** Every open session, filed under its next keepalive check (none: PINGs off, or closing). */
+  readonly #sessions: DeadlineWheel<Session>;
   #sweep: Timer | undefined;
+  #tick: Timer | undefined;
   #config: ServiceConfig;
   #limits: H2Limits;
   #draining = false;
+  /** The tick's time, for #fire (a method, not a closure per tick). */
+  #now = 0;
 
   constructor(plane: HttpPlane) {
     this.#plane = plane;
     this.#config = plane.ctx.config;
     this.#limits = limitsOf(this.#config);
+    this.#sessions = new DeadlineWheel(keepaliveTickMs(this.#config), Math.floor(plane.ctx.clock.now()));
   }
 
   configure(config: ServiceConfig): void {
@@ -187,8 +228,13 @@ export class Http2DownstreamHandler implements Http2Handler {
       JSON.stringify([this.#config.http2, this.#config.headerLimits]);
     this.#config = config;
     if (changed) {
-      // New settings apply to new sessions; existing ones are asked to reconnect.
+      // New settings apply to new sessions; existing ones are asked to reconnect
+      // (their next keepalive check keeps its time, later ones follow the new settings).
       this.#limits = limitsOf(config);
+      this.#sessions.resize(keepaliveTickMs(config), Math.floor(this.#plane.ctx.clock.now()));
+      this.#tick?.cancel();
+      this.#tick = undefined;
+      this.#scheduleTick();
       for (const s of this.#sessions) s.goAway();
     }
   }
@@ -200,7 +246,18 @@ export class Http2DownstreamHandler implements Http2Handler {
   }
 
   forget(session: Session): void {
-    if (session.node !== undefined) this.#sessions.delete(session.node);
+    this.#sessions.delete(session);
+  }
+
+  /** `session`'s keepalive PING was answered: the next one is due an interval from now. */
+  acked(session: Session): void {
+    session.pingOut = false;
+    const ping = this.#config.http2.ping;
+    session.pingAt = Math.floor(this.#plane.ctx.clock.now()) + jittered(ping.interval, ping.jitter);
+    // Not while the session is out of the wheel (being closed).
+    if (session.wheelSlot < 0) return;
+    this.#sessions.set(session, session.pingAt);
+    this.#scheduleTick();
   }
 
   handleConnection(socket: Socket, first?: Buffer, deadline?: Timer): void {
@@ -209,21 +266,12 @@ export class Http2DownstreamHandler implements Http2Handler {
     // Cleartext sockets read into the shared read buffer (socket-reads.ts); TLS through 'data'.
     readThrough(socket, onConnectionRead);
     const session = new Session(socket, this.#limits, plane, this);
-    session.node = this.#sessions.add(session);
-    // Stops by itself when the session closes.
-    startKeepalive(
-      session,
-      {
-        intervalMs: config.http2.ping.interval,
-        timeoutMs: config.http2.ping.timeout,
-        jitter: config.http2.ping.jitter,
-      },
-      plane.ctx.clock,
-      () => {
-        plane.count('client-ping-timeout');
-        session.destroy();
-      },
-    );
+    const ping = config.http2.ping;
+    if (ping.interval > 0) {
+      session.pingAt = Math.floor(plane.ctx.clock.now()) + jittered(ping.interval, ping.jitter);
+      this.#sessions.set(session, session.pingAt);
+      this.#scheduleTick();
+    } else this.#sessions.set(session, Infinity);
     const age = maxAge(config);
     if (age > 0) session.goAwayAt = plane.ctx.clock.now() + jittered(age, 0.1);
     if (this.#draining) session.goAway();
@@ -231,6 +279,45 @@ export class Http2DownstreamHandler implements Http2Handler {
     session.start(first, deadline);
     if (!session.destroyed) socket.resume();
   }
+
+  /** Run the keepalive tick at the next slot of the wheel, while any session has a check to come. */
+  #scheduleTick(): void {
+    if (this.#tick !== undefined || this.#sessions.timed === 0) return;
+    const clock = this.#plane.ctx.clock;
+    // A millisecond over: Node times a timer from the loop's cached time, which
+    // lags the clock, and a tick that came before its slot would only arm another.
+    this.#tick = clock.setTimer(
+      this.#onTick,
+      Math.max(1, Math.ceil(this.#sessions.nextTickAt() - clock.now()) + 1),
+    );
+  }
+
+  readonly #onTick = (): void => {
+    this.#tick = undefined;
+    this.#now = Math.floor(this.#plane.ctx.clock.now());
+    this.#sessions.advance(this.#now, this.#fire);
+    this.#scheduleTick();
+  };
+
+  /** A session's keepalive check is due (it is out of the wheel: file it again, or close it). */
+  readonly #fire = (session: Session): void => {
+    if (session.pingOut) {
+      // The ACK did not come in time (`acked` would have filed it under its next PING).
+      this.#plane.count('client-ping-timeout');
+      session.destroy();
+      return;
+    }
+    const sessions = this.#sessions;
+    const ping = this.#config.http2.ping;
+    // Closing (no more PINGs: it stays in the set until it is closed), or PINGs turned off.
+    if (session.closed || ping.interval <= 0 || !session.keepalivePing()) {
+      sessions.set(session, Infinity);
+      return;
+    }
+    session.pingOut = true;
+    // With no timeout the ACK is awaited for ever; `acked` files the session again.
+    sessions.set(session, ping.timeout > 0 ? this.#now + ping.timeout : Infinity);
+  };
 
   /**
    * One sweep over the sessions rather than timers per session:

@@ -59,6 +59,7 @@ import { BLOCK_SIZE, giveBlock, giveBlocks, takeBlock } from './blocks.ts';
 import { type HeaderSink, HpackDecoder, sharedEncoder as encoder } from './hpack.ts';
 import type { Fields, H2Stream } from './stream.ts';
 import { StreamTable } from './stream-table.ts';
+import { writeDirect } from '../socket-writes.ts';
 
 /** Limits and windows one connection advertises and enforces. */
 export interface H2Limits {
@@ -103,6 +104,20 @@ const SOCKET_HWM = 64 * 1024;
 const MAX_CONTROL_BACKLOG = 10_000;
 /** Unacknowledged PINGs of ours at most. */
 const MAX_PINGS = 10;
+/**
+ * The first four bytes of a keepalive PING's payload (`keepalivePing`); PINGs
+ * sent with `ping` start with four zero bytes, so an ACK says which it answers.
+ */
+const KEEPALIVE_MARK = 0x6b656570; // "keep"
+/**
+ * The keepalive PING frame, the same for every connection: the keepalive has
+ * at most one PING out per connection (the next is sent after its ACK), so
+ * the payload need not tell them apart, and one buffer, never written to
+ * again, can be handed to any number of sockets.
+ */
+const KEEPALIVE_PING = Buffer.alloc(FRAME_HEADER + 8);
+putFrameHeader(KEEPALIVE_PING, 0, 8, PING, 0, 0);
+KEEPALIVE_PING.writeUInt32BE(KEEPALIVE_MARK, FRAME_HEADER);
 /** The first GOAWAY of a graceful close names the highest stream id there is: nothing is refused yet. */
 const ALL_STREAMS = 0x7fffffff;
 /** The final GOAWAY follows the first after one round trip (its PING's ACK), or this long at most. */
@@ -293,16 +308,17 @@ export abstract class H2Connection implements HeaderSink {
   #lastDataBuf: Buffer | undefined;
   #lastDataFlags = -1;
   /** Streams we reset lately: frames the client sent before it saw the RST are ignored (RFC 9113 §5.4.2). */
-  readonly #resetIds = new Int32Array(32);
+  #resetIds: Int32Array | undefined;
   #resetNext = 0;
   #controlBacklog = 0;
   #ready: H2Stream[] = [];
   #spareReady: H2Stream[] = [];
   #pumping = false;
 
-  // Flood buckets.
-  readonly #resets = new TokenBucket(RESET_BURST, RESET_RATE);
-  readonly #noiseBucket = new TokenBucket(NOISE_BURST, NOISE_RATE);
+  // Flood buckets, made at their first use (a bucket made then is full, as one made at the start would be
+  // by then): most connections never reset a stream or send a useless frame, and an idle one keeps neither.
+  #resets: TokenBucket | undefined;
+  #noiseBucket: TokenBucket | undefined;
 
   // PINGs of ours.
   #pings: Ping[] = [];
@@ -451,6 +467,38 @@ export abstract class H2Connection implements HeaderSink {
     this.#schedule();
     return true;
   }
+
+  /**
+   * Send a keepalive PING: its ACK calls `keepaliveAcked`. Unlike `ping`,
+   * nothing is kept per PING (no callback, no entry in a list): the
+   * subclass's keepalive keeps its own state, and sends the next PING only
+   * after the ACK. False when closing.
+   *
+   * On a connection with nothing of ours waiting to be written (an idle one,
+   * which is what a keepalive mostly pings) the shared frame is written at
+   * once, straight to the socket's handle where it can be (socket-writes.ts):
+   * no output block, no flush in the next turn, no Writable bookkeeping. A
+   * write the kernel does not take whole stays queued in the handle, ahead of
+   * what `socket.write()` sends later, and 'drain' follows as usual; blocks
+   * are not involved, so their account (writableLength) is unchanged.
+   */
+  keepalivePing(): boolean {
+    if (this.#dead) return false;
+    const socket = this.socket;
+    if (socket.destroyed || socket.writableEnded) return false;
+    if (!this.#inRead && !this.#flushQueued && this.#buf === undefined && this.#parts.length === 0) {
+      writeDirect(socket, KEEPALIVE_PING);
+      return true;
+    }
+    const b = this.#reserve(FRAME_HEADER + 8);
+    KEEPALIVE_PING.copy(b, this.#pos);
+    this.#advance(FRAME_HEADER + 8);
+    this.#schedule();
+    return true;
+  }
+
+  /** The ACK of a keepalive PING came. */
+  protected keepaliveAcked(): void {}
 
   // ---- reading ----
 
@@ -943,6 +991,10 @@ export abstract class H2Connection implements HeaderSink {
     if (len !== 8) return this.#fatal(FRAME_SIZE_ERROR, 'h2-session-error');
     if ((flags & FLAG_ACK) !== 0) {
       const seq = buf.readUInt32BE(p + 4);
+      if (buf.readUInt32BE(p) === KEEPALIVE_MARK) {
+        if (seq === 0) this.keepaliveAcked();
+        return;
+      }
       const pings = this.#pings;
       for (let k = 0; k < pings.length; k++) {
         if (pings[k]!.id !== seq) continue;
@@ -1002,12 +1054,13 @@ export abstract class H2Connection implements HeaderSink {
   // ---- flood guards (see TokenBucket) ----
 
   #chargeReset(): void {
-    if (!this.#resets.take()) this.#fatal(ENHANCE_YOUR_CALM, 'h2-rapid-reset');
+    if (!(this.#resets ??= new TokenBucket(RESET_BURST, RESET_RATE)).take())
+      this.#fatal(ENHANCE_YOUR_CALM, 'h2-rapid-reset');
   }
 
   /** Charge one useless frame; false when the connection was closed for it. */
   #noise(): boolean {
-    if (this.#noiseBucket.take()) return true;
+    if ((this.#noiseBucket ??= new TokenBucket(NOISE_BURST, NOISE_RATE)).take()) return true;
     this.#fatal(ENHANCE_YOUR_CALM, 'h2-frame-flood');
     return false;
   }
@@ -1050,7 +1103,8 @@ export abstract class H2Connection implements HeaderSink {
 
   #rstFrame(id: number, code: number): void {
     if (this.#dead || !this.#control()) return;
-    this.#resetIds[this.#resetNext] = id;
+    // Made at the first reset: an idle connection keeps no typed array (~330 B with its buffer).
+    (this.#resetIds ??= new Int32Array(32))[this.#resetNext] = id;
     this.#resetNext = (this.#resetNext + 1) & 31;
     const b = this.#reserve(FRAME_HEADER + 4);
     putFrameHeader(b, this.#pos, 4, RST_STREAM, 0, id);
@@ -1077,7 +1131,7 @@ export abstract class H2Connection implements HeaderSink {
   }
 
   #wasReset(id: number): boolean {
-    return this.#resetIds.includes(id);
+    return this.#resetIds !== undefined && this.#resetIds.includes(id);
   }
 
   #closeAll(): void {
