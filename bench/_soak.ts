@@ -473,7 +473,12 @@ function h2Loop(tls: boolean, concurrency: number): Promise<void> {
       });
       req.on('data', (d: Buffer) => chunks.push(d));
       req.on('end', () => {
-        if (status === 0) return finish('BAD ended without head', `${method} ${path} rst ${req.rstCode}`);
+        if (status === 0) {
+          note(
+            `${kind} stream ${req.id} ended without a response head (rst ${req.rstCode}): ${method} ${path}`,
+          );
+          return finish('BAD ended without head', `${method} ${path} rst ${req.rstCode}`);
+        }
         judgeHttp(kind, status, headers, Buffer.concat(chunks).toString(), path);
         finish();
       });
@@ -695,12 +700,19 @@ async function tcpLoop(): Promise<void> {
         got = '';
         timer = setTimeout(() => {
           count('tcp', 'HANG', 'echo not back');
-          note(`tcp HANG from local port ${s.localPort}`);
+          const seen = gatewaySockets(gw.pid!).filter((l) => l.includes(`:${local} `));
+          note(
+            `tcp HANG from local port ${local}, read ${s.bytesRead} of the echo; gateway side: ${seen.join(' | ')}`,
+          );
           s.destroy();
         }, HANG_MS);
         s.write(expect);
       };
-      s.on('connect', sendOne);
+      let local = 0;
+      s.on('connect', () => {
+        local = s.localPort ?? 0;
+        sendOne();
+      });
       s.on('data', (d: Buffer) => {
         got += d.toString();
         if (got.length < expect.length) return;
@@ -925,26 +937,31 @@ setTimeout(() => process.stdout.write('ready\\n'), 800);
 setInterval(() => {}, 1000);
 `;
 
+/**
+ * Clients in a fresh namespace open connections of every kind, then go
+ * silent (every packet dropped both ways) and are killed: their FINs and
+ * resets never leave. The namespace and its veth are then deleted. The
+ * gateway listens on NS.hostIp, an address on the host's loopback for the
+ * whole run, reached from the namespace by a route over the veth.
+ */
 async function vanishRound(): Promise<void> {
   run('ip', ['netns', 'add', NS.ns]);
   try {
     run('ip', ['link', 'add', NS.hostSide, 'type', 'veth', 'peer', 'name', NS.nsSide]);
     run('ip', ['link', 'set', NS.nsSide, 'netns', NS.ns]);
-    run('ip', ['addr', 'add', `${NS.hostIp}/30`, 'dev', NS.hostSide]);
     run('ip', ['link', 'set', NS.hostSide, 'up']);
-    run('ip', ['-n', NS.ns, 'addr', 'add', `${NS.nsIp}/30`, 'dev', NS.nsSide]);
+    run('ip', ['route', 'add', `${NS.nsIp}/32`, 'dev', NS.hostSide]);
+    run('ip', ['-n', NS.ns, 'addr', 'add', `${NS.nsIp}/32`, 'dev', NS.nsSide]);
     run('ip', ['-n', NS.ns, 'link', 'set', NS.nsSide, 'up']);
     run('ip', ['-n', NS.ns, 'link', 'set', 'lo', 'up']);
+    run('ip', ['-n', NS.ns, 'route', 'add', `${NS.hostIp}/32`, 'dev', NS.nsSide]);
     await sleep(300);
     const child = spawn(
       'ip',
       ['netns', 'exec', NS.ns, NODE, '-e', NS_CLIENT, NS.hostIp, String(webPort), String(tcpPort)],
-      {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      },
+      { stdio: ['ignore', 'pipe', 'inherit'] },
     );
     await Promise.race([once(child.stdout, 'data'), sleep(5000)]);
-    // Silence the namespace both ways, then kill its clients: their FINs and resets never leave.
     const chain = (name: string, hook: string): string =>
       ` chain ${name} {\n  type filter hook ${hook} priority 0; policy drop;\n }\n`;
     run(
@@ -956,7 +973,7 @@ async function vanishRound(): Promise<void> {
     await once(child, 'exit');
     note('netns clients vanished');
   } finally {
-    // The host end goes with the namespace's end of the veth.
+    // The host end of the veth (and its route) goes with the namespace.
     spawnSync('ip', ['netns', 'del', NS.ns]);
   }
 }
@@ -1064,7 +1081,11 @@ async function waitUntil(what: string, fn: () => Promise<boolean> | boolean, ms:
   return Math.round((performance.now() - start) / 1000);
 }
 
-if (values.netns) spawnSync('ip', ['netns', 'del', NS.ns]);
+if (values.netns) {
+  spawnSync('ip', ['netns', 'del', NS.ns]);
+  spawnSync('ip', ['addr', 'del', `${NS.hostIp}/32`, 'dev', 'lo']);
+  run('ip', ['addr', 'add', `${NS.hostIp}/32`, 'dev', 'lo']);
+}
 await Promise.all(allBackends.map((b) => b.start()));
 const gw = startGateway();
 const pid = gw.pid!;
@@ -1171,6 +1192,12 @@ else {
         .join('\n')}`,
     );
   }
+  console.log(
+    `protocol errors counted by the gateway: ${[...m]
+      .filter(([k, v]) => k.startsWith('holdfast_protocol_errors_total{') && v > 0)
+      .map(([k, v]) => `${/reason="([^"]*)"/.exec(k)?.[1]}@${/service="([^"]*)"/.exec(k)?.[1]} ${v}`)
+      .join(', ')}`,
+  );
   if (gaugesQuiet < 0 || fdsQuiet < 0) console.log(`/status: ${await admin('/status')}`);
   rssEnd = Math.min(settle(pid), settle(pid));
   const margin = Math.max(8 * 2 ** 20, rssBase * 0.15);
@@ -1216,4 +1243,5 @@ gw.kill('SIGTERM');
 await Promise.race([once(gw, 'exit'), sleep(10_000)]);
 if (gw.exitCode === null && gw.signalCode === null) gw.kill('SIGKILL');
 for (const b of allBackends) b.kill9();
+if (values.netns) spawnSync('ip', ['addr', 'del', `${NS.hostIp}/32`, 'dev', 'lo']);
 process.exit(failures.length === 0 ? 0 : 1);
