@@ -700,9 +700,13 @@ async function tcpLoop(): Promise<void> {
         got = '';
         timer = setTimeout(() => {
           count('tcp', 'HANG', 'echo not back');
-          const seen = gatewaySockets(gw.pid!).filter((l) => l.includes(`:${local} `));
+          // Both ends as the kernel sees them, with timers and queues (an orphaned socket has no pid).
+          const seen = spawnSync('ss', ['-tanpoH'], { encoding: 'utf8' })
+            .stdout.split('\n')
+            .filter((l) => l.includes(`:${local} `))
+            .map((l) => l.replace(/\s+/g, ' '));
           note(
-            `tcp HANG from local port ${local}, read ${s.bytesRead} of the echo; gateway side: ${seen.join(' | ')}`,
+            `tcp HANG from local port ${local}, read ${s.bytesRead} of the echo; sockets: ${seen.join(' | ')}`,
           );
           s.destroy();
         }, HANG_MS);
