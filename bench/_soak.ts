@@ -977,7 +977,9 @@ async function vanishRound(): Promise<void> {
     await once(child, 'exit');
     note('netns clients vanished');
   } finally {
-    // The host end of the veth (and its route) goes with the namespace.
+    // The namespace may outlive its deletion while its orphaned sockets
+    // close: delete the veth (and with it the route) here.
+    spawnSync('ip', ['link', 'del', NS.hostSide]);
     spawnSync('ip', ['netns', 'del', NS.ns]);
   }
 }
