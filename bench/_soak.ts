@@ -473,6 +473,8 @@ function h2Loop(tls: boolean, concurrency: number): Promise<void> {
       });
       req.on('data', (d: Buffer) => chunks.push(d));
       req.on('end', () => {
+        // The driver destroys its sessions when the load stops: streams in flight end then.
+        if (status === 0 && !loadOn) return finish('ended by the driver at stop');
         if (status === 0) {
           note(
             `${kind} stream ${req.id} ended without a response head (rst ${req.rstCode}): ${method} ${path}`,
@@ -694,7 +696,10 @@ async function tcpLoop(): Promise<void> {
       let got = '';
       let rounds = Math.floor(between(1, 50));
       let timer: NodeJS.Timeout | undefined;
+      let closed = false;
       const sendOne = (): void => {
+        // The next round can be due after the gateway closed the connection (a drain, a reset).
+        if (closed) return;
         if (!loadOn || rounds-- <= 0) return void s.end();
         expect = `t${rounds}-${'y'.repeat(Math.floor(between(1, 8000)))}|`;
         got = '';
@@ -726,6 +731,7 @@ async function tcpLoop(): Promise<void> {
       });
       s.on('error', (e: NodeJS.ErrnoException) => count('tcp', `error ${e.code ?? e.message}`));
       s.on('close', () => {
+        closed = true;
         clearTimeout(timer);
         closers.delete(close);
         resolve();
