@@ -318,6 +318,11 @@ export class Http2Upstream implements Upstream {
     });
     stream.on('end', () => {
       if (!started) return;
+      // Node also ends the readable side of a stream whose session was torn
+      // down (the backend's socket closed mid-response), with no END_STREAM
+      // received: the stream is then already destroyed or reset. That
+      // response is cut short, not complete; 'close' reports it as a reset.
+      if (stream.destroyed || stream.rstCode !== h2c.NGHTTP2_NO_ERROR) return;
       done = true;
       sink.onEnd(trailers);
     });

@@ -378,7 +378,17 @@ class ClientConn implements ChunkSink {
   /** The client half-closed (listeners allow half-open): answer what it sent, then close. */
   readonly #onEnd = (): void => {
     this.#clientEnded = true;
-    if (this.cur === undefined && (this.#buf === undefined || this.#buf.length === 0)) this.socket.end();
+    const cur = this.cur;
+    if (cur !== undefined && !cur.bodyDone) {
+      // Every byte read so far has gone to the body: it can never arrive
+      // whole, so nothing would end this request (the request timeout stops
+      // at the response head; a backend that echoes waits for the rest). Let
+      // it go as if the client had reset, or it holds its backend and this
+      // connection forever.
+      this.socket.destroy();
+      return;
+    }
+    if (cur === undefined && (this.#buf === undefined || this.#buf.length === 0)) this.socket.end();
   };
 
   /** A head that does not complete within HEAD_TIMEOUT_MS (slowloris) closes the connection. */

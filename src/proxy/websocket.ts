@@ -178,7 +178,12 @@ export class WebSocketProxy implements UpgradeHandler {
     }
     if (this.ctx.overLimit()) {
       this.refuse('limit');
-      reject(socket, 503, 'the service is at its connection limit; retry later');
+      reject(
+        socket,
+        503,
+        'the service is at its connection limit; retry later',
+        proxyError('connection-limit'),
+      );
       return;
     }
     // TCP keepalive is already on: the HTTP proxy sets it on every client socket it accepts.
@@ -237,6 +242,15 @@ export class WebSocketProxy implements UpgradeHandler {
     conn.check(this.#now, this.#s);
     if (conn.phase !== CLOSED) this.connections.set(conn, conn.nextCheck(this.#s));
   };
+}
+
+/**
+ * What the gateway's own refusals of an upgrade say in `x-holdfast-error`,
+ * the names the HTTP plane uses: a backend's own refusal reaches the client
+ * unchanged, so this is how a client tells the two apart.
+ */
+function proxyError(kind: string): string {
+  return `x-holdfast-error: ${kind}\r\n`;
 }
 
 function reject(socket: Socket, status: number, message: string, extra = ''): void {
@@ -385,6 +399,7 @@ class WsConnection extends Relay implements WheelEntry<WsConnection> {
         client,
         reason === 'no-backend' ? 503 : 502,
         reason === 'no-backend' ? 'no backend can take the connection' : 'no backend could be reached',
+        proxyError(reason),
       );
       return;
     }
@@ -432,7 +447,7 @@ class WsConnection extends Relay implements WheelEntry<WsConnection> {
     if (hs.tried.size >= this.proxy.settings.maxAttempts) {
       this.proxy.refuse('connect-failed');
       this.#endHandshake();
-      reject(hs.client, 502, 'no backend could be reached');
+      reject(hs.client, 502, 'no backend could be reached', proxyError('connect-failed'));
       return;
     }
     this.start();
@@ -496,7 +511,7 @@ class WsConnection extends Relay implements WheelEntry<WsConnection> {
       { service: ctx.cluster.name, backend: this.backend?.key, reason: why },
       'WebSocket handshake failed',
     );
-    reject(this.hs!.client, 502, why);
+    reject(this.hs!.client, 502, why, proxyError('bad-response'));
     this.#fail();
   }
 
@@ -1064,7 +1079,7 @@ class WsConnection extends Relay implements WheelEntry<WsConnection> {
     if (this.phase === OPEN) {
       this.#startClosing(clientCodeFor(reason), CLOSE_GOING_AWAY);
     } else if (this.phase === HANDSHAKE && this.hs !== undefined) {
-      reject(this.hs.client, 503, 'the backend is going away; retry');
+      reject(this.hs.client, 503, 'the backend is going away; retry', proxyError('shutting-down'));
       this.#fail();
     }
   }

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import type { IncomingMessage } from 'node:http';
 import { createServer, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
@@ -149,15 +150,17 @@ describe('WebSocket relay through the gateway', () => {
 });
 
 describe('WebSocket handshake failures', () => {
-  it('answers 502 when no backend can be reached and 503 when every backend is full', async () => {
+  it('answers 502 connect-failed when no backend can be reached and 503 no-backend when every backend is full, saying so in x-holdfast-error', async () => {
     const dead = await freePort();
     const port = await freePort();
     const { gateway } = await startGateway(serviceYaml({ port, backends: [dead] }));
     try {
       const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
       ws.on('error', () => {});
-      const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }];
+      const [, res] = (await once(ws, 'unexpected-response')) as [unknown, IncomingMessage];
       assert.equal(res.statusCode, 502);
+      // A backend's own 502 reaches the client unchanged: the header is what tells the two apart.
+      assert.equal(res.headers['x-holdfast-error'], 'connect-failed');
       ws.terminate();
     } finally {
       await gateway.shutdown();
@@ -175,8 +178,9 @@ describe('WebSocket handshake failures', () => {
       const first = await openClient(port2);
       const ws = new WebSocket(`ws://127.0.0.1:${port2}/`);
       ws.on('error', () => {});
-      const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }];
+      const [, res] = (await once(ws, 'unexpected-response')) as [unknown, IncomingMessage];
       assert.equal(res.statusCode, 503);
+      assert.equal(res.headers['x-holdfast-error'], 'no-backend');
       ws.terminate();
       first.ws.close();
       await closed(first.ws);
