@@ -18,6 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { freePorts } from '../test/helpers/net.ts';
 import { ask } from './lib/ws-load.ts';
 import { cpuMs, LAUNCHER_FLAGS, ROOT, rssBytes, startHoldfast, startNginx, tempDir } from './lib/peers.ts';
+import { groups, snap } from './lib/heap-snapshot.ts';
 
 const tls = process.argv.includes('--tls');
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
@@ -25,54 +26,6 @@ const mode = args[0] === 'cpu' ? 'cpu' : 'heap';
 if (mode === 'cpu') args.shift();
 const extra = Number(args[0] ?? 3000);
 const cpuSeconds = Number(args[1] ?? 30);
-
-interface Snapshot {
-  snapshot: { meta: { node_fields: string[]; node_types: [string[]] } };
-  nodes: number[];
-  strings: string[];
-}
-
-function groups(file: string): Map<string, { count: number; size: number }> {
-  const s = JSON.parse(readFileSync(file, 'utf8')) as Snapshot;
-  const f = s.snapshot.meta.node_fields;
-  const types = s.snapshot.meta.node_types[0];
-  const n = f.length;
-  const iType = f.indexOf('type');
-  const iName = f.indexOf('name');
-  const iSize = f.indexOf('self_size');
-  const out = new Map<string, { count: number; size: number }>();
-  for (let i = 0; i < s.nodes.length; i += n) {
-    const type = types[s.nodes[i + iType]!]!;
-    let name = s.strings[s.nodes[i + iName]!]!;
-    if (type === 'string' || type === 'concatenated string' || type === 'sliced string') name = '(string)';
-    else if (type === 'code') name = '(code)';
-    else if (name.length > 40) name = `${name.slice(0, 40)}…`;
-    const key = `${type}:${name}`;
-    const g = out.get(key) ?? { count: 0, size: 0 };
-    g.count++;
-    g.size += s.nodes[i + iSize]!;
-    out.set(key, g);
-  }
-  return out;
-}
-
-async function snap(pid: number, dir: string, have: number): Promise<string> {
-  process.kill(pid, 'SIGUSR2');
-  for (;;) {
-    await sleep(500);
-    const files = readdirSync(dir).filter((f) => f.endsWith('.heapsnapshot'));
-    if (files.length > have) {
-      const file = join(dir, files.sort()[files.length - 1]!);
-      let size = -1;
-      for (;;) {
-        const now = readFileSync(file).length;
-        if (now === size) return file;
-        size = now;
-        await sleep(1000);
-      }
-    }
-  }
-}
 
 const dir = tempDir('h2-heap');
 process.chdir(dir);
