@@ -8,10 +8,11 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { rmSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
-import { connect as h2connect } from 'node:http2';
+import { type ClientHttp2Session, connect as h2connect } from 'node:http2';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { after, describe, it } from 'node:test';
+import { blockCounts } from '../../src/proxy/h2/blocks.ts';
 import { startGateway } from '../helpers/gateway.ts';
 import { dial, freePort, waitFor } from '../helpers/net.ts';
 import { WebSocket } from 'ws';
@@ -336,6 +337,56 @@ services:
         clearInterval(trickle);
         silent.destroy();
         trickling.destroy();
+        await gateway.shutdown();
+        await backend.close();
+      }
+    },
+  );
+});
+
+describe('HTTP/2 over TLS: quiet connections', () => {
+  it(
+    'an idle connection holds no output block once its writes are sent',
+    { skip: typeof made === 'string' ? made : false },
+    async () => {
+      if (typeof made === 'string') return;
+      const backend = await startH1Backend();
+      const port = await freePort();
+      const { gateway } = await startGateway(`
+services:
+  - name: secure
+    protocol: http
+    listen: 127.0.0.1:${port}
+    tls: { cert: ${made.cert}, key: ${made.key} }
+    backends:
+      static: [127.0.0.1:${backend.port}]
+`);
+      const sessions: ClientHttp2Session[] = [];
+      try {
+        const before = blockCounts();
+        for (let i = 0; i < 5; i++) {
+          const session = h2connect(`https://127.0.0.1:${port}`, { rejectUnauthorized: false });
+          sessions.push(session);
+          const status = await new Promise<unknown>((resolve, reject) => {
+            const req = session.request({ ':path': '/headers' });
+            let s: unknown;
+            req.on('response', (h) => (s = h[':status']));
+            req.on('end', () => resolve(s));
+            req.on('error', reject);
+            req.resume();
+          });
+          assert.equal(status, 200);
+        }
+        // Every block the five connections took (their SETTINGS, the responses) is back in the pool.
+        const out = (): number => {
+          const now = blockCounts();
+          return now.made - before.made - (now.free - before.free);
+        };
+        await waitFor(() => out() === 0, 2000, 'blocks back in the pool').catch(() => {
+          assert.fail(`${out()} blocks still held by 5 idle connections`);
+        });
+      } finally {
+        for (const s of sessions) s.close();
         await gateway.shutdown();
         await backend.close();
       }

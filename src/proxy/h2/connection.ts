@@ -179,7 +179,8 @@ class TokenBucket {
 }
 
 const kConn = Symbol('holdfast.h2.connection');
-type ConnSocket = Socket & { [kConn]?: H2Connection };
+/** `_writableState` is Node's (not in its types): checked before use. */
+type ConnSocket = Socket & { [kConn]?: H2Connection; _writableState?: { highWaterMark?: unknown } };
 
 function onSocketDrain(this: ConnSocket): void {
   this[kConn]?.socketDrained();
@@ -333,6 +334,14 @@ export abstract class H2Connection implements HeaderSink {
     this.#maxBlock = Math.max(MIN_BLOCK_BYTES, limits.maxHeaderListSize * 2);
     const s = socket as ConnSocket;
     s[kConn] = this;
+    // The blocks a write used go back to the pool on 'drain' (see #settle), so
+    // 'drain' must follow every write the socket could not finish at once:
+    // a high-water mark of 0. readThrough already sets it on the sockets it
+    // switches; a TLS socket (read plainly) keeps Node's 16 KB and, as a TLS
+    // write never finishes at once, then held the blocks of its last write
+    // for as long as the connection stayed quiet (~26 KB per idle one).
+    const writable = s._writableState;
+    if (typeof writable?.highWaterMark === 'number') writable.highWaterMark = 0;
     socket.on('drain', onSocketDrain);
     socket.on('close', onSocketClose);
     socket.on('end', onSocketEnd);
