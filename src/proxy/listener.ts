@@ -103,7 +103,10 @@ export class Listener {
       return;
     }
     const keepAlive = this.#keepAlive;
-    if (keepAlive !== undefined && (!this.#inherited || performance.now() < this.#graceUntil)) {
+    if (
+      keepAlive !== undefined &&
+      (!this.#inherited || (this.#graceUntil !== 0 && performance.now() < this.#graceUntil))
+    ) {
       if (keepAlive === 'off') socket.setKeepAlive(false);
       else socket.setKeepAlive(true, keepAlive);
     }
