@@ -26,6 +26,28 @@ after(() => {
   if (typeof made !== 'string') rmSync(made.dir, { recursive: true, force: true });
 });
 
+/**
+ * A gateway with one `protocol: http` service over TLS (this file's
+ * certificate) in front of the backend on `backendPort`; `extra`: more
+ * field lines for the service.
+ */
+async function tlsGateway(
+  name: string,
+  port: number,
+  backendPort: number,
+  extra = '',
+): Promise<Awaited<ReturnType<typeof startGateway>>> {
+  if (typeof made === 'string') throw new Error(made);
+  return startGateway(`
+services:
+  - name: ${name}
+    protocol: http
+    listen: 127.0.0.1:${port}${extra}
+    tls: { cert: ${made.cert}, key: ${made.key} }
+    backends: { static: [127.0.0.1:${backendPort}] }
+`);
+}
+
 describe('TLS with ALPN', () => {
   it(
     'serves h2 and http/1.1 on one port, chosen by ALPN',
@@ -34,15 +56,7 @@ describe('TLS with ALPN', () => {
       if (typeof made === 'string') return;
       const backend = await startH1Backend();
       const port = await freePort();
-      const { gateway } = await startGateway(`
-services:
-  - name: secure
-    protocol: http
-    listen: 127.0.0.1:${port}
-    tls: { cert: ${made.cert}, key: ${made.key} }
-    backends:
-      static: [127.0.0.1:${backend.port}]
-`);
+      const { gateway } = await tlsGateway('secure', port, backend.port);
       try {
         // HTTP/1.1 (ALPN http/1.1).
         const h1 = await new Promise<{ alpn: string | false | null; body: string }>((resolve, reject) => {
@@ -104,15 +118,7 @@ services:
       if (typeof made === 'string') return;
       const port = await freePort();
       const backend = await startWsBackend();
-      const { gateway } = await startGateway(`
-services:
-  - name: secure-ws
-    protocol: http
-    listen: 127.0.0.1:${port}
-    tls: { cert: ${made.cert}, key: ${made.key} }
-    backends:
-      static: [127.0.0.1:${backend.port}]
-`);
+      const { gateway } = await tlsGateway('secure-ws', port, backend.port);
       const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { rejectUnauthorized: false });
       try {
         ws.on('error', () => {});
@@ -305,15 +311,12 @@ describe('TLS handshake bound', () => {
       if (typeof made === 'string') return;
       const backend = await startH1Backend();
       const port = await freePort();
-      const { gateway } = await startGateway(`
-services:
-  - name: secure
-    protocol: http
-    listen: 127.0.0.1:${port}
-    limits: { maxConnections: 10 }
-    tls: { cert: ${made.cert}, key: ${made.key} }
-    backends: { static: [127.0.0.1:${backend.port}] }
-`);
+      const { gateway } = await tlsGateway(
+        'secure',
+        port,
+        backend.port,
+        '\n    limits: { maxConnections: 10 }',
+      );
       // Node's handshake timer runs in real time (see HANDSHAKE_TIMEOUT_MS in src/proxy/http.ts).
       const closedAfter = async (s: Socket): Promise<number> => {
         const start = Date.now();
@@ -352,15 +355,7 @@ describe('HTTP/2 over TLS: quiet connections', () => {
       if (typeof made === 'string') return;
       const backend = await startH1Backend();
       const port = await freePort();
-      const { gateway } = await startGateway(`
-services:
-  - name: secure
-    protocol: http
-    listen: 127.0.0.1:${port}
-    tls: { cert: ${made.cert}, key: ${made.key} }
-    backends:
-      static: [127.0.0.1:${backend.port}]
-`);
+      const { gateway } = await tlsGateway('secure', port, backend.port);
       const sessions: ClientHttp2Session[] = [];
       try {
         const before = blockCounts();
