@@ -18,7 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { freePorts } from '../test/helpers/net.ts';
 import { ask } from './lib/ws-load.ts';
 import { cpuMs, LAUNCHER_FLAGS, ROOT, rssBytes, startHoldfast, startNginx, tempDir } from './lib/peers.ts';
-import { groups, snap } from './lib/heap-snapshot.ts';
+import { groups, printProfileWindow, snap } from './lib/heap-snapshot.ts';
 
 const tls = process.argv.includes('--tls');
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
@@ -103,37 +103,7 @@ if (mode === 'cpu') {
   await hf.stop();
   await backend.stop();
   await sleep(1000);
-  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
-  if (file === undefined) throw new Error('no profile');
-  interface Node {
-    id: number;
-    callFrame: { functionName: string; url: string; lineNumber: number };
-  }
-  const prof = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
-    nodes: Node[];
-    samples: number[];
-    timeDeltas: number[];
-    startTime: number;
-  };
-  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
-  const self = new Map<string, number>();
-  let t = prof.startTime;
-  const times = prof.timeDeltas.map((d) => (t += d));
-  const end = times[times.length - 1]!;
-  const from = end - (Date.now() - mark) * 1000;
-  const to = from + cpuSeconds * 1e6;
-  let total = 0;
-  for (let i = 0; i < prof.samples.length; i++) {
-    if (times[i]! < from || times[i]! > to) continue;
-    const f = byId.get(prof.samples[i]!)!.callFrame;
-    if (f.functionName === '(idle)') continue;
-    const key = `${f.functionName || '(anon)'} ${f.url.replace(/.*\//, '')}:${f.lineNumber + 1}`;
-    self.set(key, (self.get(key) ?? 0) + (prof.timeDeltas[i] ?? 0));
-    total += prof.timeDeltas[i] ?? 0;
-  }
-  console.log(`sampled busy ${(total / 1000).toFixed(0)} ms`);
-  for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 30))
-    console.log(`${(v / 1000).toFixed(1).padStart(8)} ms  ${k}`);
+  printProfileWindow(dir, mark, cpuSeconds);
   process.exit(0);
 }
 try {

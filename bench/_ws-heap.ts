@@ -7,11 +7,11 @@
  */
 import { fork, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cpuMs, LAUNCHER_FLAGS, ROOT, rssBytes, startHoldfast, tempDir } from './lib/peers.ts';
-import { groups, snap } from './lib/heap-snapshot.ts';
+import { groups, printProfileWindow, snap } from './lib/heap-snapshot.ts';
 
 const mode = process.argv[2] === 'cpu' ? 'cpu' : 'heap';
 const extra = Number(process.argv[mode === 'cpu' ? 3 : 2] ?? 5000);
@@ -67,39 +67,7 @@ if (mode === 'cpu') {
   backendProc.kill('SIGKILL');
   await sleep(1000);
   if (process.env.NOPROF !== undefined) process.exit(0);
-  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
-  if (file === undefined) throw new Error('no profile');
-  interface Node {
-    id: number;
-    callFrame: { functionName: string; url: string; lineNumber: number };
-  }
-  const prof = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
-    nodes: Node[];
-    samples: number[];
-    timeDeltas: number[];
-    startTime: number;
-  };
-  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
-  const self = new Map<string, number>();
-  // Profile clock is µs since an arbitrary origin; count only the measured window (the last samples).
-  let t = prof.startTime;
-  const times = prof.timeDeltas.map((d) => (t += d));
-  const end = times[times.length - 1]!;
-  const from = end - (Date.now() - mark) * 1000;
-  const to = from + cpuSeconds * 1e6;
-  let total = 0;
-  for (let i = 0; i < prof.samples.length; i++) {
-    if (times[i]! < from || times[i]! > to) continue;
-    const n = byId.get(prof.samples[i]!)!;
-    const f = n.callFrame;
-    if (f.functionName === '(idle)') continue;
-    const key = `${f.functionName || '(anon)'} ${f.url.replace(/.*\//, '')}:${f.lineNumber + 1}`;
-    self.set(key, (self.get(key) ?? 0) + (prof.timeDeltas[i] ?? 0));
-    total += prof.timeDeltas[i] ?? 0;
-  }
-  console.log(`sampled busy ${(total / 1000).toFixed(0)} ms`);
-  for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 30))
-    console.log(`${(v / 1000).toFixed(1).padStart(8)} ms  ${k}`);
+  printProfileWindow(dir, mark, cpuSeconds);
   process.exit(0);
 }
 try {

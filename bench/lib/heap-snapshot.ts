@@ -1,8 +1,9 @@
 /**
- * Heap snapshots of a running holdfast, for the bench helpers that ask what
- * one idle connection retains (_ws-heap.ts, _h2-heap.ts): take one through
- * SIGUSR2 (`--heapsnapshot-signal`) and group a snapshot's nodes by type and
- * constructor.
+ * Heap snapshots and CPU profiles of a running holdfast, for the bench
+ * helpers that ask what one idle connection retains or costs (_ws-heap.ts,
+ * _h2-heap.ts): take a snapshot through SIGUSR2 (`--heapsnapshot-signal`) and
+ * group its nodes by type and constructor; print where a `--cpu-prof`
+ * profile's samples of a time window went.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -59,4 +60,44 @@ export async function snap(pid: number, dir: string, have: number): Promise<stri
       }
     }
   }
+}
+
+/**
+ * Print the functions a `--cpu-prof` profile in `dir` spent its samples in,
+ * self time, over the `seconds` that started at `mark` (Date.now()) — the
+ * profile's clock has its own origin, so the window is counted back from its
+ * last sample, written at about the time of this call.
+ */
+export function printProfileWindow(dir: string, mark: number, seconds: number): void {
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  if (file === undefined) throw new Error('no profile');
+  interface Node {
+    id: number;
+    callFrame: { functionName: string; url: string; lineNumber: number };
+  }
+  const prof = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
+    nodes: Node[];
+    samples: number[];
+    timeDeltas: number[];
+    startTime: number;
+  };
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  let t = prof.startTime;
+  const times = prof.timeDeltas.map((d) => (t += d));
+  const end = times[times.length - 1]!;
+  const from = end - (Date.now() - mark) * 1000;
+  const to = from + seconds * 1e6;
+  let total = 0;
+  for (let i = 0; i < prof.samples.length; i++) {
+    if (times[i]! < from || times[i]! > to) continue;
+    const f = byId.get(prof.samples[i]!)!.callFrame;
+    if (f.functionName === '(idle)') continue;
+    const key = `${f.functionName || '(anon)'} ${f.url.replace(/.*\//, '')}:${f.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + (prof.timeDeltas[i] ?? 0));
+    total += prof.timeDeltas[i] ?? 0;
+  }
+  console.log(`sampled busy ${(total / 1000).toFixed(0)} ms`);
+  for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 30))
+    console.log(`${(v / 1000).toFixed(1).padStart(8)} ms  ${k}`);
 }
