@@ -14,6 +14,7 @@ import { createServer as createHttp } from 'node:http';
 import { createServer as createTcp } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { WebSocketServer } from 'ws';
+import { echoService } from '../test/http/backends.ts';
 
 const [kind, portText] = process.argv.slice(2);
 const port = Number(portText);
@@ -57,33 +58,20 @@ if (kind === 'h1') {
   server.on('clientError', (_err, socket) => socket.destroy());
   server.listen(port, '127.0.0.1', ready);
 } else if (kind === 'grpc') {
-  const bytes = { serialize: (b: Buffer): Buffer => b, deserialize: (b: Buffer): Buffer => b };
-  const method = (name: string, stream: boolean): grpc.MethodDefinition<Buffer, Buffer> => ({
-    path: `/test.Echo/${name}`,
-    requestStream: stream,
-    responseStream: stream,
-    requestSerialize: bytes.serialize,
-    requestDeserialize: bytes.deserialize,
-    responseSerialize: bytes.serialize,
-    responseDeserialize: bytes.deserialize,
-  });
   const server = new grpc.Server();
-  server.addService(
-    { say: method('Say', false), chat: method('Chat', true) },
-    {
-      say(call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
-        const text = call.request.toString();
-        const reply = (): void => cb(null, Buffer.from(String(port)));
-        if (text.startsWith('sleep:')) setTimeout(reply, Number(text.slice(6)));
-        else reply();
-      },
-      chat(call: grpc.ServerDuplexStream<Buffer, Buffer>) {
-        call.on('data', (m: Buffer) => call.write(m));
-        call.on('end', () => call.end());
-        call.on('error', () => {});
-      },
+  server.addService(echoService, {
+    say(call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
+      const text = call.request.toString();
+      const reply = (): void => cb(null, Buffer.from(String(port)));
+      if (text.startsWith('sleep:')) setTimeout(reply, Number(text.slice(6)));
+      else reply();
     },
-  );
+    chat(call: grpc.ServerDuplexStream<Buffer, Buffer>) {
+      call.on('data', (m: Buffer) => call.write(m));
+      call.on('end', () => call.end());
+      call.on('error', () => {});
+    },
+  });
   server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (err) => {
     if (err !== null) throw err;
     ready();

@@ -48,6 +48,7 @@ import * as grpc from '@grpc/grpc-js';
 import WebSocket from 'ws';
 import { freePorts } from '../test/helpers/net.ts';
 import { makeCert } from '../test/helpers/tls.ts';
+import { EchoClient } from '../test/http/backends.ts';
 import { GC_ON_SIGNAL, LAUNCHER_FLAGS, mallocTrim, ROOT, rssBytes, waitForPort } from './lib/peers.ts';
 
 const { values } = parseArgs({
@@ -566,30 +567,6 @@ async function wsLoop(tls: boolean): Promise<void> {
   }
 }
 
-const bytes = { serialize: (b: Buffer): Buffer => b, deserialize: (b: Buffer): Buffer => b };
-const EchoClient = grpc.makeGenericClientConstructor(
-  {
-    say: {
-      path: '/test.Echo/Say',
-      requestStream: false,
-      responseStream: false,
-      requestSerialize: bytes.serialize,
-      requestDeserialize: bytes.deserialize,
-      responseSerialize: bytes.serialize,
-      responseDeserialize: bytes.deserialize,
-    },
-    chat: {
-      path: '/test.Echo/Chat',
-      requestStream: true,
-      responseStream: true,
-      requestSerialize: bytes.serialize,
-      requestDeserialize: bytes.deserialize,
-      responseSerialize: bytes.serialize,
-      responseDeserialize: bytes.deserialize,
-    },
-  },
-  'Echo',
-);
 type EchoStub = grpc.Client & {
   say(
     req: Buffer,
