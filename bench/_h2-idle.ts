@@ -40,7 +40,6 @@ import { ask } from './lib/ws-load.ts';
 import {
   cpuMs,
   holdfastEntry,
-  mallocTrim,
   median,
   ROOT,
   rssBytes,
@@ -50,6 +49,8 @@ import {
   startNginx,
   tempDir,
   waitForQuiet,
+  leastSquares,
+  settle,
 } from './lib/peers.ts';
 
 const { values } = parseArgs({
@@ -225,29 +226,6 @@ async function closeAll(): Promise<void> {
   await Promise.all(clients.map((c) => ask(c, { cmd: 'close' })));
 }
 
-/** As bench/tcp.ts's settle: pause, full collection (holdfast), pause, malloc_trim. */
-async function settle(peer: RunningPeer): Promise<boolean> {
-  await sleep(1000);
-  peer.collectGarbage?.();
-  await sleep(1000);
-  return trim && peer.pids().every((pid) => mallocTrim(pid));
-}
-
-function leastSquares(points: readonly { x: number; y: number }[]): { slope: number; r2: number } {
-  const n = points.length;
-  const mx = points.reduce((a, p) => a + p.x, 0) / n;
-  const my = points.reduce((a, p) => a + p.y, 0) / n;
-  let sxy = 0;
-  let sxx = 0;
-  let syy = 0;
-  for (const p of points) {
-    sxy += (p.x - mx) * (p.y - my);
-    sxx += (p.x - mx) ** 2;
-    syy += (p.y - my) ** 2;
-  }
-  return { slope: sxy / sxx, r2: syy === 0 ? 1 : (sxy * sxy) / (sxx * syy) };
-}
-
 interface Sample {
   bytes: number;
   r2: number;
@@ -284,7 +262,7 @@ try {
             await openMore(url, target - open);
             open = target;
           }
-          trimmed = (await settle(peer)) && trimmed;
+          trimmed = (await settle(peer, trim)) && trimmed;
           readings.push({ open, rss: rss() });
         }
         const cpu = (): number => peer.pids().reduce((n, pid) => n + cpuMs(pid), 0);

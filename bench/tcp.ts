@@ -32,7 +32,6 @@ import { parseArgs } from 'node:util';
 import type { BenchArgs } from './run.ts';
 import {
   cpuMs,
-  mallocTrim,
   median,
   NODE,
   rssBytes,
@@ -44,6 +43,8 @@ import {
   waitForPort,
   which,
   machineBusyMs,
+  leastSquares,
+  settle,
 } from './lib/peers.ts';
 
 const HERE = new URL('.', import.meta.url).pathname;
@@ -296,50 +297,6 @@ async function churn(names: PeerName[], o: ChurnOptions, out: (row: object) => v
     for (const p of peers) await p.stop();
     server.kill('SIGKILL');
   }
-}
-
-/** Pause before and after the collection that settles a proxy before a memory reading. */
-const SETTLE_MS = 1_000;
-
-/**
- * Bring a proxy to a settled state before a memory reading, the same way for
- * every peer: a pause (the last connections' setup is over, closed handles
- * are gone); a full memory-reducing collection for holdfast (SIGUSR2 to
- * bench/lib/gc-on-signal.mjs; nginx and HAProxy have no collector); another
- * pause (the collection, V8's concurrent sweeping and the release of its
- * empty pages are over); then, with `trim`, glibc's `malloc_trim(0)` in
- * every process of the proxy (bench/lib/peers.ts mallocTrim). The trim is
- * what makes holdfast's readings a line: the burst of the first connections
- * leaves ~4–5 MiB of freed native memory in the middle of glibc's heap,
- * resident (V8's optimising compilers' scratch memory: with `--no-opt
- * --no-maglev` the jump is gone), and the next ~4,000 connections' native
- * parts reuse it, so with a full collection alone RSS barely grows over them
- * and the slope from 0 to 5,000 reads ~1,150–1,250 B with R² ≈ 0.7. That
- * memory is a one-time cost, not a per-connection one. Returns whether every
- * process was trimmed.
- */
-async function settle(peer: RunningPeer, trim: boolean): Promise<boolean> {
-  await sleep(SETTLE_MS);
-  peer.collectGarbage?.();
-  await sleep(SETTLE_MS);
-  return trim && peer.pids().every((pid) => mallocTrim(pid));
-}
-
-/** Least-squares line through the points: its slope and R². */
-function leastSquares(points: readonly { x: number; y: number }[]): { slope: number; r2: number } {
-  const n = points.length;
-  const mx = points.reduce((a, p) => a + p.x, 0) / n;
-  const my = points.reduce((a, p) => a + p.y, 0) / n;
-  let sxy = 0;
-  let sxx = 0;
-  let syy = 0;
-  for (const p of points) {
-    sxy += (p.x - mx) * (p.y - my);
-    sxx += (p.x - mx) ** 2;
-    syy += (p.y - my) ** 2;
-  }
-  const slope = sxy / sxx;
-  return { slope, r2: syy === 0 ? 1 : (sxy * sxy) / (sxx * syy) };
 }
 
 /**
